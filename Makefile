@@ -1,0 +1,51 @@
+# vinbig: thin targets over the `vinbig` command line. `make help` lists them.
+# Inputs: DATA (a dataset in the Kaggle layout), WORK (the work folder), CONFIG (the YAML config).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= data/synth
+WORK   ?= work/synth
+CONFIG ?= configs/default.yaml
+VINBIG := $(BIN)/vinbig
+ARGS   := --config $(CONFIG)
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test demo synth images folds bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG)"
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install vinbig with its dev extra
+
+test: venv ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+demo: venv ## the main job on a fresh synthetic dataset (DATA=data/demo, WORK=work/demo)
+	$(MAKE) --no-print-directory synth images folds DATA=data/demo WORK=work/demo CONFIG=$(CONFIG)
+
+$(DATA)/train.csv:
+	$(VINBIG) synth --out $(DATA) $(ARGS)
+
+synth: venv $(DATA)/train.csv ## write the synthetic dataset to DATA if it is not there
+
+images: venv ## convert DATA's train and test DICOMs to PNGs in WORK/images (reruns skip done images)
+	$(VINBIG) images --src $(DATA)/train --out $(WORK)/images/train $(ARGS)
+	$(VINBIG) images --src $(DATA)/test --out $(WORK)/images/test $(ARGS)
+
+folds: venv ## validate DATA/train.csv, fuse the readers' boxes and split into folds in WORK
+	$(VINBIG) folds --train-csv $(DATA)/train.csv --out $(WORK) $(ARGS)
+
+bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand)
+	$(BIN)/python bench/bench_images.py
+
+clean: ## remove the synthetic data and work folders of the demo and the default targets
+	rm -rf data/demo work/demo data/synth work/synth

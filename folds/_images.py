@@ -1,0 +1,207 @@
+"""`vinbig images`: every DICOM under a folder to `<image_id>.png`, plus meta.csv and errors.csv.
+
+Safe to stop and rerun: each PNG is written to a temporary file and renamed; each finished image
+is appended to a journal (``.meta.journal.csv``) right after its rename, so a killed run loses
+nothing it finished. A rerun skips images whose PNG exists at the requested size and converts the
+rest; meta.csv and errors.csv are rewritten atomically at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import multiprocessing
+import os
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from vinbig import log
+from vinbig.artifacts import (
+    DICOM_SUFFIXES,
+    ERROR_COLUMNS,
+    META_COLUMNS,
+    SAFE_ID,
+    ArtifactError,
+    atomic_path,
+    errors_path,
+    meta_path,
+    write_csv,
+)
+from vinbig.boxes import png_size
+from vinbig.dicom import VOI_MODES, DicomError, read_dicom
+
+logger = logging.getLogger(__name__)
+JOURNAL = ".meta.journal.csv"
+
+
+def find_dicoms(src: Path) -> list[Path]:
+    """Every file under `src` whose suffix is .dicom or .dcm (any case), sorted."""
+    return sorted(p for p in src.rglob("*") if p.suffix.lower() in DICOM_SUFFIXES and p.is_file())
+
+
+def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_compression: int) -> dict:
+    """Convert one file; returns its meta.csv row, or an errors.csv row (key ``reason``) if it failed."""
+    image_id = path.stem
+    try:
+        with warnings.catch_warnings():  # pydicom warns about files it can still read
+            warnings.simplefilter("ignore")
+            px = read_dicom(path, voi=voi, percentiles=percentiles)
+        png_w, png_h = png_size(px.width, px.height, size)
+        image = px.image
+        if (png_w, png_h) != (px.width, px.height):
+            image = cv2.resize(image, (png_w, png_h), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)])
+        if not ok:
+            raise DicomError("OpenCV could not encode the PNG")
+        with atomic_path(out / f"{image_id}.png") as tmp:
+            tmp.write_bytes(buf.tobytes())
+    except DicomError as e:
+        return {"file": str(path), "image_id": image_id, "reason": str(e)}
+    except Exception as e:  # one bad file must never stop the batch
+        return {"file": str(path), "image_id": image_id, "reason": f"unexpected {type(e).__name__}: {e}"}
+    return {
+        "image_id": image_id, "width": px.width, "height": px.height, "png_width": png_w,
+        "png_height": png_h, "photometric": px.photometric, "bits_stored": px.bits_stored, "voi": px.voi,
+        "window_low": px.window_low, "window_high": px.window_high, "transfer_syntax": px.transfer_syntax,
+    }
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    """meta rows from meta.csv or the journal; a torn last line of a killed run is dropped."""
+    if not path.is_file() or not path.stat().st_size:
+        return pd.DataFrame(columns=list(META_COLUMNS))
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str}, on_bad_lines="skip")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        logger.warning("ignoring unreadable %s; its images are converted again", path)
+        return pd.DataFrame(columns=list(META_COLUMNS))
+    if not set(META_COLUMNS) <= set(df.columns):
+        logger.warning("ignoring %s: it lacks some of the columns %s", path, list(META_COLUMNS))
+        return pd.DataFrame(columns=list(META_COLUMNS))
+    complete = ["image_id", "width", "height", "png_width", "png_height", "transfer_syntax"]
+    return df.loc[:, list(META_COLUMNS)].dropna(subset=complete)
+
+
+def _merge(frames: list[pd.DataFrame], out: Path) -> pd.DataFrame:
+    """Rows of `frames`, the last one of each image winning, for images whose PNG exists."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=list(META_COLUMNS))
+    df = pd.concat(frames, ignore_index=True).drop_duplicates("image_id", keep="last")
+    return df[[(out / f"{i}.png").is_file() for i in df.image_id]]
+
+
+def _read_done(out: Path, size: int) -> pd.DataFrame:
+    """meta rows of earlier runs (meta.csv, then the journal) whose PNG exists at the requested size."""
+    done = _merge([_read_rows(meta_path(out)), _read_rows(out / JOURNAL)], out)
+    if not len(done):
+        return done
+    expect = np.array([png_size(int(w), int(h), size) for w, h in zip(done.width, done.height)])
+    same = (done.png_width.to_numpy() == expect[:, 0]) & (done.png_height.to_numpy() == expect[:, 1])
+    return done[same]
+
+
+def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
+    """Files with a usable, unique image id, and error rows for the others."""
+    seen: dict[str, Path] = {}
+    keep, errors = [], []
+    for f in files:
+        if not SAFE_ID.match(f.stem):
+            errors.append({"file": str(f), "image_id": f.stem,
+                           "reason": "file name is not a safe image id (letters, digits, '_', '-', '.'); rename it"})
+        elif f.stem in seen:
+            errors.append({"file": str(f), "image_id": f.stem,
+                           "reason": f"duplicate image id: {seen[f.stem]} has the same name; keep one of them"})
+        else:
+            seen[f.stem] = f
+            keep.append(f)
+    return keep, errors
+
+
+def _workers(workers: int, n: int) -> int:
+    return max(1, min(workers or os.cpu_count() or 1, n))
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "auto",
+                   percentiles=(0.5, 99.5), png_compression: int = 1, allow_errors: bool = False) -> dict:
+    """Convert every DICOM under `src` into `out`; see the module docstring. Returns a summary dict.
+
+    `allow_errors` is accepted for the config's sake; the caller decides the exit code from
+    ``summary["errors"]``.
+    """
+    src, out = Path(src), Path(out)
+    if voi not in VOI_MODES:
+        raise ArtifactError(f"images.voi must be one of {VOI_MODES}, got {voi!r}")
+    if not (0 <= int(png_compression) <= 9):
+        raise ArtifactError(f"images.png_compression must be 0 to 9, got {png_compression}")
+    if not src.is_dir():
+        raise ArtifactError(f"--src {src} is not a folder; point it at the folder of .dicom files "
+                            "(e.g. DATA/train)")
+    files, errors = _check_ids(find_dicoms(src))
+    if not files and not errors:
+        raise ArtifactError(f"no .dicom or .dcm files under {src}; check the path (make synth writes a dataset)")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.partial"):
+        stale.unlink(missing_ok=True)
+
+    done = _read_done(out, size)
+    done_ids = set(done.image_id)
+    todo = [f for f in files if f.stem not in done_ids]
+    logger.info("%d DICOM files under %s: %d already converted, %d to convert at long side %d",
+                len(files), src, len(files) - len(todo), len(todo), size)
+
+    job = partial(convert_one, out=out, size=size, voi=voi, percentiles=tuple(percentiles),
+                  png_compression=png_compression)
+    journal_path = out / JOURNAL
+    new_journal = not journal_path.is_file() or journal_path.stat().st_size == 0
+    n_workers = _workers(workers, len(todo))
+    start = time.perf_counter()
+    converted = 0
+    with open(journal_path, "a", newline="") as journal:
+        writer = csv.DictWriter(journal, fieldnames=list(META_COLUMNS))
+        if new_journal:
+            writer.writeheader()
+        # spawn, not fork: a forked child can inherit a lock held by another thread of the parent
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(n_workers, initializer=_init_worker) if n_workers > 1 and todo else None
+        try:
+            results = pool.imap_unordered(job, todo, chunksize=4) if pool else map(job, todo)
+            for row in log.progress(results, total=len(todo), desc=f"images {out.name}", unit="img"):
+                if "reason" in row:
+                    errors.append(row)
+                    logger.debug("%s: %s", row["file"], row["reason"])
+                else:
+                    writer.writerow(row)
+                    journal.flush()
+                    converted += 1
+        finally:
+            if pool:
+                pool.terminate()
+                pool.join()
+    elapsed = time.perf_counter() - start
+
+    meta = _merge([done, _read_rows(journal_path)], out).sort_values("image_id")
+    write_csv(meta, meta_path(out), META_COLUMNS)
+    write_csv(pd.DataFrame(errors, columns=list(ERROR_COLUMNS)).sort_values("file"), errors_path(out), ERROR_COLUMNS)
+    journal_path.unlink(missing_ok=True)
+
+    rate = converted / elapsed if elapsed > 0 else 0.0
+    logger.info("converted %d in %.1f s (%.1f img/s, %d process%s), skipped %d already done, %d failed; "
+                "meta.csv has %d images", converted, elapsed, rate, n_workers, "es" if n_workers > 1 else "",
+                len(files) - len(todo), len(errors), len(meta))
+    for row in errors[:10]:
+        logger.warning("could not convert %s: %s", row["file"], row["reason"])
+    if len(errors) > 10:
+        logger.warning("... and %d more, all listed in %s", len(errors) - 10, errors_path(out))
+    return {"converted": converted, "skipped": len(files) - len(todo), "errors": len(errors),
+            "images": len(meta), "meta_csv": meta_path(out), "errors_csv": errors_path(out)}

@@ -1,0 +1,112 @@
+"""`vinbig folds`: validate train.csv, fuse the readers' boxes into labels.csv, split images into folds.csv.
+
+Folds split images, never rows: every row of an image (all its readers, all its boxes) lands in
+the image's one fold. The split is a multilabel stratified k-fold (iterative stratification) on
+per-image class presence, so each fold holds about 1/n_folds of the images of every class,
+"No finding" included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from folds._consolidate import consolidate
+from folds._validate import validate_train_csv
+from vinbig.artifacts import BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, Work, write_csv
+from vinbig.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def split_folds(train: pd.DataFrame, *, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+    """Assign every image of `train` (train.csv rows) to one of `n_folds` folds; returns image_id, fold.
+
+    Stratified on which of the 15 classes each image has in any row (any reader). Images are sorted
+    by id before splitting, so the same table, n_folds and seed always give the same folds,
+    whatever the row order. The result is sorted by image_id; folds are numbered 0..n_folds-1.
+    """
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ConfigError(f"folds.n_folds is {n_folds!r}; use an integer of 2 or more, e.g. 5")
+    codes, images = pd.factorize(train["image_id"], sort=True)
+    if len(images) < n_folds:
+        raise ConfigError(f"train.csv has {len(images)} image(s), fewer than n_folds={n_folds}; "
+                          f"lower folds.n_folds or give more images")
+    presence = np.zeros((len(images), len(CLASS_NAMES)), dtype=bool)
+    presence[codes, train["class_id"].to_numpy(dtype=np.int64)] = True
+
+    fold = np.full(len(images), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros((len(images), 1)), presence)):
+        fold[test] = k
+    assert (fold >= 0).all(), "MultilabelStratifiedKFold left an image without a fold"
+    return pd.DataFrame({"image_id": pd.Series(np.asarray(images, dtype=object), dtype=str), "fold": fold})
+
+
+def _class_table(labels: pd.DataFrame, folds: pd.DataFrame, n_folds: int) -> str:
+    """Images per class and fold (from labels.csv), as lines of text for the log."""
+    fold_of = labels["image_id"].map(folds.set_index("image_id")["fold"])
+    per_image = pd.DataFrame({"image_id": labels["image_id"], "class_id": labels["class_id"], "fold": fold_of})
+    counts = (per_image.drop_duplicates(["image_id", "class_id"])
+              .groupby(["class_id", "fold"]).size().unstack(fill_value=0)
+              .reindex(index=range(len(CLASS_NAMES)), columns=range(n_folds), fill_value=0))
+    images = folds.groupby("fold").size().reindex(range(n_folds), fill_value=0)
+    width = max(len(n) for n in CLASS_NAMES) + 4
+    head = f"{'fold':<{width}}" + "".join(f"{k:>7}" for k in range(n_folds)) + f"{'all':>8}"
+    rows = [head, f"{'images':<{width}}" + "".join(f"{v:>7}" for v in images) + f"{images.sum():>8}"]
+    for c, name in enumerate(CLASS_NAMES):
+        row = counts.loc[c]
+        rows.append(f"{c:>2} {name:<{width - 3}}" + "".join(f"{v:>7}" for v in row) + f"{row.sum():>8}")
+    return "\n".join(rows)
+
+
+def make_folds(train_csv: str | os.PathLike, work: str | os.PathLike, *, n_folds: int = 5, seed: int = 42,
+               iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
+               reader_weights: Mapping[str, float] | None = None, exclude_readers: Iterable[str] = ()) -> dict:
+    """The `vinbig folds` stage: validate train.csv, write WORK/labels.csv and WORK/folds.csv; returns a summary.
+
+    labels.csv holds the fused boxes (see folds._consolidate; coordinates rounded to 1/1000 px,
+    scores to 6 decimals, which only removes WBF's float32 noise). folds.csv holds the images
+    that remain in labels.csv, stratified on their train.csv rows of all readers, so excluding
+    readers does not move an image to another fold.
+    """
+    start = time.perf_counter()
+    work = Work(work)
+    train = validate_train_csv(train_csv)
+    labels = consolidate(train, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
+                         reader_weights=reader_weights, exclude_readers=exclude_readers)
+    labels[list(BOX)] = labels[list(BOX)].round(3)
+    labels["score"] = labels["score"].round(6)
+    kept = set(labels["image_id"].unique())
+    folds = split_folds(train[train["image_id"].isin(kept)], n_folds=n_folds, seed=seed)
+
+    write_csv(labels, work.labels, LABEL_COLUMNS)
+    write_csv(folds, work.folds, FOLD_COLUMNS)
+
+    exclude = set(exclude_readers or ())
+    normal_images = labels.loc[labels["class_id"] == NO_FINDING, "image_id"].nunique()
+    summary = {
+        "images": len(folds),
+        "normal": int(normal_images),
+        "abnormal": int(len(folds) - normal_images),
+        "dropped_images": int(train["image_id"].nunique() - len(folds)),
+        "rows": len(train),
+        "boxes_before": int(((train["class_id"] != NO_FINDING) & ~train["rad_id"].isin(exclude)).sum()),
+        "boxes_after": int((labels["class_id"] != NO_FINDING).sum()),
+        "fold_images": {int(k): int(v) for k, v in folds["fold"].value_counts().sort_index().items()},
+        "labels": str(work.labels),
+        "folds": str(work.folds),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    logger.info("%s: %d rows, %d images (%d normal, %d abnormal, %d dropped); %d reader boxes fused into %d",
+                train_csv, summary["rows"], summary["images"], summary["normal"], summary["abnormal"],
+                summary["dropped_images"], summary["boxes_before"], summary["boxes_after"])
+    logger.info("images per class and fold:\n%s", _class_table(labels, folds, n_folds))
+    logger.info("wrote %s and %s in %.1f s", work.labels, work.folds, summary["seconds"])
+    return summary

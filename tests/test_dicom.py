@@ -1,0 +1,136 @@
+"""vinbig.dicom: pixel transforms against pydicom's full-image reference, and the real chest CR."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from conftest import gradient
+from vinbig.dicom import DicomError, read_dicom
+
+
+def reference(path, voi_range=None) -> np.ndarray:
+    """The slow public recipe on the full image, in float: pydicom's modality LUT then VOI LUT/window,
+    scaled by the output range the standard defines, inverted for MONOCHROME1."""
+    ds = pydicom.dcmread(path)
+    y = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    if voi_range is None:  # a window: pydicom clamps to [y(-inf), y(+inf)]
+        with np.errstate(over="ignore"):
+            lo, hi = apply_voi_lut(np.array([-1e12, 1e12]), ds).astype(np.float64)
+    else:
+        lo, hi = voi_range
+    unit = np.clip((y - lo) / (hi - lo), 0, 1)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        unit = 1 - unit
+    return unit * 255
+
+
+def voi_lut_item(bits: int = 8) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, bits]
+    item.LUTData = (np.sqrt(np.arange(4096) / 4095) * (2**bits - 1)).astype(np.uint16).tobytes()
+    return item
+
+
+@pytest.mark.parametrize(
+    "case, tags",
+    [
+        ("linear window", dict(WindowCenter=2000, WindowWidth=1500)),
+        ("window list, first used", dict(WindowCenter=[1800, 40], WindowWidth=[2000, 400])),
+        ("rescale and window", dict(RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=3000, WindowWidth=4000)),
+        ("linear exact", dict(WindowCenter=2048, WindowWidth=1000, VOILUTFunction="LINEAR_EXACT")),
+        ("sigmoid", dict(WindowCenter=2048, WindowWidth=1200, VOILUTFunction="SIGMOID")),
+        ("monochrome1 window", dict(WindowCenter=2000, WindowWidth=3000, photometric="MONOCHROME1")),
+    ],
+)
+def test_window_matches_pydicom_full_image(dicom_factory, case, tags):
+    photometric = tags.pop("photometric", "MONOCHROME2")
+    path = dicom_factory("a.dcm", gradient(), photometric=photometric, **tags)
+    px = read_dicom(path)
+    assert px.voi == "window"
+    assert px.image.dtype == np.uint8 and px.image.shape == (48, 40)
+    assert np.abs(px.image.astype(float) - reference(path)).max() <= 0.5 + 1e-9
+
+
+def test_voi_lut_sequence_matches_pydicom(dicom_factory):
+    path = dicom_factory("a.dcm", gradient(), VOILUTSequence=[voi_lut_item(bits=8)])
+    px = read_dicom(path)
+    assert px.voi == "voi_lut"
+    assert np.abs(px.image.astype(float) - reference(path, voi_range=(0, 255))).max() <= 0.5 + 1e-9
+
+
+def test_voi_percentile_mode_ignores_the_files_window(dicom_factory):
+    path = dicom_factory("a.dcm", gradient(), WindowCenter=100, WindowWidth=10)
+    assert read_dicom(path).voi == "window"
+    px = read_dicom(path, voi="percentile", percentiles=(0, 100))
+    assert px.voi == "percentile" and px.image.min() == 0 and px.image.max() == 255
+
+
+def test_percentile_window_without_voi_tags(dicom_factory):
+    pixels = gradient()
+    pixels[0, 0] = 4095 * 16  # one hot pixel far out must not flatten the contrast
+    path = dicom_factory("a.dcm", pixels, bits_stored=16)
+    px = read_dicom(path, percentiles=(1, 99))
+    assert px.voi == "percentile"
+    lo, hi = np.percentile(pixels, [1, 99])
+    assert px.window_low == pytest.approx(lo, abs=2) and px.window_high == pytest.approx(hi, abs=2)
+    assert px.image[0, 0] == 255
+    expect = np.clip((pixels.astype(float) - px.window_low) / (px.window_high - px.window_low), 0, 1) * 255
+    assert np.abs(px.image - expect).max() <= 0.5 + 1e-9
+
+
+def test_signed_pixels_with_rescale(dicom_factory):
+    pixels = (gradient(hi=2000).astype(np.int32) - 1000).astype(np.int16)
+    path = dicom_factory("a.dcm", pixels, RescaleSlope=1, RescaleIntercept=500, WindowCenter=500, WindowWidth=1800)
+    px = read_dicom(path)
+    assert np.abs(px.image.astype(float) - reference(path)).max() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("value", [0, 1234, 4095])
+def test_constant_image_gives_black_without_warnings(dicom_factory, value):
+    path = dicom_factory("a.dcm", np.full((30, 20), value, np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no division by zero, no overflow
+        px = read_dicom(path)
+    assert px.voi == "constant" and px.image.dtype == np.uint8 and not px.image.any()
+
+
+def test_monochrome1_is_inverted_so_bone_is_bright(dicom_factory):
+    pixels = gradient()
+    mono1 = read_dicom(dicom_factory("m1.dcm", pixels, photometric="MONOCHROME1")).image.astype(int)
+    mono2 = read_dicom(dicom_factory("m2.dcm", pixels, photometric="MONOCHROME2")).image.astype(int)
+    assert np.abs(mono1 + mono2 - 255).max() <= 1
+    assert mono1[0, 0] == 255 and mono2[0, 0] == 0  # lowest stored value: white in MONOCHROME1
+
+
+def test_real_chest_cr(rg1_dir):
+    px = read_dicom(rg1_dir / "RG1_UNCR.dcm")
+    assert (px.width, px.height) == (1841, 1955)
+    assert (px.photometric, px.bits_stored, px.voi) == ("MONOCHROME1", 15, "window")
+    assert (px.window_low, px.window_high) == (0.0, 30000.0)
+    assert np.abs(px.image.astype(float) - reference(rg1_dir / "RG1_UNCR.dcm")).max() <= 0.5 + 1e-9
+    # bone bright: the spine (centre column band) is brighter than the middle of the right lung
+    h, w = px.image.shape
+    spine = px.image[int(0.3 * h):int(0.6 * h), int(0.47 * w):int(0.53 * w)].mean()
+    lung = px.image[int(0.3 * h):int(0.45 * h), int(0.2 * w):int(0.3 * w)].mean()
+    assert spine > lung + 20
+
+
+@pytest.mark.parametrize("compressed, plain", [("RG1_J2KR", "RG1_UNCR"), ("RG1_J2KI", "RG1_UNCI")])
+def test_jpeg2000_decodes_to_its_uncompressed_twin(rg1_dir, compressed, plain):
+    a = read_dicom(rg1_dir / f"{compressed}.dcm")
+    b = read_dicom(rg1_dir / f"{plain}.dcm")
+    assert a.transfer_syntax.startswith("1.2.840.10008.1.2.4.9")
+    np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_unreadable_file_raises_dicom_error(tmp_path):
+    path = tmp_path / "x.dicom"
+    path.write_bytes(b"not a dicom at all" * 20)
+    with pytest.raises(DicomError, match="not a DICOM file"):
+        read_dicom(path)

@@ -1,0 +1,193 @@
+"""The stage contract: every file that passes between stages, its columns and the command that makes it.
+
+This is the one place where artifact paths and column lists are defined. Stages read each other's
+outputs only through the readers here, which name the file and the fix when one is missing or off.
+
+Layout of a work folder ``WORK``::
+
+    images/train/<image_id>.png, meta.csv, errors.csv   vinbig images --src DATA/train --out WORK/images/train
+    images/test/...                                      vinbig images --src DATA/test --out WORK/images/test
+    labels.csv, folds.csv                                vinbig folds --train-csv DATA/train.csv --out WORK
+    detector/  classifier/  preds/  submission.csv  report/   (later stages)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pandas as pd
+
+# The competition's class order: YOLO `names`, submission class ids and labels.csv all use it.
+CLASS_NAMES: tuple[str, ...] = (
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "No finding",
+)
+NO_FINDING = 14
+BOX = ("x_min", "y_min", "x_max", "y_max")
+
+# Kaggle inputs
+TRAIN_COLUMNS = ("image_id", "class_name", "class_id", "rad_id", *BOX)
+SUBMISSION_COLUMNS = ("image_id", "PredictionString")
+NO_FINDING_PREDICTION = "14 1 0 0 1 1"
+
+# Stage outputs
+META_COLUMNS = (
+    "image_id",
+    "width",  # original DICOM columns
+    "height",  # original DICOM rows
+    "png_width",
+    "png_height",  # original x = png x * width / png_width, likewise for y (see vinbig.boxes)
+    "photometric",  # MONOCHROME1 or MONOCHROME2 (MONOCHROME1 is inverted in the PNG)
+    "bits_stored",
+    "voi",  # voi_lut | window | percentile | constant: how intensities were mapped to 0-255
+    "window_low",
+    "window_high",  # the window in modality units (after rescale slope/intercept)
+    "transfer_syntax",
+)
+ERROR_COLUMNS = ("file", "image_id", "reason")
+LABEL_COLUMNS = ("image_id", "class_id", *BOX, "score", "n_readers")
+FOLD_COLUMNS = ("image_id", "fold")
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DICOM_SUFFIXES = (".dicom", ".dcm")
+
+
+class ArtifactError(RuntimeError):
+    """A stage input is missing or malformed; the message names the file and how to make it."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """Paths inside a work folder."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", Path(root))
+
+    def images(self, split: str) -> Path:
+        return self.root / "images" / split
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels.csv"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def detector(self) -> Path:
+        return self.root / "detector"
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def preds(self) -> Path:
+        return self.root / "preds"
+
+    @property
+    def submission(self) -> Path:
+        return self.root / "submission.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def meta_path(image_dir: str | os.PathLike) -> Path:
+    return Path(image_dir) / "meta.csv"
+
+
+def errors_path(image_dir: str | os.PathLike) -> Path:
+    return Path(image_dir) / "errors.csv"
+
+
+def config_path(out_dir: str | os.PathLike, stage: str) -> Path:
+    """Where a stage saves its resolved config: ``<out>/config_<stage>.yaml``."""
+    return Path(out_dir) / f"config_{stage}.yaml"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A reader never sees a half-written file, and a crash leaves at most a ``.partial`` file,
+    which the next run overwrites.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: Sequence[str]) -> Path:
+    """Write `df` with exactly `columns`, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        df.loc[:, list(columns)].to_csv(tmp, index=False)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_csv(path: str | os.PathLike, columns: Sequence[str], made_by: str, **kwargs) -> pd.DataFrame:
+    """Read a CSV that must hold `columns`; name the file and the command `made_by` when it does not."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
+    try:
+        df = pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not a readable CSV ({e}); run '{made_by}' again") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ArtifactError(
+            f"{path} lacks the columns {missing} (it has {list(df.columns)}); run '{made_by}' again"
+        )
+    return df
+
+
+def read_meta(image_dir: str | os.PathLike) -> pd.DataFrame:
+    d = Path(image_dir)
+    return read_csv(meta_path(d), META_COLUMNS, f"vinbig images --src DATA/{d.name} --out {d}",
+                    dtype={"image_id": str})
+
+
+def read_labels(work: Work) -> pd.DataFrame:
+    return read_csv(work.labels, LABEL_COLUMNS, f"vinbig folds --train-csv DATA/train.csv --out {work.root}",
+                    dtype={"image_id": str})
+
+
+def read_folds(work: Work) -> pd.DataFrame:
+    return read_csv(work.folds, FOLD_COLUMNS, f"vinbig folds --train-csv DATA/train.csv --out {work.root}",
+                    dtype={"image_id": str})

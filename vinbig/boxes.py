@@ -1,0 +1,45 @@
+"""Box geometry between original DICOM pixels and the resized PNGs.
+
+Boxes are ``(x_min, y_min, x_max, y_max)`` in pixel units, x along the columns (width) and y
+along the rows (height). Width and height scale separately: a PNG of ``png_width x png_height``
+made from a ``width x height`` image maps x by ``png_width / width`` and y by
+``png_height / height``, which is exact whatever rounding chose the PNG size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def png_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """The ``(png_width, png_height)`` that puts the long side at `long_side`, keeping the aspect ratio.
+
+    Images smaller than `long_side` are not enlarged.
+    """
+    scale = min(1.0, long_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def scale_boxes(boxes: np.ndarray, sx: float | np.ndarray, sy: float | np.ndarray) -> np.ndarray:
+    """Multiply the x coordinates of `boxes` (N x 4) by `sx` and the y coordinates by `sy`."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    factor = np.stack([sx, sy, sx, sy], axis=-1) if np.ndim(sx) else np.array([sx, sy, sx, sy])
+    return boxes * factor
+
+
+def to_png(boxes, width, height, png_width, png_height) -> np.ndarray:
+    """Original pixels -> PNG pixels (arguments broadcast, one row of meta.csv per box)."""
+    return scale_boxes(boxes, np.divide(png_width, width), np.divide(png_height, height))
+
+
+def to_original(boxes, width, height, png_width, png_height) -> np.ndarray:
+    """PNG pixels -> original pixels; the inverse of :func:`to_png`."""
+    return scale_boxes(boxes, np.divide(width, png_width), np.divide(height, png_height))
+
+
+def clip(boxes, width, height) -> np.ndarray:
+    """Clip boxes to ``[0, width] x [0, height]``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    hi = np.stack([width, height, width, height], axis=-1) if np.ndim(width) else np.array(
+        [width, height, width, height], dtype=np.float64)
+    return np.clip(boxes, 0.0, hi)

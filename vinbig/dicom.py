@@ -1,0 +1,178 @@
+"""Read a DICOM radiograph into display-ready 8-bit pixels.
+
+The transforms of the standard, in order: modality LUT (rescale slope/intercept or a Modality
+LUT Sequence), VOI (the file's VOI LUT Sequence or window, else a robust percentile window), and
+MONOCHROME1 inversion so that bone is always bright. They are evaluated once per possible stored
+value, on a lookup table of at most 65,536 entries, and the image is mapped with one integer gather:
+no floating-point pass over the full image.
+
+Compressed transfer syntaxes decode through pydicom's pixel plugins (pylibjpeg with its openjpeg,
+libjpeg and rle plugins: JPEG 2000, JPEG-LS, JPEG lossless and baseline, RLE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi
+
+VOI_MODES = ("auto", "percentile")
+
+
+class DicomError(Exception):
+    """A file that cannot be converted; the message says why and, where possible, how to fix it."""
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """8-bit pixels of a radiograph at its original size, and how they were made."""
+
+    image: np.ndarray  # uint8, rows x columns, bone bright
+    photometric: str
+    bits_stored: int
+    voi: str  # voi_lut | window | percentile | constant
+    window_low: float  # in modality units; NaN for a VOI LUT Sequence
+    window_high: float
+    transfer_syntax: str
+
+    @property
+    def height(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.image.shape[1]
+
+
+def _open(path: Path) -> pydicom.Dataset:
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise DicomError("not a DICOM file: no 'DICM' prefix or File Meta Information; check that it is a "
+                         "complete DICOM Part 10 file") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as e:
+        raise DicomError(f"the DICOM header is truncated or corrupt ({type(e).__name__}: {e}); "
+                         "copy or download the file again") from None
+    tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not tsuid:
+        raise DicomError("missing Transfer Syntax UID (0002,0010) in the file meta information, so the pixel "
+                         "encoding is unknown; re-export the file with its transfer syntax")
+    if "PixelData" not in ds:
+        raise DicomError("no Pixel Data element (7FE0,0010): the file is truncated or holds no image; "
+                         "copy or download it again")
+    samples = int(ds.get("SamplesPerPixel", 1))
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(f"not a greyscale radiograph (SamplesPerPixel {samples}, "
+                         f"PhotometricInterpretation {photometric or 'missing'})")
+    return ds
+
+
+def _decode(ds: pydicom.Dataset) -> np.ndarray:
+    ts = ds.file_meta.TransferSyntaxUID
+    try:
+        arr = ds.pixel_array
+    except NotImplementedError as e:
+        raise DicomError(f"no decoder for transfer syntax {ts.name} ({ts}): {e}. JPEG 2000, JPEG-LS, JPEG "
+                         "lossless and RLE need pylibjpeg with pylibjpeg-openjpeg, pylibjpeg-libjpeg and "
+                         "pylibjpeg-rle (or python-gdcm); convert other codecs with dcmtk or gdcmconv first") from None
+    except RuntimeError as e:
+        raise DicomError(f"the {ts.name} pixel data could not be decoded ({e})") from None
+    except (ValueError, TypeError, AttributeError, EOFError, OSError) as e:
+        raise DicomError(f"the pixel data is truncated or corrupt ({e})") from None
+    if arr.ndim != 2:
+        raise DicomError(f"expected one greyscale frame, got pixel data of shape {arr.shape}")
+    if arr.dtype.kind not in "ui":
+        raise DicomError(f"expected integer pixel data, got {arr.dtype}")
+    return arr
+
+
+def _window_unit(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
+    """DICOM PS3.3 C.11.2.1.2 window mapped to [0, 1]; None when the width is invalid."""
+    if function == "SIGMOID":
+        if width <= 0:
+            return None
+        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -700.0, 700.0)))
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            return None
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:  # LINEAR
+        return None
+    if width == 1:
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _first(value) -> float:
+    return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+
+
+def _percentile_window(values: np.ndarray, counts: np.ndarray, percentiles) -> tuple[float, float]:
+    """Low and high percentiles of the image in modality units, from its histogram over stored values."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(counts[order])
+    total = cum[-1]
+    lo_i, hi_i = np.searchsorted(cum, [total * percentiles[0] / 100.0, total * percentiles[1] / 100.0])
+    return float(values[order][min(lo_i, len(cum) - 1)]), float(values[order][min(hi_i, len(cum) - 1)])
+
+
+def voi_lut(ds: pydicom.Dataset, arr: np.ndarray, *, voi: str = "auto",
+            percentiles=(0.5, 99.5)) -> tuple[np.ndarray, int, str, float, float]:
+    """The 8-bit lookup table for the stored values of `arr`.
+
+    Returns ``(lut, offset, voi_used, window_low, window_high)``: the pixels are ``lut[arr - offset]``.
+    """
+    if voi not in VOI_MODES:
+        raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
+    offset = min(int(arr.min()), 0)  # unsigned data indexes the table directly
+    stored = np.arange(offset, int(arr.max()) + 1, dtype=np.int64)
+    modality_raw = apply_modality_lut(stored, ds)  # integers unless slope/intercept make them float
+    modality = np.asarray(modality_raw, dtype=np.float64)
+
+    unit, used, low, high = None, "percentile", np.nan, np.nan
+    if voi == "auto" and "VOILUTSequence" in ds:
+        out = np.asarray(apply_voi(modality_raw, ds), dtype=np.float64)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])  # the LUT's output range is 0 .. 2**bits - 1
+        unit, used = out / float(2**bits - 1), "voi_lut"
+    elif voi == "auto" and "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
+        unit = _window_unit(modality, center, width, function)
+        used, low, high = "window", center - width / 2.0, center + width / 2.0
+    if unit is None:  # no usable VOI in the file: robust percentile window on the image's histogram
+        flat = arr.ravel() if offset == 0 else (arr.ravel().astype(np.int64) - offset)
+        counts = np.bincount(flat, minlength=len(stored))
+        low, high = _percentile_window(modality, counts, percentiles)
+        used = "percentile"
+        if high > low:
+            unit = np.clip((modality - low) / (high - low), 0.0, 1.0)
+        else:  # a constant image: no contrast to show, and no division by zero
+            unit, used = np.zeros_like(modality), "constant"
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        unit = 1.0 - unit
+    lut = np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return lut, offset, used, low, high
+
+
+def read_dicom(path: str | Path, *, voi: str = "auto", percentiles=(0.5, 99.5)) -> Pixels:
+    """Read `path` into 8-bit pixels, bone bright. Raises :class:`DicomError` for a file it cannot read."""
+    ds = _open(Path(path))
+    arr = _decode(ds)
+    if arr.shape != (ds.Rows, ds.Columns):
+        raise DicomError(f"pixel data of shape {arr.shape} does not match Rows {ds.Rows} x Columns {ds.Columns}")
+    lut, offset, used, low, high = voi_lut(ds, arr, voi=voi, percentiles=percentiles)
+    image = lut[arr] if offset == 0 else lut[arr.astype(np.int64) - offset]
+    return Pixels(
+        image=image,
+        photometric=str(ds.PhotometricInterpretation),
+        bits_stored=int(ds.get("BitsStored", arr.dtype.itemsize * 8)),
+        voi=used,
+        window_low=low,
+        window_high=high,
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+    )

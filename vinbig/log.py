@@ -25,7 +25,7 @@ def setup(verbosity: int = 0) -> None:
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, _TqdmHandler)] + [handler]
     root.setLevel(level)
-    for noisy in ("numba", "PIL"):
+    for noisy in ("numba", "PIL", "openjpeg"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # pydicom logs every oddity of a file it can still read; vinbig reports what matters itself
     logging.getLogger("pydicom").setLevel(max(level, logging.ERROR))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import multiprocessing
-import os
 import time
 import warnings
 from functools import partial
@@ -35,6 +33,7 @@ from vinbig.artifacts import (
 )
 from vinbig.boxes import png_size
 from vinbig.dicom import VOI_MODES, DicomError, read_dicom
+from vinbig.parallel import process_map
 
 logger = logging.getLogger(__name__)
 JOURNAL = ".meta.journal.csv"
@@ -124,14 +123,6 @@ def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
     return keep, errors
 
 
-def _workers(workers: int, n: int) -> int:
-    return max(1, min(workers or os.cpu_count() or 1, n))
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)
-
-
 def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "auto",
                    percentiles=(0.5, 99.5), png_compression: int = 1, allow_errors: bool = False) -> dict:
     """Convert every DICOM under `src` into `out`; see the module docstring. Returns a summary dict.
@@ -164,30 +155,21 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
                   png_compression=png_compression)
     journal_path = out / JOURNAL
     new_journal = not journal_path.is_file() or journal_path.stat().st_size == 0
-    n_workers = _workers(workers, len(todo))
     start = time.perf_counter()
     converted = 0
-    with open(journal_path, "a", newline="") as journal:
+    with open(journal_path, "a", newline="") as journal, \
+            process_map(job, todo, workers, ordered=False, chunksize=4) as (results, processes):
         writer = csv.DictWriter(journal, fieldnames=list(META_COLUMNS))
         if new_journal:
             writer.writeheader()
-        # spawn, not fork: a forked child can inherit a lock held by another thread of the parent
-        ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(n_workers, initializer=_init_worker) if n_workers > 1 and todo else None
-        try:
-            results = pool.imap_unordered(job, todo, chunksize=4) if pool else map(job, todo)
-            for row in log.progress(results, total=len(todo), desc=f"images {out.name}", unit="img"):
-                if "reason" in row:
-                    errors.append(row)
-                    logger.debug("%s: %s", row["file"], row["reason"])
-                else:
-                    writer.writerow(row)
-                    journal.flush()
-                    converted += 1
-        finally:
-            if pool:
-                pool.terminate()
-                pool.join()
+        for row in log.progress(results, total=len(todo), desc=f"images {out.name}", unit="img"):
+            if "reason" in row:
+                errors.append(row)
+                logger.debug("%s: %s", row["file"], row["reason"])
+            else:
+                writer.writerow(row)
+                journal.flush()
+                converted += 1
     elapsed = time.perf_counter() - start
 
     meta = _merge([done, _read_rows(journal_path)], out).sort_values("image_id")
@@ -197,7 +179,7 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
 
     rate = converted / elapsed if elapsed > 0 else 0.0
     logger.info("converted %d in %.1f s (%.1f img/s, %d process%s), skipped %d already done, %d failed; "
-                "meta.csv has %d images", converted, elapsed, rate, n_workers, "es" if n_workers > 1 else "",
+                "meta.csv has %d images", converted, elapsed, rate, processes, "es" if processes > 1 else "",
                 len(files) - len(todo), len(errors), len(meta))
     for row in errors[:10]:
         logger.warning("could not convert %s: %s", row["file"], row["reason"])

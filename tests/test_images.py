@@ -16,7 +16,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from conftest import RG1, gradient, make_dicom, read_png
+from conftest import RG1, gradient, read_png
 from folds import convert_images
 from vinbig.artifacts import ERROR_COLUMNS, META_COLUMNS
 from vinbig.cli import main

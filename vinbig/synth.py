@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import multiprocessing
-import os
 from pathlib import Path
 
 import cv2
@@ -36,6 +34,7 @@ from vinbig.artifacts import (CLASS_NAMES, NO_FINDING, NO_FINDING_PREDICTION, SU
                               TRAIN_COLUMNS, atomic_path, write_csv)
 from vinbig.config import ConfigError
 from vinbig.log import progress
+from vinbig.parallel import n_workers, process_map
 
 logger = logging.getLogger(__name__)
 
@@ -414,19 +413,10 @@ def make_dataset(out, *, n_train: int = 60, n_test: int = 20, seed: int = 0, siz
         (out / split).mkdir(parents=True, exist_ok=True)
     jobs = [(str(out), s, i, int(seed), int(size), float(abnormal_fraction), float(compressed_fraction))
             for s, n in enumerate((n_train, n_test)) for i in range(n)]
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     logger.info("writing %d train and %d test images of height about %d to %s with %d process(es)",
-                n_train, n_test, size, out, n_workers)
-    # spawn, not fork: a forked child can inherit a lock held by another thread of the parent
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(n_workers, cv2.setNumThreads, (1,)) if n_workers > 1 else None
-    try:
-        results = pool.imap(_make_one, jobs) if pool else map(_make_one, jobs)
+                n_train, n_test, size, out, n_workers(workers, len(jobs)))
+    with process_map(_make_one, jobs, workers) as (results, _):
         results = list(progress(results, total=len(jobs), desc="synth", unit="img"))
-    finally:
-        if pool:
-            pool.terminate()
-            pool.join()
 
     train, test = results[:n_train], results[n_train:]
     rows = pd.DataFrame([r for res in train for r in res["rows"]], columns=list(TRAIN_COLUMNS))

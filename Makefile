@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 DATA   ?= data/synth
 WORK   ?= work/synth
 CONFIG ?= configs/default.yaml
+# torch and torchvision are installed first, as a matching pair (pip takes these from the local disk
+# here; on a GPU machine choose the pair that matches its CUDA, see README)
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 VINBIG := $(BIN)/vinbig
 ARGS   := --config $(CONFIG)
 
@@ -21,6 +24,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -8,7 +8,13 @@ Layout of a work folder ``WORK``::
     images/train/<image_id>.png, meta.csv, errors.csv   vinbig images --src DATA/train --out WORK/images/train
     images/test/...                                      vinbig images --src DATA/test --out WORK/images/test
     labels.csv, folds.csv                                vinbig folds --train-csv DATA/train.csv --out WORK
-    detector/  classifier/  preds/  submission.csv  report/   (later stages)
+    detector/data/fold{k}/, detector/fold{k}/weights/   vinbig train-detector --work WORK --fold K
+    classifier/fold{k}/                                  vinbig train-classifier --work WORK --fold K
+    preds/detector_{oof,test}.parquet                    vinbig predict-detector --work WORK --split oof|test
+    preds/classifier_{oof,test}.csv                      vinbig predict-classifier --work WORK --split oof|test
+    fusion.yaml                                          vinbig tune --work WORK
+    submission.csv                                       vinbig fuse --work WORK --split test
+    report/                                              vinbig report --work WORK
 """
 
 from __future__ import annotations
@@ -65,6 +71,12 @@ META_COLUMNS = (
 ERROR_COLUMNS = ("file", "image_id", "reason")
 LABEL_COLUMNS = ("image_id", "class_id", *BOX, "score", "n_readers")
 FOLD_COLUMNS = ("image_id", "fold")
+# WORK/preds/detector_{split}.parquet: one row per box, boxes in original DICOM pixels clipped to the
+# image; `tta` names the prediction set within a fold ("none", "hflip").
+DETECTOR_PRED_COLUMNS = ("image_id", "fold", "tta", "class_id", "score", *BOX)
+# WORK/preds/classifier_{split}.csv: P(abnormal); for the test split, fold -1 is the mean over folds.
+CLASSIFIER_PRED_COLUMNS = ("image_id", "fold", "p_abnormal")
+SPLITS = ("oof", "test")
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DICOM_SUFFIXES = (".dicom", ".dcm")
@@ -105,6 +117,21 @@ class Work:
     @property
     def preds(self) -> Path:
         return self.root / "preds"
+
+    def fold_dir(self, stage: str, fold: int) -> Path:
+        """``WORK/detector/fold{k}`` or ``WORK/classifier/fold{k}``: one fold's training run."""
+        return self.root / stage / f"fold{fold}"
+
+    def detector_preds(self, split: str) -> Path:
+        return self.preds / f"detector_{split}.parquet"
+
+    def classifier_preds(self, split: str) -> Path:
+        return self.preds / f"classifier_{split}.csv"
+
+    @property
+    def fusion_config(self) -> Path:
+        """Fusion parameters and gate thresholds chosen by ``vinbig tune``; ``vinbig fuse`` reads them."""
+        return self.root / "fusion.yaml"
 
     @property
     def submission(self) -> Path:
@@ -191,3 +218,29 @@ def read_labels(work: Work) -> pd.DataFrame:
 def read_folds(work: Work) -> pd.DataFrame:
     return read_csv(work.folds, FOLD_COLUMNS, f"vinbig folds --train-csv DATA/train.csv --out {work.root}",
                     dtype={"image_id": str})
+
+
+def read_detector_preds(work: Work, split: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The detector's predictions for `split` (all columns, or `columns`), image_id as str."""
+    path = work.detector_preds(split)
+    made_by = f"vinbig predict-detector --work {work.root} --split {split}"
+    if not path.is_file():
+        raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise ArtifactError(f"{path} is not a readable parquet file ({e}); run '{made_by}' again") from None
+    missing = [c for c in DETECTOR_PRED_COLUMNS if c not in names]
+    if missing:
+        raise ArtifactError(f"{path} lacks the columns {missing} (it has {names}); run '{made_by}' again")
+    df = pd.read_parquet(path, columns=list(columns or DETECTOR_PRED_COLUMNS))
+    if "image_id" in df:
+        df["image_id"] = df["image_id"].astype(str)
+    return df
+
+
+def read_classifier_preds(work: Work, split: str) -> pd.DataFrame:
+    return read_csv(work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS,
+                    f"vinbig predict-classifier --work {work.root} --split {split}", dtype={"image_id": str})

@@ -7,6 +7,7 @@ config of a stage is saved next to its outputs as ``config_<stage>.yaml``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ from vinbig.artifacts import ArtifactError, config_path
 from vinbig.config import ConfigError, default_config_path, load_config, save_config
 
 logger = logging.getLogger("vinbig")
+
+
+# Modules that add the later stages' subcommands: each has ``register(add)``, where ``add(name, func,
+# help, description)`` returns the subparser to fill. They must import nothing heavy (torch, ultralytics)
+# at module level, so that ``vinbig --help`` stays fast.
+STAGE_COMMANDS = ("detector.cli", "classifier.cli", "fusion.cli")
 
 
 class UserError(RuntimeError):
@@ -35,7 +42,7 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve(args: argparse.Namespace, section: str, names: Sequence[str]) -> dict:
+def resolve(args: argparse.Namespace, section: str, names: Sequence[str]) -> dict:
     """The config with the command-line options `names` (None when not given) written into `section`."""
     cfg = load_config(args.config, args.overrides)
     for name in names:
@@ -51,7 +58,7 @@ def _resolve(args: argparse.Namespace, section: str, names: Sequence[str]) -> di
 def cmd_synth(args: argparse.Namespace) -> int:
     from vinbig.synth import make_dataset
 
-    cfg = _resolve(args, "synth", ["n_train", "n_test", "seed", "size", "workers"])
+    cfg = resolve(args, "synth", ["n_train", "n_test", "seed", "size", "workers"])
     summary = make_dataset(args.out, **cfg["synth"])
     save_config(cfg, config_path(args.out, "synth"), ["synth"])
     logger.info("synthetic dataset in %s: %s", args.out, ", ".join(f"{k} {v}" for k, v in summary.items()))
@@ -61,7 +68,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_images(args: argparse.Namespace) -> int:
     from folds import convert_images
 
-    cfg = _resolve(args, "images", ["size", "workers", "allow_errors"])
+    cfg = resolve(args, "images", ["size", "workers", "allow_errors"])
     save_config(cfg, config_path(args.out, "images"), ["images"])
     summary = convert_images(args.src, args.out, **cfg["images"])
     if summary["errors"] and not cfg["images"]["allow_errors"]:
@@ -74,7 +81,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 def cmd_folds(args: argparse.Namespace) -> int:
     from folds import make_folds
 
-    cfg = _resolve(args, "folds", ["n_folds", "seed", "iou_thr", "exclude_readers"])
+    cfg = resolve(args, "folds", ["n_folds", "seed", "iou_thr", "exclude_readers"])
     save_config(cfg, config_path(args.out, "folds"), ["folds"])
     make_folds(args.train_csv, args.out, **cfg["folds"])
     return 0
@@ -89,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vinbig",
         description="Chest X-ray abnormality detection for the VinBigData competition: "
-        "synthetic data, DICOM conversion, reader consolidation and folds.",
+        "synthetic data, DICOM conversion, reader consolidation and folds, YOLOv8 detectors, a 'No finding' "
+        "classifier, box fusion and the submission.",
         epilog="Run 'vinbig COMMAND --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -135,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-thr", type=float, dest="iou_thr", help="WBF IoU threshold (config folds.iou_thr)")
     p.add_argument("--exclude-readers", type=_readers, dest="exclude_readers", metavar="R8,R9",
                    help="comma-separated readers to ignore (config folds.exclude_readers)")
+    for module in STAGE_COMMANDS:
+        importlib.import_module(module).register(add)
     return parser
 
 

@@ -1,8 +1,10 @@
-"""Shared fixtures: the real chest CR of pydicom-data and small hand-made DICOM files."""
+"""Shared fixtures: the real chest CR of pydicom-data, small hand-made DICOM files, a tiny synthetic work folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +77,43 @@ def read_png(path: Path) -> np.ndarray:
 
 
 __all__ = ["RG1", "gradient", "make_dicom", "pydicom", "read_png"]
+
+
+# --------------------------------------------------------------------------- a tiny synthetic work folder
+
+
+@dataclass(frozen=True)
+class SynthWork:
+    """A synthetic dataset (`data`, Kaggle layout) and its work folder after images and folds."""
+
+    data: Path
+    work: Path
+
+
+@pytest.fixture(scope="session")
+def synth_work(tmp_path_factory) -> SynthWork:
+    """30 train and 6 test images (half of them abnormal), PNGs of 128 px, 3 folds. Shared: do not write in it;
+    tests that write stage outputs take `work_copy`."""
+    from vinbig.cli import main
+
+    root = tmp_path_factory.mktemp("synth")
+    data, work = root / "data", root / "work"
+    assert main(["synth", "--out", str(data), "--n-train", "30", "--n-test", "6", "--size", "192", "-q",
+                 "--set", "synth.abnormal_fraction=0.5", "--workers", "1"]) == 0
+    for split in ("train", "test"):
+        assert main(["images", "--src", str(data / split), "--out", str(work / "images" / split),
+                     "--size", "128", "--workers", "1", "-q"]) == 0
+    assert main(["folds", "--train-csv", str(data / "train.csv"), "--out", str(work), "--n-folds", "3", "-q"]) == 0
+    return SynthWork(data, work)
+
+
+@pytest.fixture
+def work_copy(synth_work, tmp_path) -> SynthWork:
+    """A fresh work folder of its own over the shared synthetic images (linked), labels and folds (copied)."""
+    work = tmp_path / "work"
+    (work / "images").mkdir(parents=True)
+    for split in ("train", "test"):
+        (work / "images" / split).symlink_to(synth_work.work / "images" / split, target_is_directory=True)
+    for name in ("labels.csv", "folds.csv"):
+        shutil.copy(synth_work.work / name, work / name)
+    return SynthWork(synth_work.data, work)

@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 DATA   ?= data/synth
 WORK   ?= work/synth
 CONFIG ?= configs/default.yaml
+FOLDS  ?= 0 1 2 3 4
+TTA    ?= hflip
 # torch and torchvision are installed first, as a matching pair (pip takes these from the local disk
 # here; on a GPU machine choose the pair that matches its CUDA, see README)
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
@@ -13,11 +15,11 @@ VINBIG := $(BIN)/vinbig
 ARGS   := --config $(CONFIG)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test demo synth images folds bench clean
+.PHONY: help venv test demo synth images folds train-detector predict-detector bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG)"
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" TTA=$(TTA)"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +49,13 @@ images: venv ## convert DATA's train and test DICOMs to PNGs in WORK/images (rer
 
 folds: venv ## validate DATA/train.csv, fuse the readers' boxes and split into folds in WORK
 	$(VINBIG) folds --train-csv $(DATA)/train.csv --out $(WORK) $(ARGS)
+
+train-detector: venv ## train the YOLOv8 detector of each fold in FOLDS (one fold per job: FOLDS="3")
+	@for k in $(FOLDS); do $(VINBIG) train-detector --work $(WORK) --fold $$k $(ARGS) || exit 1; done
+
+predict-detector: venv ## detector boxes for the OOF and test images (TTA=hflip, or TTA= for none)
+	$(VINBIG) predict-detector --work $(WORK) --split oof $(if $(TTA),--tta $(TTA)) $(ARGS)
+	$(VINBIG) predict-detector --work $(WORK) --split test $(if $(TTA),--tta $(TTA)) $(ARGS)
 
 bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand)
 	$(BIN)/python bench/bench_images.py

@@ -1,1 +1,29 @@
-"""Five-fold YOLOv8 detectors (ultralytics). Not built yet: see the detector issue."""
+"""YOLOv8 detectors with ultralytics: per-fold datasets, offline training, out-of-fold and test prediction.
+
+Names are imported on first use, so that `vinbig --help` does not import torch and ultralytics.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "boxes_to_yolo": "detector._dataset",
+    "yolo_to_boxes": "detector._dataset",
+    "label_text": "detector._dataset",
+    "fold_dataset": "detector._dataset",
+    "DETECTOR_CLASSES": "detector._dataset",
+    "train_fold": "detector._train",
+    "DetectorConfigError": "detector._train",
+    "predict": "detector._predict",
+    "unflip_boxes": "detector._predict",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'detector' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,104 @@
+"""Ultralytics without the network: no update checks, no analytics, no font or AMP-weights downloads.
+
+Importing this module is enough, and it must happen before anything imports ultralytics:
+
+- ``YOLO_OFFLINE=1`` makes ultralytics skip its start-up DNS probe (``ONLINE``), so its PyPI update
+  check and its analytics events stay off; ``YOLO_AUTOINSTALL=0`` stops it from pip-installing what
+  it thinks is missing.
+- ``check_font`` (called by ``check_det_dataset`` and the plotting code) would download Arial.ttf; it
+  is pointed at a font on this machine (matplotlib's bundled DejaVu Sans when nothing better is here).
+- ``check_amp`` would download yolo26n.pt to compare FP32 and AMP outputs; it runs the same
+  comparison on the model being trained instead.
+
+The trainer class used for every training, :class:`OfflineDetectionTrainer`, lives here so that
+ultralytics' DDP worker processes, which import the trainer's module, apply the same patches.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
+import torch  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# GPUs that ultralytics itself knows to give NaN losses under AMP
+_AMP_BAD_GPUS = ("1660", "1650", "1630", "t400", "t550", "t600", "t1000", "t1200", "t2000", "k40m")
+
+
+def local_font(font: str = "Arial.ttf") -> Path:
+    """`font` from ultralytics' config folder or matplotlib's font list, else matplotlib's DejaVu Sans."""
+    from matplotlib import font_manager
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    name = Path(font).name
+    if (USER_CONFIG_DIR / name).is_file():
+        return USER_CONFIG_DIR / name
+    for entry in font_manager.fontManager.ttflist:
+        if name in entry.fname and os.path.exists(entry.fname):
+            return Path(entry.fname)
+    return Path(font_manager.findfont("DejaVu Sans", fallback_to_default=True))
+
+
+def offline_check_amp(model: torch.nn.Module) -> bool:
+    """Whether AMP can be used: FP32 and autocast outputs of `model` itself agree on a test batch."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return False
+    gpu = torch.cuda.get_device_name(device).lower()
+    if any(tag in gpu for tag in _AMP_BAD_GPUS):
+        logger.warning("AMP off: %s is known to give NaN losses with mixed precision", gpu)
+        return False
+    m = copy.deepcopy(model).eval()
+    stride = int(max(getattr(m, "stride", torch.tensor([32])).max(), 32))
+    im = torch.rand(2, 3, 4 * stride, 4 * stride, device=device, generator=torch.Generator(device).manual_seed(0))
+    with torch.no_grad():
+        a = _first_tensor(m(im)).float()
+        with torch.autocast("cuda"):
+            b = _first_tensor(m(im)).float()
+    del m
+    ok = a.shape == b.shape and bool(torch.isfinite(b).all()) and torch.allclose(a, b, rtol=0.02, atol=0.5)
+    if ok:
+        logger.info("AMP check passed on %s (FP32 and autocast outputs of the model agree)", gpu)
+    else:
+        logger.warning("AMP off: FP32 and autocast outputs differ on %s (max |diff| %.3g)",
+                       gpu, float((a - b).abs().max()) if a.shape == b.shape else float("nan"))
+    return ok
+
+
+def _first_tensor(out) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def follow_log_level() -> bool:
+    """Give ultralytics' logger vinbig's level (``-q``: warnings only); return whether it stays verbose."""
+    level = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("ultralytics").setLevel(max(level, logging.INFO))
+    return level <= logging.INFO
+
+
+def _patch() -> None:
+    import ultralytics.data.utils as data_utils
+    import ultralytics.engine.trainer as trainer_module
+    import ultralytics.utils.checks as checks
+    import ultralytics.utils.plotting as plotting
+
+    for module in (checks, data_utils, plotting):
+        module.check_font = local_font
+    trainer_module.check_amp = offline_check_amp
+
+
+_patch()
+
+
+class OfflineDetectionTrainer(DetectionTrainer):
+    """ultralytics' detection trainer; defined here so that DDP workers import the offline patches."""

@@ -1,0 +1,168 @@
+"""Predict with every fold's detector: out-of-fold on the train images, all folds on the test images.
+
+Each (fold, tta) pair is one prediction set; the fusion stage merges them. Boxes are mapped from the
+PNG back to original DICOM pixels and clipped to the image. Rows are written to the parquet file in
+row groups as they come, so memory does not grow with the number of images; the file appears only
+when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from vinbig import log
+from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, read_folds, read_meta)
+from vinbig.boxes import clip, to_original
+
+logger = logging.getLogger(__name__)
+
+TTAS = ("none", "hflip")
+_ROW_GROUP = 200_000  # rows buffered before a parquet row group is written
+
+
+def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
+    """Boxes predicted on a horizontally flipped image of `width` pixels, mapped back to the unflipped image.
+
+    Pixel edges, not centres: column c of the flipped image is column ``width - 1 - c`` of the original, so a
+    box spanning edges ``[x0, x1]`` there spans ``[width - x1, width - x0]`` here.
+    """
+    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    return np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1)
+
+
+def weights_path(work: Work, fold: int, which: str = "best") -> Path:
+    path = work.fold_dir("detector", fold) / "weights" / f"{which}.pt"
+    if not path.is_file():
+        raise ArtifactError(f"no detector weights for fold {fold} at {path}; run "
+                            f"'vinbig train-detector --work {work.root} --fold {fold}'")
+    return path
+
+
+def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """The image sizes of `split` and, per fold, the image ids that fold's model predicts."""
+    if split == "oof":
+        meta = read_meta(work.images("train"))
+        f = read_folds(work)
+        f = f[f.image_id.isin(meta.image_id)]
+        todo = {int(k): list(g.image_id) for k, g in f.groupby("fold")}
+    elif split == "test":
+        meta = read_meta(work.images("test"))
+        n = sorted(read_folds(work).fold.unique())
+        todo = {int(k): list(meta.image_id) for k in n}
+    else:
+        raise ValueError(f"split must be oof or test, not {split!r}")
+    if folds is not None:
+        unknown = sorted(set(folds) - set(todo))
+        if unknown:
+            raise ArtifactError(f"folds {unknown} are not in {work.folds} (folds {sorted(todo)})")
+        todo = {k: todo[k] for k in folds}
+    return meta.set_index("image_id"), todo
+
+
+def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), folds: Sequence[int] | None = None,
+            weights: str = "best", out: Path | None = None) -> Path:
+    """Write ``WORK/preds/detector_{split}.parquet`` (or `out`); return its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detector._offline import follow_log_level  # first: ultralytics offline
+    from ultralytics import YOLO
+
+    follow_log_level()
+
+    bad = sorted(set(tta) - set(TTAS) - {"none"})
+    if bad:
+        raise ValueError(f"unknown TTA {bad}; choose from {list(TTAS[1:])}")
+    sets = ["none", *[t for t in tta if t != "none"]]
+    meta, todo = plan(work, split, folds)
+    models = {k: weights_path(work, k, weights) for k in todo}  # all present before any work starts
+    out = Path(out or work.detector_preds(split))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("image_id", pa.string()), ("fold", pa.int16()), ("tta", pa.string()),
+                        ("class_id", pa.int16()), ("score", pa.float32()), ("x_min", pa.float32()),
+                        ("y_min", pa.float32()), ("x_max", pa.float32()), ("y_max", pa.float32())])
+    device = cfg["device"]
+    args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
+                device=None if device is None else (device[0] if isinstance(device, list) else device))
+    n_boxes = 0
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        buffer: list[pd.DataFrame] = []
+        for fold, ids in todo.items():
+            model = YOLO(str(models[fold]))
+            args.update(_fp16(args["device"]))
+            bar = log.progress(total=len(ids), desc=f"{split} fold {fold}", unit="img")
+            for chunk in _chunks(ids, cfg["predict_batch"]):
+                rows = _predict_chunk(model, work.images("train" if split == "oof" else "test"), chunk,
+                                      meta, fold, sets, args)
+                buffer.append(rows)
+                n_boxes += len(rows)
+                if sum(len(b) for b in buffer) >= _ROW_GROUP:
+                    writer.write_table(_table(buffer, schema))
+                    buffer = []
+                bar.update(len(chunk))
+            bar.close()
+        writer.write_table(_table(buffer, schema))
+    logger.info("%s: %d boxes from %d fold model(s) x %d prediction set(s) (%s) on %d images -> %s", split,
+                n_boxes, len(todo), len(sets), ", ".join(sets), len({i for v in todo.values() for i in v}), out)
+    return out
+
+
+def _fp16(device) -> dict:
+    """The predict() argument for FP16 inference on a GPU (``quantize`` since ultralytics 8.4, ``half`` before)."""
+    import torch
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    if not torch.cuda.is_available() or str(device).lower() == "cpu":
+        return {}
+    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
+
+
+def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), max(1, n)):
+        yield items[i:i + n]
+
+
+def _predict_chunk(model, image_dir: Path, ids: Sequence[str], meta: pd.DataFrame, fold: int,
+                   sets: Sequence[str], args: Mapping) -> pd.DataFrame:
+    images = []
+    for image_id in ids:
+        im = cv2.imread(str(image_dir / f"{image_id}.png"), cv2.IMREAD_COLOR)
+        if im is None:
+            raise ArtifactError(f"cannot read {image_dir / f'{image_id}.png'} (listed in its meta.csv); "
+                                f"rerun 'vinbig images' for {image_dir}")
+        images.append(im)
+    frames = []
+    for tta in sets:
+        batch = images if tta == "none" else [cv2.flip(im, 1) for im in images]
+        for image_id, im, result in zip(ids, batch, model.predict(batch, **args)):
+            boxes = result.boxes
+            xyxy = boxes.xyxy.cpu().numpy().astype(np.float64)
+            if tta == "hflip":
+                xyxy = unflip_boxes(xyxy, im.shape[1])
+            frames.append(_rows(image_id, fold, tta, boxes.cls.cpu().numpy(), boxes.conf.cpu().numpy(),
+                                xyxy, meta.loc[image_id]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DETECTOR_PRED_COLUMNS)
+
+
+def _rows(image_id: str, fold: int, tta: str, cls: np.ndarray, conf: np.ndarray, xyxy_png: np.ndarray,
+          m: pd.Series) -> pd.DataFrame:
+    xyxy = clip(to_original(xyxy_png, m.width, m.height, m.png_width, m.png_height), m.width, m.height)
+    keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    n = int(keep.sum())
+    return pd.DataFrame({"image_id": [image_id] * n, "fold": fold, "tta": tta, "class_id": cls[keep].astype(int),
+                         "score": conf[keep], "x_min": xyxy[keep, 0], "y_min": xyxy[keep, 1],
+                         "x_max": xyxy[keep, 2], "y_max": xyxy[keep, 3]})
+
+
+def _table(frames: Iterable[pd.DataFrame], schema):
+    import pyarrow as pa
+
+    frames = [f for f in frames if len(f)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DETECTOR_PRED_COLUMNS)
+    return pa.Table.from_pandas(df.loc[:, list(DETECTOR_PRED_COLUMNS)], schema=schema, preserve_index=False)

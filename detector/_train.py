@@ -1,0 +1,138 @@
+"""Train one fold's YOLOv8 detector with ultralytics, offline, into ``WORK/detector/fold{k}/``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Mapping
+
+from vinbig.artifacts import Work
+
+logger = logging.getLogger(__name__)
+
+# detector: keys passed to ultralytics' train() under the same name
+TRAIN_KEYS = ("imgsz", "epochs", "batch", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs",
+              "cos_lr", "patience", "fliplr", "mosaic", "close_mosaic", "mixup", "scale", "translate", "degrees",
+              "hsv_v", "workers", "seed", "amp", "cache", "plots")
+
+
+class DetectorConfigError(ValueError):
+    """The detector section names a model or device that cannot be used; the message says the fix."""
+
+
+def resolve_model(model: str) -> str:
+    """`model` as ultralytics takes it: a built-in architecture yaml, or an existing local .pt or .yaml file."""
+    path = Path(model).expanduser()
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise DetectorConfigError(
+                f"detector.model: weights file {path} not found. Nothing is downloaded: put the .pt file "
+                f"(e.g. yolov8s.pt from github.com/ultralytics/assets/releases) at {path.resolve()}, "
+                f"or train from scratch with --set detector.model=yolov8s.yaml")
+        return str(path.resolve())
+    if path.suffix not in (".yaml", ".yml"):
+        raise DetectorConfigError(
+            f"detector.model: {model!r} is neither an architecture yaml (yolov8n.yaml ... yolov8x.yaml) "
+            "nor a .pt weights file")
+    if path.is_file():
+        return str(path.resolve())
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        yaml_model_load(model)  # ultralytics' own cfg/models (yolov8s.yaml = yolov8.yaml at scale s); no download
+    except FileNotFoundError:
+        raise DetectorConfigError(
+            f"detector.model: {model!r} is not an ultralytics architecture nor a file; use e.g. yolov8n.yaml, "
+            "yolov8s.yaml, yolov8m.yaml, yolov8l.yaml or yolov8x.yaml, or the path of a local .yaml or .pt") from None
+    return model
+
+
+def ultralytics_device(device) -> str | None:
+    """The config's `device` (null, cpu, 0, "0,1" or [0, 1]) as ultralytics takes it."""
+    if device is None or device == "":
+        return None
+    if isinstance(device, (list, tuple)):
+        return ",".join(str(d) for d in device)
+    return str(device)
+
+
+def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
+    """ultralytics train() arguments from the detector config section."""
+    args = {k: cfg[k] for k in TRAIN_KEYS}
+    args.update(data=str(data_yaml.resolve()), project=str(run_dir.parent.resolve()), name=run_dir.name,
+                exist_ok=True, device=ultralytics_device(cfg["device"]), hsv_h=0.0, hsv_s=0.0,
+                pretrained=False)
+    extra = dict(cfg.get("extra") or {})
+    clash = sorted(set(extra) & {"data", "project", "name", "resume", "model"})
+    if clash:
+        raise DetectorConfigError(f"detector.extra must not set {clash}: vinbig sets them (use --work and --fold)")
+    args.update(extra)
+    return args
+
+
+def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, overwrite: bool = False,
+               callbacks: Mapping[str, Callable] | None = None) -> Path:
+    """Train fold `fold` with the detector config section `cfg`; return the run folder.
+
+    `resume` continues ``weights/last.pt`` of an interrupted run; a finished run is left as it is.
+    `callbacks` maps ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the trainer.
+    """
+    from detector._dataset import fold_dataset
+    from detector._offline import OfflineDetectionTrainer, follow_log_level  # first: ultralytics offline
+    from ultralytics import YOLO
+
+
+    verbose = follow_log_level()
+    run_dir = work.fold_dir("detector", fold)
+    last = run_dir / "weights" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise DetectorConfigError(f"--resume: no {last} to resume from; train without --resume first")
+        model = YOLO(str(last))
+        ckpt = model.ckpt or {}
+        # A finished run's last.pt has no optimizer and epoch -1; given one, ultralytics would start a new
+        # training on its default dataset (coco8, a download) instead of refusing.
+        if ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
+            logger.info("fold %d: the run in %s is finished; nothing to resume (--overwrite starts over)",
+                        fold, run_dir)
+            return run_dir
+        _add_callbacks(model, callbacks)
+        data_yaml = work.detector / "data" / f"fold{fold}" / "data.yaml"
+        logger.info("fold %d: resuming %s after epoch %d", fold, last, ckpt["epoch"] + 1)
+        model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose,
+                    **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
+        return run_dir
+    if last.is_file() and not overwrite:
+        raise DetectorConfigError(
+            f"{run_dir} already holds a run ({last}); use --resume to continue it or --overwrite to start over")
+
+    model_path = resolve_model(cfg["model"])
+    data_yaml = fold_dataset(work, fold)
+    model = YOLO(model_path)
+    _add_callbacks(model, callbacks)
+    args = {"verbose": verbose, **train_args(cfg, data_yaml, run_dir)}
+    logger.info("fold %d: training %s at %d px for %d epochs on device %s into %s", fold, cfg["model"],
+                cfg["imgsz"], cfg["epochs"], args["device"] or "auto", run_dir)
+    model.train(trainer=OfflineDetectionTrainer, **args)
+    return run_dir
+
+
+def _add_callbacks(model, callbacks: Mapping[str, Callable] | None) -> None:
+    for event, fn in (callbacks or {}).items():
+        model.add_callback(event, fn)
+
+
+def summarize(run_dir: Path) -> str:
+    """One line on a finished run: epochs and the best validation mAP50 of results.csv."""
+    import pandas as pd
+
+    results = run_dir / "results.csv"
+    if not results.is_file():
+        return f"no results.csv in {run_dir}"
+    df = pd.read_csv(results)
+    df.columns = [c.strip() for c in df.columns]
+    col = "metrics/mAP50(B)"
+    if col not in df or df.empty:
+        return f"{len(df)} epoch(s) in {results}"
+    best = df.loc[df[col].idxmax()]
+    return f"{len(df)} epoch(s); best val mAP50 {best[col]:.4f} at epoch {int(best['epoch'])}; weights in {run_dir / 'weights'}"

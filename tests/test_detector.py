@@ -1,0 +1,280 @@
+"""The detector stage: YOLO labels, fold datasets, offline training with resume, OOF and test prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from detector import (DETECTOR_CLASSES, DetectorConfigError, boxes_to_yolo, fold_dataset, label_text, unflip_boxes,
+                      yolo_to_boxes)
+from vinbig.artifacts import CLASS_NAMES, DETECTOR_PRED_COLUMNS, NO_FINDING, Work
+
+TINY = ["--model", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu",
+        "--workers", "0", "-q"]
+
+# Runs `vinbig` commands in a fresh interpreter whose sockets refuse every connection and name lookup;
+# each attempt is written to the log file with the stack that made it.
+NETWORK_GUARD = textwrap.dedent('''
+    import json, socket, sys, traceback
+
+    log_path, commands = sys.argv[1], json.loads(sys.argv[2])
+
+    def deny(name):
+        def blocked(*args, **kwargs):
+            with open(log_path, "a") as log:
+                log.write(f"{name}{args[:2]!r}\\n" + "".join(traceback.format_stack(limit=10)) + "\\n")
+            raise OSError(f"network access blocked by the test: {name}")
+        return blocked
+
+    socket.getaddrinfo = deny("getaddrinfo")
+    socket.create_connection = deny("create_connection")
+    socket.socket.connect = deny("connect")
+    socket.socket.connect_ex = deny("connect_ex")
+
+    from vinbig.cli import main
+
+    for argv in commands:
+        rc = main(argv)
+        print(f"RC {rc} {' '.join(argv[:1])}", flush=True)
+''')
+
+
+def run_offline(tmp_path: Path, commands: list[list[str]]) -> tuple[list[int], str]:
+    """Run `commands` in one guarded interpreter; return their exit codes and the network-attempt log."""
+    log = tmp_path / "network.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    proc = subprocess.run([sys.executable, "-c", NETWORK_GUARD, str(log), json.dumps(commands)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    codes = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("RC ")]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return codes, log.read_text() if log.exists() else ""
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def random_boxes(rng: np.random.Generator, width: int, height: int, n: int) -> np.ndarray:
+    x = np.sort(rng.uniform(0, width, size=(n, 2)), axis=1)
+    y = np.sort(rng.uniform(0, height, size=(n, 2)), axis=1)
+    boxes = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
+    boxes[0] = [0, 0, width, height]  # the whole image: the edges must survive too
+    return boxes
+
+
+def test_labels_round_trip_within_a_pixel_on_any_image_size():
+    """Original pixels -> YOLO label text -> ultralytics' own reading -> original pixels, 500 random images."""
+    from ultralytics.utils.ops import xywhn2xyxy
+
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(500):
+        width, height = (int(v) for v in rng.integers(300, 3500, size=2))  # rarely square
+        boxes = random_boxes(rng, width, height, int(rng.integers(1, 12)))
+        classes = rng.integers(0, NO_FINDING, size=len(boxes))
+        table = np.loadtxt(label_text(classes, boxes, width, height).splitlines(), ndmin=2)
+        assert (table[:, 0] == classes).all()
+        assert ((table[:, 1:] >= 0) & (table[:, 1:] <= 1)).all()
+        back = xywhn2xyxy(table[:, 1:], w=width, h=height)
+        worst = max(worst, float(np.abs(back - boxes).max()))
+        np.testing.assert_allclose(yolo_to_boxes(table[:, 1:], width, height), back, atol=1e-9)
+    assert worst < 1.0, worst
+
+
+def test_label_of_a_wide_image_uses_width_for_x_and_height_for_y():
+    xywhn = boxes_to_yolo([[100, 50, 300, 150]], width=1000, height=500)
+    np.testing.assert_allclose(xywhn, [[0.2, 0.2, 0.2, 0.2]])
+    assert label_text([], np.zeros((0, 4)), 1000, 500) == ""
+
+
+def test_unflip_maps_a_box_found_on_the_flipped_image_back_exactly():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(20, 200, size=2))
+        x0, x1 = sorted(rng.choice(w + 1, size=2, replace=False))
+        y0, y1 = sorted(rng.choice(h + 1, size=2, replace=False))
+        image = np.zeros((h, w), np.uint8)
+        image[y0:y1, x0:x1] = 255
+        ys, xs = np.nonzero(cv2.flip(image, 1))
+        on_flipped = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]  # pixel edges
+        assert unflip_boxes(on_flipped, w).tolist() == [[x0, y0, x1, y1]]
+    boxes = rng.integers(0, 2560, size=(20, 4)) / 4  # quarter pixels, as exact as the float flip itself
+    np.testing.assert_array_equal(unflip_boxes(unflip_boxes(boxes, 640), 640), boxes)
+
+
+# --------------------------------------------------------------------------- fold datasets
+
+
+def test_fold_dataset_links_images_and_writes_a_label_for_every_image(work_copy):
+    work = Work(work_copy.work)
+    data_yaml = fold_dataset(work, 1)
+    root = data_yaml.parent
+    assert root == work.detector / "data" / "fold1"
+    data = yaml.safe_load(data_yaml.read_text())
+    assert data["nc"] == 14 and list(data["names"].values()) == list(CLASS_NAMES[:14]) == list(DETECTOR_CLASSES)
+    assert "path" not in data  # relative to the yaml: the work folder can move
+
+    folds = pd.read_csv(work.folds, dtype={"image_id": str})
+    labels = pd.read_csv(work.labels, dtype={"image_id": str})
+    meta = pd.read_csv(work.images("train") / "meta.csv", dtype={"image_id": str}).set_index("image_id")
+    for subset, ids in (("train", folds.image_id[folds.fold != 1]), ("val", folds.image_id[folds.fold == 1])):
+        pngs = sorted(p.stem for p in (root / "images" / subset).iterdir())
+        assert pngs == sorted(ids)
+        for image_id in ids:
+            link = root / "images" / subset / f"{image_id}.png"
+            assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+            assert link.resolve() == (work.images("train") / f"{image_id}.png").resolve()
+            rows = labels[(labels.image_id == image_id) & (labels.class_id != NO_FINDING)]
+            text = (root / "labels" / subset / f"{image_id}.txt").read_text()
+            assert len(text.splitlines()) == len(rows)  # empty file for a "No finding" image
+            if len(rows):
+                table = np.loadtxt(text.splitlines(), ndmin=2)
+                back = yolo_to_boxes(table[:, 1:], *meta.loc[image_id, ["width", "height"]])
+                np.testing.assert_allclose(back, rows[["x_min", "y_min", "x_max", "y_max"]], atol=0.01)
+                assert sorted(table[:, 0].astype(int)) == sorted(rows.class_id)
+
+
+def test_fold_dataset_is_reused_until_its_inputs_change_and_ultralytics_accepts_it(work_copy):
+    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
+    from ultralytics.data.utils import check_det_dataset
+
+    work = Work(work_copy.work)
+    data_yaml = fold_dataset(work, 0)
+    stamp = (data_yaml.parent / "source.sha1").read_text()
+    (data_yaml.parent / "marker").write_text("kept while nothing changes")
+    assert fold_dataset(work, 0) == data_yaml and (data_yaml.parent / "marker").exists()
+
+    labels = pd.read_csv(work.labels, dtype={"image_id": str})
+    labels.loc[labels.class_id != NO_FINDING, "x_max"] -= 1
+    labels.to_csv(work.labels, index=False)
+    fold_dataset(work, 0)
+    assert (data_yaml.parent / "source.sha1").read_text() != stamp and not (data_yaml.parent / "marker").exists()
+    assert not list(data_yaml.parent.parent.glob(".*partial"))
+
+    data = check_det_dataset(str(data_yaml))
+    assert data["nc"] == 14 and Path(data["val"]).is_dir()
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("model, words", [
+    ("weights/yolov8s.pt", "weights file .*yolov8s.pt not found. Nothing is downloaded: put the .pt file"),
+    ("yolov9000.yaml", "not an ultralytics architecture nor a file; use e.g. yolov8n.yaml"),
+    ("yolov8s", "neither an architecture yaml"),
+])
+def test_a_model_that_cannot_be_used_says_what_to_do(model, words):
+    from detector._train import resolve_model
+
+    with pytest.raises(DetectorConfigError, match=words):
+        resolve_model(model)
+
+
+def test_train_args_map_the_config_to_ultralytics(tmp_path):
+    from detector._train import train_args
+    from vinbig.config import load_config
+
+    cfg = load_config(overrides=["detector.device=[0, 1]", "detector.extra={cls: 1.5}"])["detector"]
+    args = train_args(cfg, tmp_path / "data.yaml", tmp_path / "detector" / "fold2")
+    assert args["device"] == "0,1" and args["cls"] == 1.5 and args["name"] == "fold2"
+    assert args["project"] == str((tmp_path / "detector").resolve()) and Path(args["data"]).is_absolute()
+    assert args["hsv_h"] == args["hsv_s"] == 0.0 and args["epochs"] == cfg["epochs"]
+    with pytest.raises(DetectorConfigError, match="must not set"):
+        train_args({**cfg, "extra": {"data": "x.yaml"}}, tmp_path / "d.yaml", tmp_path / "fold0")
+
+
+# --------------------------------------------------------------------------- training and prediction
+
+
+@pytest.mark.slow
+def test_train_and_predict_every_fold_with_the_network_blocked(work_copy, tmp_path):
+    work = str(work_copy.work)
+    commands = [["train-detector", "--work", work, "--fold", str(k), *TINY] + ([] if k == 0 else
+                ["--set", "detector.plots=false"]) for k in range(3)]
+    commands += [
+        ["train-detector", "--work", work, "--fold", "0", *TINY],  # a run is there: refused
+        ["predict-detector", "--work", work, "--split", "oof", "--tta", "hflip", "--imgsz", "64", "--conf", "1e-6",
+         "--device", "cpu", "-q"],
+        ["predict-detector", "--work", work, "--split", "test", "--imgsz", "64", "--conf", "1e-6", "--device", "cpu",
+         "-q"],
+    ]
+    codes, network = run_offline(tmp_path, commands)
+    assert network == "", f"ultralytics reached for the network:\n{network}"
+    assert codes == [0, 0, 0, 2, 0, 0]
+
+    w = Work(work)
+    for k in range(3):
+        run = w.fold_dir("detector", k)
+        for name in ("weights/best.pt", "weights/last.pt", "results.csv", "args.yaml", "config_detector.yaml"):
+            assert (run / name).is_file(), name
+    assert (w.fold_dir("detector", 0) / "results.png").is_file()  # plots drawn with a local font
+
+    folds = pd.read_csv(w.folds, dtype={"image_id": str}).set_index("image_id").fold
+    for split, sets in (("oof", {"none", "hflip"}), ("test", {"none"})):
+        path = w.detector_preds(split)
+        df = pd.read_parquet(path)
+        assert list(df.columns) == list(DETECTOR_PRED_COLUMNS) and len(df) > 0
+        assert set(df.tta) == sets and df.class_id.between(0, NO_FINDING - 1).all()
+        assert df.score.between(0, 1).all()
+        meta = pd.read_csv(w.images("train" if split == "oof" else "test") / "meta.csv", dtype={"image_id": str})
+        df = df.merge(meta[["image_id", "width", "height"]], on="image_id", how="left")
+        assert df.width.notna().all()
+        assert ((df.x_min >= 0) & (df.y_min >= 0) & (df.x_max <= df.width) & (df.y_max <= df.height)).all()
+        assert ((df.x_max > df.x_min) & (df.y_max > df.y_min)).all()
+        if split == "oof":
+            assert (df.fold == df.image_id.map(folds)).all()  # each image only by the model that did not train on it
+        else:
+            assert set(df.fold) == {0, 1, 2}
+        assert (path.parent / f"config_detector_{split}.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_and_a_local_pt_starts_a_new_one(work_copy, tmp_path):
+    from detector import train_fold
+    from vinbig.cli import main
+    from vinbig.config import load_config
+
+    work = Work(work_copy.work)
+    cfg = load_config(overrides=["detector.model=yolov8n.yaml", "detector.epochs=3", "detector.imgsz=64",
+                                 "detector.batch=8", "detector.device=cpu", "detector.workers=0",
+                                 "detector.plots=false"])["detector"]
+
+    def stop_after_first_epoch(trainer):
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(work, 1, cfg, callbacks={"on_fit_epoch_end": stop_after_first_epoch})
+    results = work.fold_dir("detector", 1) / "results.csv"
+    assert len(pd.read_csv(results)) == 1
+
+    assert main(["train-detector", "--work", str(work.root), "--fold", "1", "--resume", "-q"]) == 0
+    assert pd.read_csv(results).epoch.tolist() == [1, 2, 3]
+    assert main(["train-detector", "--work", str(work.root), "--fold", "1", "--resume", "-q"]) == 0  # done: no-op
+
+    last = work.fold_dir("detector", 1) / "weights" / "last.pt"
+    assert main(["train-detector", "--work", str(work.root), "--fold", "2", "--model", str(last), "--epochs", "1",
+                 "--imgsz", "64", "--batch", "8", "--device", "cpu", "--workers", "0", "-q",
+                 "--set", "detector.plots=false"]) == 0
+    args = yaml.safe_load((work.fold_dir("detector", 2) / "args.yaml").read_text())
+    assert Path(args["model"]).resolve() == last.resolve()
+
+
+def test_train_refuses_a_fold_that_does_not_exist_and_predict_names_the_missing_weights(work_copy, caplog):
+    from vinbig.cli import main
+
+    work = str(work_copy.work)
+    assert main(["train-detector", "--work", work, "--fold", "7", *TINY]) == 2
+    assert "--fold 7" in caplog.text and "folds [0, 1, 2]" in caplog.text
+    assert main(["predict-detector", "--work", work, "--split", "test", "-q"]) == 2
+    assert "no detector weights for fold 0" in caplog.text and "vinbig train-detector" in caplog.text
+    assert not Work(work).detector_preds("test").exists()

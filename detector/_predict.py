@@ -53,8 +53,7 @@ def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd
         todo = {int(k): list(g.image_id) for k, g in f.groupby("fold")}
     elif split == "test":
         meta = read_meta(work.images("test"))
-        n = sorted(read_folds(work).fold.unique())
-        todo = {int(k): list(meta.image_id) for k in n}
+        todo = {int(k): list(meta.image_id) for k in sorted(read_folds(work).fold.unique())}
     else:
         raise ValueError(f"split must be oof or test, not {split!r}")
     if folds is not None:
@@ -90,12 +89,12 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
     device = cfg["device"]
     args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
                 device=None if device is None else (device[0] if isinstance(device, list) else device))
+    args.update(_fp16(args["device"]))
     n_boxes = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         buffer: list[pd.DataFrame] = []
         for fold, ids in todo.items():
             model = YOLO(str(models[fold]))
-            args.update(_fp16(args["device"]))
             bar = log.progress(total=len(ids), desc=f"{split} fold {fold}", unit="img")
             for chunk in _chunks(ids, cfg["predict_batch"]):
                 rows = _predict_chunk(model, work.images("train" if split == "oof" else "test"), chunk,

@@ -1,1 +1,38 @@
-"""Metric, weighted boxes fusion, "No finding" gate and submission. Not built yet: see the fusion issue."""
+"""Fusion stage: weighted boxes fusion of the detector's prediction sets, the "No finding" gate, tuning on
+out-of-fold predictions, the submission and its validator, the report. The metric is `vinbig.metric`.
+
+Names are imported on first use, so `vinbig --help` does not pay for numba, pandas or matplotlib.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "wbf": "fusion._wbf",
+    "FusionInput": "fusion._fuse",
+    "load_inputs": "fusion._fuse",
+    "fuse": "fusion._fuse",
+    "apply_gate": "fusion._gate",
+    "image_probabilities": "fusion._gate",
+    "gate_scores": "fusion._tune",
+    "tune": "fusion._tune",
+    "write_tuned": "fusion._tune",
+    "predict": "fusion._stage",
+    "score_oof": "fusion._stage",
+    "make_submission": "fusion._stage",
+    "prediction_strings": "fusion._submission",
+    "write_submission": "fusion._submission",
+    "validate_submission": "fusion._submission",
+    "Fault": "fusion._submission",
+    "write_report": "fusion._report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fusion' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return __all__

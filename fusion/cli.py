@@ -1,7 +1,256 @@
-"""The `vinbig` subcommands of the fusion stage (registered by vinbig.cli)."""
+"""The `vinbig` subcommands of the fusion stage (registered by vinbig.cli): score, fuse, tune, validate, report."""
 
 from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger("vinbig")
+FUSION_OPTIONS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high", "workers")
+
+
+def _fusion_config(args: argparse.Namespace, work, names=FUSION_OPTIONS, tuned: bool = True) -> dict:
+    """Defaults, --config, WORK/fusion.yaml (unless --ignore-tuned), --set, then the command-line options."""
+    import yaml
+
+    from vinbig.config import ConfigError, load_config, merge, parse_override
+
+    cfg = load_config(args.config)
+    path = work.fusion_config
+    if tuned and not getattr(args, "ignore_tuned", False) and path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML ({e}); run 'vinbig tune --work {work.root}' again") from None
+        cfg = merge(cfg, data, str(path))
+        logger.info("tuned values from %s: %s", path,
+                    ", ".join(f"{k}={v}" for k, v in (data.get("fusion") or {}).items()))
+    elif tuned and path.is_file():
+        logger.info("ignoring %s (--ignore-tuned)", path)
+    elif tuned:
+        logger.info("no %s: fusion values from the config (run 'vinbig tune' to choose them on OOF predictions)",
+                    path)
+    for text in args.overrides:
+        cfg = merge(cfg, parse_override(text), f"--set {text}")
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            cfg["fusion"][name] = value
+    return cfg
+
+
+def _work(args: argparse.Namespace):
+    from vinbig.artifacts import Work
+    from vinbig.cli import UserError
+
+    if not args.work.is_dir():
+        raise UserError(f"--work {args.work} is not a folder; give the work folder of 'vinbig folds' and the "
+                        "prediction stages")
+    return Work(args.work)
+
+
+def _sample(args: argparse.Namespace, work) -> Path:
+    """--sample, else DATA/sample_submission.csv of --data, else the source recorded by 'vinbig images'."""
+    from vinbig.artifacts import source_path
+    from vinbig.cli import UserError
+
+    if getattr(args, "sample", None) is not None:
+        return args.sample
+    if getattr(args, "data", None) is not None:
+        return args.data / "sample_submission.csv"
+    recorded = source_path(work.images("test"))
+    if recorded.is_file():
+        return Path(recorded.read_text().strip()).parent / "sample_submission.csv"
+    raise UserError("which sample_submission.csv? give --sample DATA/sample_submission.csv or --data DATA (the "
+                    f"dataset {work.images('test')} was converted from); its source.txt, written by 'vinbig images', is missing")
+
+
+def _report_faults(faults, name: str, limit: int = 50) -> None:
+    for fault in faults[:limit]:
+        logger.error("%s", fault.format(name))
+    if len(faults) > limit:
+        logger.error("... and %d more faults", len(faults) - limit)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from vinbig.metric import score_files
+
+    result = score_files(args.truth, args.submission)
+    if result.ignored:
+        logger.warning("%d predicted boxes are for images absent from %s and were ignored", result.ignored,
+                       args.truth)
+    print(result.to_json() if getattr(args, "json", False) else result.format())
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from fusion._stage import make_submission, score_oof
+    from fusion._submission import prediction_strings, write_submission
+    from vinbig.artifacts import config_path
+    from vinbig.config import save_config
+
+    work = _work(args)
+    cfg = _fusion_config(args, work)
+    save_config(cfg, config_path(work.root, "fusion"), ["fusion"])
+    f = cfg["fusion"]
+    if args.split == "oof":
+        result, final, _ = score_oof(work, f)
+        print(result.format())
+        if getattr(args, "out", None) is not None:
+            write_submission(prediction_strings(final, final["image_id"].unique()), args.out)
+            logger.info("wrote the fused out-of-fold predictions to %s", args.out)
+        return 0
+    out, faults = make_submission(work, f, _sample(args, work), getattr(args, "out", None) or work.submission)
+    if faults:
+        _report_faults(faults, str(out))
+        logger.error("%s fails validation with %d faults: a bug in the fusion stage, please report it", out,
+                     len(faults))
+        return 1
+    logger.info("%s passes 'vinbig validate'", out)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fusion._tune import format_tables, tune, write_tuned
+    from vinbig.artifacts import config_path
+    from vinbig.config import save_config
+
+    work = _work(args)
+    cfg = _fusion_config(args, work, ("workers",), tuned=False)
+    save_config(cfg, config_path(work.root, "tune"), ["fusion"])
+    f = cfg["fusion"]
+    best, table = tune(work, f)
+    print(format_tables(table))
+    same = ((table.iou_thr == f["iou_thr"]) & (table.skip_box_thr == f["skip_box_thr"])
+            & (table.conf_type == f["conf_type"]))
+    if table["low"].notna().all():
+        same &= (table.low == f["low"]) & (table.high == f["high"])
+    before = float(table.loc[same, "map"].iloc[0]) if same.any() else None
+    path = write_tuned(work.fusion_config, best, before)
+    print(f"best: {', '.join(f'{k}={v}' for k, v in best['values'].items())}: OOF mAP {best['map']:.4f}"
+          + (f" (config values: {before:.4f})" if before is not None else "") + f"; written to {path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fusion._submission import validate_submission
+    from vinbig.cli import UserError
+
+    meta = getattr(args, "meta", None)
+    for path, what in ((args.sample, "--sample"), (meta, "--meta")):
+        if path is not None and not path.is_file():
+            raise UserError(f"{what} {path} not found")
+    faults = validate_submission(args.submission, args.sample, meta)
+    if faults:
+        _report_faults(faults, str(args.submission), args.max_faults)
+        logger.error("%s: %d faults", args.submission, len(faults))
+        return 1
+    logger.info("%s is a valid submission for %s%s", args.submission, args.sample,
+                f" (boxes inside the images of {meta})" if meta else "")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fusion._report import write_report
+    from fusion._stage import score_oof
+    from vinbig.artifacts import config_path
+    from vinbig.config import save_config
+
+    work = _work(args)
+    cfg = _fusion_config(args, work)
+    out = getattr(args, "out", None) or work.report
+    f = cfg["fusion"]
+    result, final, truth = score_oof(work, f, curves=True)
+    print(result.format())
+    write_report(work, result, final, truth, out, f["report_images"], f["report_score_thr"])
+    save_config(cfg, config_path(out, "fusion"), ["fusion"])
+    return 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _fusion_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fusion values (override the config and WORK/fusion.yaml)")
+    g.add_argument("--iou-thr", type=float, dest="iou_thr", help="WBF IoU threshold (config fusion.iou_thr)")
+    g.add_argument("--skip-box-thr", type=float, dest="skip_box_thr",
+                   help="boxes scoring below this are dropped before WBF (config fusion.skip_box_thr)")
+    g.add_argument("--conf-type", dest="conf_type", help="WBF score of a fused box (config fusion.conf_type)")
+    g.add_argument("--low", type=float, help="gate: below this P(abnormal) only '14 1 0 0 1 1' (config fusion.low)")
+    g.add_argument("--high", type=float, help="gate: from this P(abnormal) boxes alone (config fusion.high)")
+    g.add_argument("--workers", type=int, help="processes, 0 = one per core (config fusion.workers)")
+    g.add_argument("--ignore-tuned", action="store_true", dest="ignore_tuned",
+                   help="do not read WORK/fusion.yaml (the values 'vinbig tune' chose)")
 
 
 def register(add) -> None:
     """Add this stage's subcommands with ``add(name, func, help, description)``."""
+
+    def command(*args) -> argparse.ArgumentParser:
+        p = add(*args)
+        p.argument_default = argparse.SUPPRESS  # options not given stay unset; --help shows no "(default: None)"
+        return p
+
+    p = command("score", cmd_score, "score a submission with the competition metric",
+                "PASCAL VOC 2010 mAP at IoU > 0.4 over the 15 classes (No finding = box 0 0 1 1) of a submission "
+                "file against a truth box table. Detections are ranked by confidence, ties in submission order; "
+                "truth images missing from the submission count as unpredicted; classes absent from the truth are "
+                "listed and left out of the mean. Prints a per-class table (AP, truth boxes, predictions).")
+    p.add_argument("--truth", required=True, type=Path, metavar="TRUTH.csv",
+                   help="image_id,class_id,x_min,y_min,x_max,y_max (WORK/labels.csv qualifies); class-14 boxes "
+                        "may be empty")
+    p.add_argument("--submission", required=True, type=Path, metavar="SUB.csv", help="image_id,PredictionString")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = command("fuse", cmd_fuse, "fuse the detector's prediction sets, apply the gate, write the submission",
+                "Fuse every image's prediction sets (fold x TTA) of WORK/preds/detector_SPLIT.parquet with weighted "
+                "boxes fusion (boxes normalized by the original image size of meta.csv), apply the 'No finding' "
+                "gate with WORK/preds/classifier_SPLIT.csv when it exists. --split oof scores the result against "
+                "WORK/labels.csv and prints the per-class table; --split test writes the submission (one row per "
+                "image of the sample submission, in its order) and validates it. Values: config, then "
+                "WORK/fusion.yaml (from 'vinbig tune'), then --set and the options below.")
+    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
+    p.add_argument("--split", required=True, choices=("oof", "test"), help="which predictions to fuse")
+    p.add_argument("--sample", type=Path, metavar="CSV",
+                   help="sample_submission.csv giving the test images and their order (default: "
+                        "DATA/sample_submission.csv of --data, else of the dataset named in "
+                        "WORK/images/test/source.txt, which 'vinbig images' writes)")
+    p.add_argument("--data", type=Path, metavar="DATA",
+                   help="the dataset folder (Kaggle layout) WORK was made from; its sample_submission.csv is the "
+                        "default --sample")
+    p.add_argument("--out", type=Path, metavar="SUB.csv",
+                   help="submission to write (default WORK/submission.csv); with --split oof, where to write the "
+                        "fused out-of-fold predictions in submission format (default: not written)")
+    _fusion_options(p)
+
+    p = command("tune", cmd_tune, "choose WBF and gate values on the out-of-fold predictions",
+                "Fuse the out-of-fold predictions with every WBF setting of the grid (config fusion.tune_iou_thr x "
+                "tune_skip_box_thr x tune_conf_type), score every gate pair (tune_low x tune_high) on top of each with "
+                "the metric, print the table of what was tried and write the best values to WORK/fusion.yaml, which "
+                "'vinbig fuse' and 'vinbig report' then use. Without classifier predictions only WBF is tuned.")
+    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
+    p.add_argument("--workers", type=int, help="processes, 0 = one per core (config fusion.workers)")
+
+    p = command("validate", cmd_validate, "check a submission file, naming the line of every fault",
+                "Check a submission against the sample submission: header, every image exactly once and in the "
+                "sample's order, groups of 6 numbers, class ids 0..14, confidences in [0, 1], x_min < x_max and "
+                "y_min < y_max, class 14 only with the box 0 0 1 1, and with --meta boxes inside the original "
+                "image. Prints FILE:LINE: IMAGE: problem for each fault; exits 1 when there is one.")
+    p.add_argument("submission", type=Path, metavar="SUB.csv", help="the submission to check")
+    p.add_argument("--sample", required=True, type=Path, metavar="CSV", help="the competition's sample_submission.csv")
+    p.add_argument("--meta", type=Path, metavar="META.csv",
+                   help="meta.csv of the test images (WORK/images/test/meta.csv) to check boxes against the "
+                        "original width and height")
+    p.add_argument("--max-faults", type=int, default=50, dest="max_faults", help="faults to print at most")
+
+    p = command("report", cmd_report, "pictures of the out-of-fold predictions: AP, PR curves, box overlays",
+                "Fuse and gate the out-of-fold predictions as 'vinbig fuse --split oof' does and write to "
+                "WORK/report/: per_class_ap.png, pr_curves.png, metrics.csv and overlays/ (true boxes solid, "
+                "predicted boxes dashed, on the PNGs of a few images per class).")
+    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
+    p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default WORK/report)")
+    _fusion_options(p)

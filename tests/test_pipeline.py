@@ -20,6 +20,7 @@ def test_synth_output_passes_images_and_folds(tmp_path):
         assert (meta[["png_width", "png_height"]].max(axis=1) == 128).all()
         assert set(meta.photometric) == {"MONOCHROME1", "MONOCHROME2"} or n < 10
         assert len(pd.read_csv(work / "images" / split / "errors.csv")) == 0
+        assert (work / "images" / split / "source.txt").read_text().strip() == str((data / split).resolve())
     assert main(["folds", "--train-csv", str(data / "train.csv"), "--out", str(work), "--n-folds", "3", "-q"]) == 0
     labels = pd.read_csv(work / "labels.csv")
     folds = pd.read_csv(work / "folds.csv")

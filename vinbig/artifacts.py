@@ -5,7 +5,8 @@ outputs only through the readers here, which name the file and the fix when one 
 
 Layout of a work folder ``WORK``::
 
-    images/train/<image_id>.png, meta.csv, errors.csv   vinbig images --src DATA/train --out WORK/images/train
+    images/train/<image_id>.png, meta.csv, errors.csv, source.txt
+                                                         vinbig images --src DATA/train --out WORK/images/train
     images/test/...                                      vinbig images --src DATA/test --out WORK/images/test
     labels.csv, folds.csv                                vinbig folds --train-csv DATA/train.csv --out WORK
     detector/data/fold{k}/, detector/fold{k}/weights/   vinbig train-detector --work WORK --fold K
@@ -148,6 +149,11 @@ def meta_path(image_dir: str | os.PathLike) -> Path:
 
 def errors_path(image_dir: str | os.PathLike) -> Path:
     return Path(image_dir) / "errors.csv"
+
+
+def source_path(image_dir: str | os.PathLike) -> Path:
+    """``source.txt`` beside the PNGs: the absolute DICOM folder `vinbig images` converted (DATA/train or DATA/test)."""
+    return Path(image_dir) / "source.txt"
 
 
 def config_path(out_dir: str | os.PathLike, stage: str) -> Path:

@@ -1,0 +1,252 @@
+"""Fuse the detector's prediction sets of each image with weighted boxes fusion.
+
+A prediction set is one (fold, tta) of ``WORK/preds/detector_{split}.parquet``. Each image's boxes
+are normalized by its original width and height (meta.csv) and fused over the sets that predicted
+it: every set of the file for the test split; the sets of the image's own fold (folds.csv) for
+the out-of-fold split. A set that gave no box for the image still counts as a model (it lowers
+the fused scores, as in ensemble-boxes). Images are fused in chunks, in parallel processes when
+there are enough boxes to pay for starting them (ensemble-boxes engine: always).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pandas as pd
+
+from vinbig import log
+from vinbig.artifacts import BOX, CLASS_NAMES, ArtifactError, Work, read_detector_preds, read_folds, read_meta
+from vinbig.boxes import clip
+from vinbig.config import ConfigError
+from vinbig.metric import PRED_COLUMNS, index_of
+from vinbig.parallel import n_workers, process_map
+
+from fusion._wbf import CONF_TYPES, wbf_batch
+
+logger = logging.getLogger(__name__)
+ENGINES = ("numba", "ensemble_boxes")
+# numba engine: each process must get at least this many boxes. Spawning a worker (imports, numba's
+# cache) and sending it the boxes costs about as much as fusing 5 million boxes in place (measured with
+# bench/bench_fuse.py on 2 cores: 3 million boxes took 2.1 s in one process, 6 s on two).
+_BOXES_PER_PROCESS = 5_000_000
+# numba engine: boxes fused per call. Small enough for the sorts to stay in cache, large enough to spread
+# the call's fixed cost over several images (2 sets x 300 boxes: 0.2 ms an image against 0.46 one by one).
+_BATCH_BOXES = 20_000
+
+
+@dataclass
+class FusionInput:
+    """The boxes to fuse, sorted by image, then set, then their order in the file."""
+
+    image_ids: np.ndarray  # (m,) str, the images to predict, in output order
+    size: np.ndarray  # (m, 2) original width, height (NaN when not in meta.csv)
+    offsets: np.ndarray  # (m + 1,) each image's rows in the arrays below
+    boxes: np.ndarray  # (n, 4) normalized to [0, 1]
+    scores: np.ndarray  # (n,)
+    labels: np.ndarray  # (n,) int
+    model: np.ndarray  # (n,) index of the box's set in its image's model list
+    group: np.ndarray  # (m,) index into group_weights: which sets predicted the image
+    group_weights: list  # one weight array per group (one weight per set, in set order)
+    sets: list  # "FOLD/TTA" names of the sets, in file order
+
+    @property
+    def n_boxes(self) -> int:
+        return len(self.scores)
+
+
+def set_weight(name: str, weights: dict) -> float:
+    """The weight of set ``"FOLD/TTA"``: key FOLD/TTA, else */TTA, else FOLD/*, else 1."""
+    fold, tta = name.split("/", 1)
+    for key in (name, f"*/{tta}", f"{fold}/*"):
+        if key in weights:
+            return float(weights[key])
+    return 1.0
+
+
+def check_params(iou_thr: float, skip_box_thr: float, conf_type: str, engine: str, weights: dict) -> None:
+    if not 0.0 <= float(iou_thr) < 1.0:
+        raise ConfigError(f"fusion.iou_thr is {iou_thr}; use a value in [0, 1), e.g. 0.4")
+    if not 0.0 <= float(skip_box_thr) <= 1.0:
+        raise ConfigError(f"fusion.skip_box_thr is {skip_box_thr}; use a value in [0, 1], e.g. 0")
+    if conf_type not in CONF_TYPES:
+        raise ConfigError(f"fusion.conf_type is {conf_type!r}; use one of {list(CONF_TYPES)}")
+    if engine not in ENGINES:
+        raise ConfigError(f"fusion.engine is {engine!r}; use one of {list(ENGINES)}")
+    bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0
+           or str(k).count("/") != 1}
+    if bad:
+        raise ConfigError(f"fusion.weights {bad}: keys are FOLD/TTA, */TTA or FOLD/* (e.g. '*/hflip') and "
+                          "weights numbers above 0")
+
+
+def load_inputs(work: Work, split: str, image_ids=None, weights: dict | None = None) -> FusionInput:
+    """Read the detector's predictions of `split` and arrange them for fusion.
+
+    `image_ids`: the images to predict, in order (test: the sample submission's). None means, for
+    oof, the images of folds.csv whose fold appears in the prediction file; for test, those of meta.csv.
+    """
+    weights = weights or {}
+    preds = read_detector_preds(work, split)
+    meta = read_meta(work.images("train" if split == "oof" else "test")).set_index("image_id")
+    bad = ~preds["class_id"].between(0, len(CLASS_NAMES) - 1)
+    if bad.any():
+        raise ArtifactError(f"{work.detector_preds(split)} has class ids outside 0..{len(CLASS_NAMES) - 1} "
+                            f"({sorted(set(preds.class_id[bad]))[:5]}); run 'vinbig predict-detector' again")
+    fold_of = None
+    if split == "oof":
+        folds = read_folds(work).set_index("image_id")["fold"]
+        if image_ids is None:
+            predicted = set(preds["fold"].unique())
+            image_ids = folds.index[folds.isin(predicted)].to_numpy()
+            left = int((~folds.isin(predicted)).sum())
+            if left:
+                logger.warning("%d images of folds %s have no out-of-fold predictions and are left out",
+                               left, sorted(set(folds) - predicted))
+        fold_of = folds.reindex(image_ids).to_numpy()
+    elif image_ids is None:
+        image_ids = meta.index.to_numpy()
+    image_ids = np.asarray(image_ids).astype(str)
+    size = meta.reindex(image_ids)[["width", "height"]].to_numpy(np.float64)
+
+    tta_codes, tta_names = pd.factorize(preds["tta"].astype(str), sort=False)
+    n_tta = max(len(tta_names), 1)
+    set_codes, set_keys = pd.factorize(preds["fold"].to_numpy(np.int64) * n_tta + tta_codes, sort=False)
+    sets = [f"{k // n_tta}/{tta_names[k % n_tta]}" for k in set_keys]  # "FOLD/TTA", in file order
+    set_fold = np.array([int(s.split("/", 1)[0]) for s in sets])
+    img = index_of(preds["image_id"], image_ids)
+    no_meta = np.isnan(size[:, 0])
+    if no_meta.any():
+        missing = image_ids[no_meta]
+        has_boxes = np.isin(np.flatnonzero(no_meta), img)
+        if has_boxes.any():
+            logger.warning("%d images with predictions are not in meta.csv (no size to normalize by) and get no "
+                           "boxes: %s", int(has_boxes.sum()), ", ".join(missing[has_boxes][:10]))
+    n_outside = int((img < 0).sum())
+    if n_outside:
+        logger.info("%d predicted boxes belong to images outside the ones predicted here; ignored", n_outside)
+
+    # model lists: test, every set for every image; oof, the sets of the image's fold
+    if fold_of is None:
+        group = np.zeros(len(image_ids), dtype=np.int64)
+        members = [np.arange(len(sets))]
+    else:
+        folds_u = sorted(set(set_fold))
+        group = np.array([folds_u.index(f) if f in folds_u else 0 for f in fold_of], dtype=np.int64)
+        members = [np.flatnonzero(set_fold == f) for f in folds_u]
+    group_weights = [np.array([set_weight(sets[i], weights) for i in m]) for m in members]
+    local = np.full((len(members), len(sets)), -1, dtype=np.int64)
+    for g, m in enumerate(members):
+        local[g, m] = np.arange(len(m))
+
+    keep = img >= 0
+    keep[keep] &= ~no_meta[img[keep]]
+    rows = np.flatnonzero(keep)
+    model = local[group[img[rows]], set_codes[rows]]
+    stray = model < 0
+    if stray.any():
+        logger.warning("%d out-of-fold boxes come from a fold other than their image's fold in folds.csv; ignored",
+                       int(stray.sum()))
+        rows, model = rows[~stray], model[~stray]
+    order = np.lexsort((rows, set_codes[rows], img[rows]))  # image, set, file order
+    rows, model = rows[order], model[order]
+    wh = size[img[rows]]
+    boxes = preds[list(BOX)].to_numpy(np.float64)[rows] / np.concatenate([wh, wh], axis=1)
+    offsets = np.searchsorted(img[rows], np.arange(len(image_ids) + 1))
+    return FusionInput(image_ids, size, offsets, boxes, preds["score"].to_numpy(np.float64)[rows],
+                       preds["class_id"].to_numpy(np.int64)[rows], model, group, group_weights, sets)
+
+
+def _library_wbf(boxes, scores, labels, model, weights, iou_thr, skip_box_thr, conf_type):
+    """ensemble-boxes itself, fed one list per model (models without boxes get an empty list)."""
+    import warnings
+
+    from ensemble_boxes import weighted_boxes_fusion
+
+    lists = [[], [], []]
+    for t in range(len(weights)):
+        sel = model == t
+        lists[0].append(boxes[sel])
+        lists[1].append(scores[sel])
+        lists[2].append(labels[sel])
+    with warnings.catch_warnings():  # it warns on every box it clips or drops
+        warnings.simplefilter("ignore")
+        b, s, lab = weighted_boxes_fusion(*lists, weights=list(weights), iou_thr=iou_thr,
+                                          skip_box_thr=skip_box_thr, conf_type=conf_type)
+    return b, s, lab.astype(np.int64)
+
+
+def _fuse_chunk(chunk: dict, iou_thr: float, skip_box_thr: float, conf_type: str, engine: str):
+    """Fuse the images of one chunk; returns (image index, boxes, scores, labels), boxes normalized."""
+    off, args = chunk["offsets"], (iou_thr, skip_box_thr, conf_type)
+    if engine == "numba":  # several images per call, about _BATCH_BOXES boxes each
+        cuts = np.searchsorted(off, np.arange(_BATCH_BOXES, off[-1], _BATCH_BOXES))
+        cuts = np.unique(np.concatenate([[0], cuts, [len(off) - 1]]))
+        parts = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            lo, hi = off[a], off[b]
+            img, *rest = wbf_batch(chunk["boxes"][lo:hi], chunk["scores"][lo:hi], chunk["labels"][lo:hi],
+                                   chunk["model"][lo:hi], off[a:b + 1] - lo, chunk["group"][a:b],
+                                   chunk["group_weights"], *args)
+            parts.append((img + a, *rest))
+    else:
+        parts = []
+        for i in np.flatnonzero(np.diff(off)):
+            a, b = off[i], off[i + 1]
+            bx, sc, lab = _library_wbf(chunk["boxes"][a:b], chunk["scores"][a:b], chunk["labels"][a:b],
+                                       chunk["model"][a:b], chunk["group_weights"][chunk["group"][i]], *args)
+            parts.append((np.full(len(sc), i, dtype=np.int64), bx, sc, lab))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
+    img, bx, sc, lab = (np.concatenate(x) for x in zip(*parts))
+    return img + chunk["first"], bx, sc, lab
+
+
+def _chunks(inp: FusionInput, n_chunks: int):
+    """Split the images into about `n_chunks` runs of similar box counts."""
+    m = len(inp.image_ids)
+    cuts = np.searchsorted(inp.offsets, np.linspace(0, inp.n_boxes, n_chunks + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, m), [m]]))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        lo, hi = inp.offsets[a], inp.offsets[b]
+        yield {"first": int(a), "offsets": inp.offsets[a:b + 1] - lo, "boxes": inp.boxes[lo:hi],
+               "scores": inp.scores[lo:hi], "labels": inp.labels[lo:hi], "model": inp.model[lo:hi],
+               "group": inp.group[a:b], "group_weights": inp.group_weights}
+
+
+def fuse(inp: FusionInput, *, iou_thr: float, skip_box_thr: float = 0.0, conf_type: str = "avg",
+         engine: str = "numba", workers: int = 0, desc: str = "fuse") -> pd.DataFrame:
+    """WBF of every image of `inp`: one row per fused box (PRED_COLUMNS), original pixels, clipped.
+
+    Rows come image by image in the order of ``inp.image_ids``, each image's boxes by score, highest first.
+    """
+    check_params(iou_thr, skip_box_thr, conf_type, engine, {})
+    m = len(inp.image_ids)
+    procs = n_workers(workers, m)
+    if engine == "numba":
+        procs = max(1, min(procs, inp.n_boxes // _BOXES_PER_PROCESS))
+    n_chunks = max(1, min(m, procs * 8 if procs > 1 else inp.n_boxes // 500_000 + 1))  # chunks move the bar
+    job = partial(_fuse_chunk, iou_thr=float(iou_thr), skip_box_thr=float(skip_box_thr), conf_type=conf_type,
+                  engine=engine)
+    chunks = list(_chunks(inp, n_chunks)) if m else []
+    parts = []
+    with process_map(job, chunks, procs) as (results, _), \
+            log.progress(total=m, desc=desc, unit="img", leave=False) as bar:
+        for chunk, res in zip(chunks, results):
+            parts.append(res)
+            bar.update(len(chunk["offsets"]) - 1)
+    if parts:
+        img, box, score, label = (np.concatenate(x) for x in zip(*parts))
+    else:
+        img, box, score, label = np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
+    ok = np.isfinite(box).all(axis=1) & np.isfinite(score)  # clusters of zero-score boxes have NaN boxes
+    img, box, score, label = img[ok], box[ok], score[ok], label[ok]
+    wh = inp.size[img]
+    box = clip(box * np.concatenate([wh, wh], axis=1), wh[:, 0], wh[:, 1])
+    out = pd.DataFrame(box, columns=list(BOX))
+    out.insert(0, "score", score)
+    out.insert(0, "class_id", label.astype(np.int64))
+    out.insert(0, "image_id", inp.image_ids[img])
+    return out.loc[:, list(PRED_COLUMNS)]

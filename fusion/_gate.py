@@ -1,0 +1,90 @@
+"""The "No finding" gate: a binary classifier's P(abnormal) decides what class 14 gets.
+
+With p averaged over folds:
+
+* p < low: the image gets only ``14 1 0 0 1 1`` (its boxes are dropped);
+* low <= p < high: its boxes stay and ``14 (1-p) 0 0 1 1`` is appended;
+* p >= high: its boxes stay alone;
+* an image left without boxes gets ``14 1 0 0 1 1``.
+
+While the gate is on it alone writes class 14: class-14 boxes of the detector are dropped. Images
+without a probability keep their boxes alone. With the gate off (no classifier), a detector's
+class-14 boxes become one ``14 s 0 0 1 1`` per image (s the highest of them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from vinbig.artifacts import BOX, NO_FINDING
+from vinbig.metric import NO_FINDING_BOX, PRED_COLUMNS, index_of
+
+logger = logging.getLogger(__name__)
+
+
+def image_probabilities(clf: pd.DataFrame) -> pd.Series:
+    """P(abnormal) per image: the fold -1 row (mean over folds) where there is one, else the mean of its rows."""
+    clf = clf.assign(image_id=clf["image_id"].astype(str))
+    mean_rows = clf[clf["fold"] == -1]
+    p = clf[clf["fold"] != -1].groupby("image_id", sort=False)["p_abnormal"].mean()
+    p = pd.concat([p[~p.index.isin(mean_rows["image_id"])],
+                   mean_rows.drop_duplicates("image_id", keep="last").set_index("image_id")["p_abnormal"]])
+    return p.astype(np.float64)
+
+
+def _no_finding_rows(image_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    out = pd.DataFrame({"image_id": image_ids, "class_id": NO_FINDING, "score": scores})
+    for name, v in zip(BOX, NO_FINDING_BOX):
+        out[name] = v
+    return out
+
+
+def check_thresholds(low: float, high: float) -> None:
+    from vinbig.config import ConfigError
+
+    if not (0.0 <= low <= high):
+        raise ConfigError(f"fusion.low {low} and fusion.high {high}: need 0 <= low <= high "
+                          "(high above 1 never keeps boxes alone)")
+
+
+def apply_gate(boxes: pd.DataFrame, image_ids, p: pd.Series | None, low: float, high: float) -> pd.DataFrame:
+    """Final predictions of `image_ids` (every one gets at least one row), in their order.
+
+    `boxes`: fused boxes (PRED_COLUMNS). `p`: P(abnormal) by image id, or None for the gate off.
+    """
+    image_ids = np.asarray(image_ids).astype(str)
+    pos = index_of(boxes["image_id"], image_ids)
+    boxes = boxes[pos >= 0]
+    pos = pos[pos >= 0]
+    is14 = boxes["class_id"].to_numpy() == NO_FINDING
+    extra = []
+    if p is None:
+        det14 = boxes[is14]
+        if len(det14):
+            best = det14.groupby("image_id", sort=False)["score"].max()
+            extra.append(_no_finding_rows(best.index.to_numpy(), best.to_numpy()))
+        boxes, pos = boxes[~is14], pos[~is14]
+    else:
+        check_thresholds(low, high)
+        if is14.any():
+            logger.info("the gate writes class 14: %d class-14 boxes of the detector dropped", int(is14.sum()))
+        boxes, pos = boxes[~is14], pos[~is14]
+        pv = p.reindex(image_ids).to_numpy(np.float64)
+        drop = pv < low  # NaN (no probability) compares False: boxes stay
+        keep = ~drop[pos]
+        boxes, pos = boxes[keep], pos[keep]
+        has_boxes = np.zeros(len(image_ids), dtype=bool)
+        has_boxes[pos] = True
+        middle = (pv >= low) & (pv < high) & has_boxes
+        extra.append(_no_finding_rows(image_ids[middle], 1.0 - pv[middle]))
+    has = np.zeros(len(image_ids), dtype=bool)
+    has[pos] = True
+    for e in extra:
+        has[index_of(e["image_id"], image_ids)] = True
+    extra.append(_no_finding_rows(image_ids[~has], np.ones(int((~has).sum()))))
+    out = pd.concat([boxes.loc[:, list(PRED_COLUMNS)], *extra], ignore_index=True)
+    code = index_of(out["image_id"], image_ids)
+    return out.iloc[np.argsort(code, kind="stable")].reset_index(drop=True)

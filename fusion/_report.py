@@ -1,0 +1,182 @@
+"""`vinbig report`: pictures of the fused out-of-fold predictions in WORK/report/.
+
+* ``per_class_ap.png``: AP per class and the mean (matplotlib, Agg backend);
+* ``pr_curves.png``: precision/recall curve of each class, with its interpolated envelope;
+* ``metrics.csv``: the per-class table;
+* ``overlays/<class>_<image>.png``: true boxes (solid) and predicted boxes (dashed, with scores)
+  on the PNGs of a few images per class, boxes scaled original -> PNG with meta.csv's sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, Work, read_meta, write_csv
+from vinbig.boxes import to_png
+from vinbig.metric import Result
+
+logger = logging.getLogger(__name__)
+_MIN_CANVAS = 768  # overlays of smaller PNGs are enlarged so that the labels stay readable
+
+
+# one colour per class, far apart in hue (Trubetskoy's "20 distinct colours"), RGB
+_RGB = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+        (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+        (170, 110, 40), (128, 0, 0), (128, 128, 128))
+
+
+def class_colours() -> list[tuple[int, int, int]]:
+    """One distinct BGR colour per class (OpenCV order; reverse it for matplotlib)."""
+    return [rgb[::-1] for rgb in _RGB]
+
+
+def plot_ap(result: Result, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = result.table()
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    y = np.arange(len(table))[::-1]
+    colours = [tuple(c / 255 for c in bgr[::-1]) for bgr in class_colours()]
+    ap = np.nan_to_num(table["ap"].to_numpy())
+    ax.barh(y, ap, color=colours)
+    for yi, r in zip(y, table.itertuples()):
+        text = f"{r.ap:.3f}  ({r.n_truth} boxes)" if r.present else "absent from the truth"
+        ax.text(min(np.nan_to_num(r.ap) + 0.01, 0.75), yi, text, va="center", fontsize=8)
+    ax.set_yticks(y, [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)], fontsize=9)
+    ax.axvline(result.mean_ap, color="black", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("average precision at IoU > 0.4")
+    ax.set_title(f"Out-of-fold AP per class; mAP {result.mean_ap:.4f} (dashed)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_pr(result: Result, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 5, figsize=(16, 10), dpi=90, sharex=True, sharey=True)
+    for c, ax in enumerate(axes.flat):
+        ax.set_title(f"{c} {CLASS_NAMES[c]}", fontsize=9)
+        if c not in result.curves:
+            ax.text(0.5, 0.5, "absent" if not result.present[c] else "no predictions", ha="center",
+                    transform=ax.transAxes)
+            continue
+        precision, recall = result.curves[c]
+        if len(recall):
+            envelope = np.maximum.accumulate(precision[::-1])[::-1]
+            ax.plot(recall, precision, linewidth=0.8, color="tab:blue", label="precision")
+            ax.step(recall, envelope, where="post", linewidth=1.2, color="tab:orange", label="envelope")
+        ax.text(0.97, 0.95, f"AP {result.ap[c]:.3f}", ha="right", va="top", transform=ax.transAxes, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+    for ax in axes[-1]:
+        ax.set_xlabel("recall")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("precision")
+    axes.flat[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"Out-of-fold precision/recall per class (IoU > 0.4), mAP {result.mean_ap:.4f}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _label(img, text: str, x: int, y: int, colour, scale: float) -> None:
+    """Text on a filled box of the box's colour, inside the image."""
+    import cv2
+
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(1, round(scale * 2))
+    (w, h), base = cv2.getTextSize(text, font, scale, thick)
+    x = int(np.clip(x, 0, max(0, img.shape[1] - w - 2)))
+    y = int(np.clip(y, h + base + 2, img.shape[0] - 1))
+    cv2.rectangle(img, (x, y - h - base - 2), (x + w + 2, y), colour, -1)
+    ink = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
+    cv2.putText(img, text, (x + 1, y - base), font, scale, ink, thick, cv2.LINE_AA)
+
+
+def _dashed_rect(img, p1, p2, colour, thickness: int, dash: int = 10) -> None:
+    import cv2
+
+    (x1, y1), (x2, y2) = p1, p2
+    for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = int(max(abs(b[0] - a[0]), abs(b[1] - a[1])))
+        for s in range(0, length, 2 * dash):
+            t0, t1 = s / max(length, 1), min(s + dash, length) / max(length, 1)
+            q0 = (int(a[0] + (b[0] - a[0]) * t0), int(a[1] + (b[1] - a[1]) * t0))
+            q1 = (int(a[0] + (b[0] - a[0]) * t1), int(a[1] + (b[1] - a[1]) * t1))
+            cv2.line(img, q0, q1, colour, thickness, cv2.LINE_AA)
+
+
+def draw_overlay(png: Path, meta_row, truth: pd.DataFrame, preds: pd.DataFrame, out: Path, title: str,
+                 score_thr: float, max_preds: int = 15) -> Path:
+    """True (solid) and predicted (dashed, score >= score_thr) boxes of one image on its PNG."""
+    import cv2
+
+    image = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise FileNotFoundError(f"cannot read {png}")
+    zoom = max(1.0, _MIN_CANVAS / max(image.shape))
+    if zoom > 1:
+        image = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    scale = max(image.shape) / 1400
+    colours = class_colours()
+
+    def to_canvas(df):
+        b = to_png(df[list(BOX)].to_numpy(np.float64), meta_row.width, meta_row.height,
+                   meta_row.png_width, meta_row.png_height) * zoom
+        return np.rint(b).astype(int)
+
+    truth = truth[truth.class_id != NO_FINDING]
+    preds = preds[(preds.class_id != NO_FINDING) & (preds.score >= score_thr)].nlargest(max_preds, "score")
+    for (x1, y1, x2, y2), c in zip(to_canvas(preds), preds.class_id):
+        _dashed_rect(canvas, (x1, y1), (x2, y2), colours[c], max(2, round(3 * scale)))
+    for (x1, y1, x2, y2), c in zip(to_canvas(truth), truth.class_id):
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colours[c], max(3, round(5 * scale)), cv2.LINE_AA)
+        _label(canvas, f"{c} {CLASS_NAMES[c]}", x1, y1 - 2, colours[c], 0.8 * scale + 0.2)
+    for (x1, y1, x2, y2), c, s in zip(to_canvas(preds), preds.class_id, preds.score):
+        _label(canvas, f"{c} {CLASS_NAMES[c]} {s:.2f}", x1 + 3, y2 - 3, colours[c], 0.65 * scale + 0.15)
+    head = f"{title}   solid: truth   dashed: prediction (score >= {score_thr:g})"
+    _label(canvas, head, 0, canvas.shape[0], (40, 40, 40), 0.6 * scale + 0.2)
+    cv2.imwrite(str(out), canvas)
+    return out
+
+
+def write_report(work: Work, result: Result, preds: pd.DataFrame, truth: pd.DataFrame, out: Path,
+                 per_class: int = 2, score_thr: float = 0.3) -> list[Path]:
+    """All pictures and the metric table of the out-of-fold predictions into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_csv(result.table(), out / "metrics.csv", list(result.table().columns)),
+               plot_ap(result, out / "per_class_ap.png"), plot_pr(result, out / "pr_curves.png")]
+    image_dir = work.images("train")
+    meta = read_meta(image_dir).set_index("image_id")
+    overlays = out / "overlays"
+    overlays.mkdir(exist_ok=True)
+    for old in overlays.glob("*.png"):
+        old.unlink()
+    t_by, p_by = dict(tuple(truth.groupby("image_id"))), dict(tuple(preds.groupby("image_id")))
+    empty = preds.iloc[:0]
+    for c in range(NO_FINDING):
+        ids = sorted(truth.loc[truth.class_id == c, "image_id"].unique())
+        ids = [i for i in ids if i in meta.index and (image_dir / f"{i}.png").is_file()][:per_class]
+        slug = re.sub(r"[^a-z0-9]+", "_", CLASS_NAMES[c].lower()).strip("_")
+        for image_id in ids:
+            path = overlays / f"{c:02d}_{slug}_{image_id}.png"
+            written.append(draw_overlay(image_dir / f"{image_id}.png", meta.loc[image_id], t_by[image_id],
+                                        p_by.get(image_id, empty), path, f"{image_id[:12]} ({CLASS_NAMES[c]})",
+                                        score_thr))
+    logger.info("report in %s: %d files (%d overlays)", out, len(written), len(written) - 3)
+    return written

@@ -1,0 +1,103 @@
+"""The fusion stage end to end: fused and gated predictions of a split, the test submission."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vinbig.artifacts import ArtifactError, Work, errors_path, read_classifier_preds, read_csv
+from vinbig.metric import Result, evaluate
+
+from fusion._fuse import check_params, fuse, load_inputs
+from fusion._gate import apply_gate, check_thresholds, image_probabilities
+from fusion._submission import prediction_strings, validate_submission, write_submission
+from fusion._tune import oof_truth
+
+logger = logging.getLogger(__name__)
+
+
+def _names(ids, n: int = 10) -> str:
+    ids = list(ids)
+    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def gate_probabilities(work: Work, split: str, gate: bool) -> pd.Series | None:
+    """P(abnormal) per image for the gate, or None (gate off; logged with the reason)."""
+    path = work.classifier_preds(split)
+    if not gate:
+        logger.info("gate off: fusion.gate is false")
+        return None
+    if not path.is_file():
+        logger.info("gate off: no classifier predictions at %s (run 'vinbig predict-classifier --work %s "
+                    "--split %s' to use it)", path, work.root, split)
+        return None
+    p = image_probabilities(read_classifier_preds(work, split))
+    logger.info("gate on: P(abnormal) of %d images from %s", len(p), path)
+    return p
+
+
+def predict(work: Work, split: str, f: dict, image_ids=None) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """Fuse and gate `split` with the fusion section `f`.
+
+    Returns the image ids, their final predictions (PRED_COLUMNS, every image at least one row) and a
+    mask of the images that had no detector box at all.
+    """
+    check_params(f["iou_thr"], f["skip_box_thr"], f["conf_type"], f["engine"], f["weights"])
+    check_thresholds(f["low"], f["high"])
+    inp = load_inputs(work, split, image_ids, f["weights"])
+    logger.info("fusing %d images of %s: %d boxes from %d prediction sets (%s); iou_thr %g, skip_box_thr %g, %s",
+                len(inp.image_ids), split, inp.n_boxes, len(inp.sets), ", ".join(inp.sets[:12]), f["iou_thr"],
+                f["skip_box_thr"], f["conf_type"])
+    fused = fuse(inp, iou_thr=f["iou_thr"], skip_box_thr=f["skip_box_thr"], conf_type=f["conf_type"],
+                 engine=f["engine"], workers=f["workers"])
+    p = gate_probabilities(work, split, f["gate"])
+    if p is not None:
+        missing = ~pd.Index(inp.image_ids).isin(p.index)
+        if missing.any():
+            logger.warning("%d images have no P(abnormal) and keep their boxes without the gate: %s",
+                           int(missing.sum()), _names(inp.image_ids[missing]))
+        logger.info("gate thresholds low %g, high %g", f["low"], f["high"])
+    final = apply_gate(fused, inp.image_ids, p, f["low"], f["high"])
+    return inp.image_ids, final, np.diff(inp.offsets) == 0
+
+
+def score_oof(work: Work, f: dict, curves: bool = False) -> tuple[Result, pd.DataFrame, pd.DataFrame]:
+    """Fused, gated out-of-fold predictions scored against labels.csv: (result, predictions, truth)."""
+    image_ids, final, _ = predict(work, "oof", f)
+    truth = oof_truth(work, image_ids)
+    return evaluate(truth, final, curves=curves), final, truth
+
+
+def failed_images(work: Work) -> list[str]:
+    """Test images whose DICOM could not be converted (images/test/errors.csv)."""
+    path = errors_path(work.images("test"))
+    if not path.is_file():
+        return []
+    return read_csv(path, ["image_id"], "vinbig images", dtype={"image_id": str})["image_id"].tolist()
+
+
+def make_submission(work: Work, f: dict, sample: Path, out: Path) -> tuple[Path, list]:
+    """Write the test submission for every image of `sample`, in its order; returns (path, validator faults)."""
+    if not Path(sample).is_file():
+        raise ArtifactError(f"sample submission not found at {sample}; give --sample DATA/sample_submission.csv")
+    image_ids = pd.read_csv(sample, dtype={"image_id": str})["image_id"].to_numpy()
+    if len(set(image_ids)) != len(image_ids):
+        raise ArtifactError(f"{sample} lists some images twice; use the competition's sample_submission.csv")
+    image_ids, final, no_preds = predict(work, "test", f, image_ids)
+    failed = set(failed_images(work)) & set(image_ids)
+    if failed:
+        logger.warning("%d test images whose DICOM failed to convert get '14 1 0 0 1 1': %s",
+                       len(failed), _names(sorted(failed)))
+    other = [i for i in image_ids[no_preds] if i not in failed]
+    if other:
+        logger.warning("%d test images have no detector predictions and get '14 1 0 0 1 1': %s", len(other),
+                       _names(other))
+    sub = prediction_strings(final, image_ids)
+    write_submission(sub, out)
+    logger.info("wrote %s: %d images, %d predicted groups", out, len(sub), len(final))
+    meta = work.images("test") / "meta.csv"
+    faults = validate_submission(out, sample, meta if meta.is_file() else None)
+    return out, faults

@@ -1,0 +1,168 @@
+"""The submission file: writing it from predicted boxes, and checking one (`vinbig validate`).
+
+Format (DATA.md): ``image_id,PredictionString``, one row per image of the sample submission, in
+its order; a PredictionString is groups of ``class conf x_min y_min x_max y_max``, boxes in
+original pixels; "No finding" is ``14 conf 0 0 1 1``.
+
+Written values: coordinates rounded to 0.1 px (boxes that collapse to zero width or height in that
+rounding are dropped), confidences clipped to [0, 1] and rounded to 6 decimals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS, read_csv, write_csv
+from vinbig.metric import index_of
+
+N_CLASSES = NO_FINDING + 1
+MAX_FAULTS_PER_ROW = 3
+
+
+def prediction_strings(boxes: pd.DataFrame, image_ids) -> pd.DataFrame:
+    """One submission row per image of `image_ids` (in order) from predicted boxes (PRED_COLUMNS)."""
+    image_ids = np.asarray(image_ids).astype(str)
+    code = index_of(boxes["image_id"], image_ids)
+    b = boxes.loc[code >= 0, ["class_id", "score", *BOX]].copy()
+    code = code[code >= 0]
+    b[list(BOX)] = np.round(b[list(BOX)].to_numpy(np.float64), 1)
+    b["score"] = np.round(np.clip(b["score"].to_numpy(np.float64), 0.0, 1.0), 6)
+    ok = ((b.x_max > b.x_min) & (b.y_max > b.y_min)).to_numpy()
+    b, code = b[ok], code[ok]
+    order = np.argsort(code, kind="stable")
+    b, code = b.iloc[order], code[order]
+    buf = io.StringIO()
+    b.to_csv(buf, sep=" ", header=False, index=False, lineterminator="\n")
+    text = re.sub(r"\.0(?=[ \n])", "", buf.getvalue())  # 52.0 -> 52, 1.0 -> 1
+    groups = text.split("\n")[:-1] if len(b) else []
+    bounds = np.searchsorted(code, np.arange(len(image_ids) + 1))
+    strings = [" ".join(groups[a:z]) if z > a else NO_FINDING_PREDICTION for a, z in zip(bounds[:-1], bounds[1:])]
+    return pd.DataFrame({"image_id": image_ids, "PredictionString": strings})
+
+
+def write_submission(sub: pd.DataFrame, path: str | Path) -> Path:
+    return write_csv(sub, path, SUBMISSION_COLUMNS)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Fault:
+    line: int | None  # 1-based line of the file (the header is line 1); None for a missing image
+    image_id: str
+    problem: str
+
+    def format(self, name: str) -> str:
+        where = f"{name}:{self.line}" if self.line is not None else name
+        return f"{where}: {self.image_id}: {self.problem}" if self.image_id else f"{where}: {self.problem}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_groups(text: str, size: tuple[float, float] | None) -> list[str]:
+    """Problems of one PredictionString (at most MAX_FAULTS_PER_ROW, then a count)."""
+    tokens = text.split()
+    if not tokens:
+        return [f"empty PredictionString; write '{NO_FINDING_PREDICTION}' for an image without findings"]
+    if len(tokens) % 6:
+        return [f"{len(tokens)} values, not a multiple of 6 (groups of class conf x_min y_min x_max y_max)"]
+    problems = []
+    for g in range(len(tokens) // 6):
+        t = tokens[6 * g:6 * g + 6]
+        at = f"group {g + 1} ({' '.join(t)})"
+        bad = [x for x in t if not _is_number(x)]
+        if bad:
+            problems.append(f"{at}: {bad[0]!r} is not a number")
+            continue
+        cls, conf, x1, y1, x2, y2 = (float(x) for x in t)
+        if not all(math.isfinite(v) for v in (cls, conf, x1, y1, x2, y2)):
+            problems.append(f"{at}: values must be finite numbers")
+            continue
+        if cls != int(cls) or not 0 <= cls < N_CLASSES or not t[0].lstrip("+").isdigit():
+            problems.append(f"{at}: class id {t[0]} is not an integer in 0..{N_CLASSES - 1}")
+        if not 0.0 <= conf <= 1.0:
+            problems.append(f"{at}: confidence {t[1]} is outside [0, 1]")
+        if cls == NO_FINDING:
+            if (x1, y1, x2, y2) != (0.0, 0.0, 1.0, 1.0):
+                problems.append(f"{at}: class {NO_FINDING} (No finding) must have the box 0 0 1 1")
+            continue
+        if x1 >= x2:
+            problems.append(f"{at}: x_min {t[2]} is not below x_max {t[4]}")
+        if y1 >= y2:
+            problems.append(f"{at}: y_min {t[3]} is not below y_max {t[5]}")
+        if min(x1, y1) < 0:
+            problems.append(f"{at}: negative coordinate")
+        elif size is not None and (x2 > size[0] or y2 > size[1]):
+            problems.append(f"{at}: box outside the {size[0]:g} x {size[1]:g} image (width x height, meta.csv)")
+    if len(problems) > MAX_FAULTS_PER_ROW:
+        problems = problems[:MAX_FAULTS_PER_ROW] + [f"... and {len(problems) - MAX_FAULTS_PER_ROW} more in this row"]
+    return problems
+
+
+def _read_rows(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        rows = [(reader.line_num, row) for row in reader if row]
+    return header, rows
+
+
+def validate_submission(path: str | Path, sample: str | Path, meta: str | Path | None = None) -> list[Fault]:
+    """Every fault of the submission at `path`, each with its line; an empty list means it is valid."""
+    path, sample = Path(path), Path(sample)
+    if not path.is_file():
+        return [Fault(None, "", f"file not found: {path}")]
+    expected = read_csv(sample, ["image_id"], "the competition's sample_submission.csv as --sample",
+                        dtype={"image_id": str})["image_id"].tolist()
+    position = {image_id: i for i, image_id in enumerate(expected)}
+    sizes = None
+    if meta is not None:
+        m = read_csv(meta, ["image_id", "width", "height"], "vinbig images (WORK/images/test/meta.csv as --meta)",
+                     dtype={"image_id": str})
+        sizes = dict(zip(m["image_id"], zip(m["width"].astype(float), m["height"].astype(float))))
+    header, rows = _read_rows(path)
+    faults: list[Fault] = []
+    if header != list(SUBMISSION_COLUMNS):
+        faults.append(Fault(1, "", f"header is {header}; it must be {','.join(SUBMISSION_COLUMNS)}"))
+    seen: dict[str, int] = {}
+    last_pos, last_id = -1, None
+    for line, row in rows:
+        if len(row) != 2:
+            faults.append(Fault(line, row[0], f"{len(row)} fields; a row is image_id,PredictionString"))
+            if row[0].strip() in position:  # reported here, not again as missing
+                seen.setdefault(row[0].strip(), line)
+            continue
+        image_id, text = row[0].strip(), row[1]
+        if image_id in seen:
+            faults.append(Fault(line, image_id, f"duplicate: the image is already on line {seen[image_id]}"))
+        elif image_id not in position:
+            faults.append(Fault(line, image_id, "extra image: not in the sample submission"))
+        else:
+            seen[image_id] = line
+            if position[image_id] < last_pos:
+                faults.append(Fault(line, image_id, f"wrong order: the sample has it before {last_id} "
+                                    f"(sample line {position[image_id] + 2}); keep the sample's order"))
+            else:
+                last_pos, last_id = position[image_id], image_id
+        size = sizes.get(image_id) if sizes is not None else None
+        faults += [Fault(line, image_id, p) for p in _check_groups(text, size)]
+    for image_id in expected:
+        if image_id not in seen:
+            faults.append(Fault(None, image_id, f"missing image (sample line {position[image_id] + 2}); write "
+                                f"'{NO_FINDING_PREDICTION}' if there is nothing to predict"))
+    return faults

@@ -1,0 +1,162 @@
+"""`vinbig tune`: search the WBF parameters and the gate thresholds on the out-of-fold predictions.
+
+Every WBF setting of the grid (iou_thr x skip_box_thr x conf_type) is fused once; the gate grid
+(low x high) is then scored on top of those fused boxes without fusing or matching again:
+
+* a detection's TP/FP status depends only on its own image, so the boxes of classes 0-13 are
+  matched once per WBF setting and ``low`` only drops whole images (:func:`vinbig.metric.average_precision`
+  with a per-image mask);
+* class 14 is one ``0 0 1 1`` row per image, a hit exactly when the image's truth is "No finding";
+  its score per image follows from p, low, high and whether the image kept boxes.
+
+The result equals scoring ``apply_gate(fused, ...)`` with :func:`vinbig.metric.evaluate` (a test checks it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from vinbig.artifacts import NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels
+from vinbig.metric import N_CLASSES, _ap, average_precision, evaluate, index_of, match, prepare_truth
+
+from fusion._fuse import check_params, fuse, load_inputs
+from fusion._gate import apply_gate, image_probabilities
+
+logger = logging.getLogger(__name__)
+TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high")
+
+
+def oof_truth(work: Work, image_ids) -> pd.DataFrame:
+    """labels.csv restricted to `image_ids`, prepared for the metric."""
+    labels = read_labels(work)
+    return prepare_truth(labels[labels["image_id"].isin(set(np.asarray(image_ids).astype(str)))])
+
+
+def gate_scores(truth: pd.DataFrame, fused: pd.DataFrame, image_ids, p: pd.Series, lows, highs) -> pd.DataFrame:
+    """mAP and per-class AP of every (low, high) pair with low <= high, gate applied to `fused`."""
+    image_ids = np.asarray(image_ids).astype(str)
+    boxes = fused[fused["class_id"] != NO_FINDING]
+    m = match(truth, boxes)
+    # per image, in the order of image_ids: p, kept boxes, in the truth, a class-14 truth
+    truth_pos = index_of(m.image_ids, image_ids)  # where each truth image sits in image_ids
+    in_truth = np.zeros(len(image_ids), dtype=bool)
+    in_truth[truth_pos[truth_pos >= 0]] = True
+    pv = p.reindex(image_ids).to_numpy(np.float64)
+    has_boxes = np.zeros(len(image_ids), dtype=bool)
+    pos = index_of(boxes["image_id"], image_ids)
+    has_boxes[pos[pos >= 0]] = True
+    hit14 = np.isin(image_ids, truth.loc[truth["class_id"] == NO_FINDING, "image_id"].to_numpy().astype(str))
+    rows = []
+    for low in lows:
+        keep = ~(pv < low)
+        r = average_precision(m, keep=np.where(truth_pos >= 0, keep[truth_pos], False), classes=range(NO_FINDING))
+        kept = keep & has_boxes
+        for high in highs:
+            if low > high:
+                continue
+            s14 = np.where(~kept, 1.0, np.where((pv >= low) & (pv < high), 1.0 - pv, np.nan))
+            ap = r.ap.copy()
+            if m.n_truth[NO_FINDING]:
+                has = ~np.isnan(s14) & in_truth
+                idx = np.flatnonzero(has)
+                order = idx[np.lexsort((idx, -s14[idx]))]
+                ap[NO_FINDING] = _ap(hit14[order], int(m.n_truth[NO_FINDING]))[0]
+            present = m.n_truth > 0
+            rows.append({"low": float(low), "high": float(high),
+                         "map": float(np.mean(ap[present])) if present.any() else 0.0,
+                         **{f"ap{c}": ap[c] for c in range(N_CLASSES)}})
+    return pd.DataFrame(rows)
+
+
+def tune(work: Work, fusion_cfg: dict) -> tuple[dict, pd.DataFrame]:
+    """Try the grid of `fusion_cfg` (``tune_*`` keys); returns the best values and the table of trials."""
+    f = fusion_cfg
+    grid = list(itertools.product(f["tune_iou_thr"], f["tune_skip_box_thr"], f["tune_conf_type"]))
+    if not grid:
+        from vinbig.config import ConfigError
+
+        raise ConfigError("fusion.tune_iou_thr, tune_skip_box_thr and tune_conf_type must each list at least one value")
+    for iou, skip, ct in grid:
+        check_params(iou, skip, ct, f["engine"], f["weights"])
+    start = time.perf_counter()
+    inp = load_inputs(work, "oof", weights=f["weights"])
+    truth = oof_truth(work, inp.image_ids)
+    p = None
+    if f["gate"] and work.classifier_preds("oof").is_file():
+        p = image_probabilities(read_classifier_preds(work, "oof"))
+        lows, highs = f["tune_low"] or [f["low"]], f["tune_high"] or [f["high"]]
+        logger.info("tuning %d WBF settings x %d gate pairs on %d out-of-fold images (%d boxes)", len(grid),
+                    sum(lo <= hi for lo in lows for hi in highs), len(inp.image_ids), inp.n_boxes)
+    else:
+        why = "fusion.gate is false" if not f["gate"] else f"no {work.classifier_preds('oof')}"
+        logger.info("gate off (%s): tuning %d WBF settings only, on %d out-of-fold images (%d boxes)",
+                    why, len(grid), len(inp.image_ids), inp.n_boxes)
+    logger.info("loaded in %.1f s", time.perf_counter() - start)
+    trials = []
+    for k, (iou, skip, ct) in enumerate(grid):
+        t0 = time.perf_counter()
+        fused = fuse(inp, iou_thr=iou, skip_box_thr=skip, conf_type=ct, engine=f["engine"], workers=f["workers"],
+                     desc=f"fuse {k + 1}/{len(grid)}")
+        t1 = time.perf_counter()
+        if p is None:
+            r = evaluate(truth, apply_gate(fused, inp.image_ids, None, 0.0, 0.0))
+            tab = pd.DataFrame([{"low": None, "high": None, "map": r.mean_ap,
+                                 **{f"ap{c}": r.ap[c] for c in range(N_CLASSES)}}])
+        else:
+            tab = gate_scores(truth, fused, inp.image_ids, p, lows, highs)
+        tab.insert(0, "conf_type", ct)
+        tab.insert(0, "skip_box_thr", float(skip))
+        tab.insert(0, "iou_thr", float(iou))
+        tab["fuse_s"], tab["score_s"] = t1 - t0, time.perf_counter() - t1
+        trials.append(tab)
+        best_here = tab.loc[tab["map"].idxmax()]
+        logger.info("iou_thr %.3g skip %.3g %s: best mAP %.4f (fuse %.1f s, %d gate pairs scored in %.1f s)",
+                    iou, skip, ct, best_here["map"], t1 - t0, len(tab), time.perf_counter() - t1)
+    table = pd.concat(trials, ignore_index=True)
+    best = table.loc[table["map"].idxmax()]
+    values = {"iou_thr": float(best.iou_thr), "skip_box_thr": float(best.skip_box_thr),
+              "conf_type": str(best.conf_type)}
+    if p is not None:
+        values.update(low=float(best.low), high=float(best.high))
+    logger.info("tuning took %.1f s", time.perf_counter() - start)
+    return {"values": values, "map": float(best["map"]), "n_images": len(inp.image_ids)}, table
+
+
+def format_tables(table: pd.DataFrame) -> str:
+    """The WBF settings tried (each with its best gate) and, for the best one, the gate grid (mAP)."""
+    g = table.loc[table.groupby(["iou_thr", "skip_box_thr", "conf_type"], sort=False)["map"].idxmax()]
+    g = g.sort_values("map", ascending=False)
+    lines = ["WBF settings tried (each with its best gate thresholds):",
+             f"{'iou_thr':>8} {'skip':>7} {'conf_type':<24} {'low':>6} {'high':>6} {'mAP':>7} {'fuse s':>7}"]
+    for r in g.itertuples():
+        low = "-" if pd.isna(r.low) else f"{r.low:.3g}"
+        high = "-" if pd.isna(r.high) else f"{r.high:.3g}"
+        lines.append(f"{r.iou_thr:>8.3g} {r.skip_box_thr:>7.3g} {r.conf_type:<24} {low:>6} {high:>6} "
+                     f"{r.map:>7.4f} {r.fuse_s:>7.1f}")
+    top = g.iloc[0]
+    sub = table[(table.iou_thr == top.iou_thr) & (table.skip_box_thr == top.skip_box_thr)
+                & (table.conf_type == top.conf_type)]
+    if sub["low"].notna().all() and len(sub) > 1:
+        pivot = sub.pivot_table(index="low", columns="high", values="map")
+        lines += ["", f"gate grid for iou_thr {top.iou_thr:.3g}, skip {top.skip_box_thr:.3g}, {top.conf_type} "
+                      "(mAP; rows low, columns high):",
+                  pivot.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")]
+    return "\n".join(lines)
+
+
+def write_tuned(path: Path, result: dict, before: float | None = None) -> Path:
+    """Write the best values as a config file of one section, ``fusion:``, atomically."""
+    header = (f"# written by 'vinbig tune': out-of-fold mAP@0.4 {result['map']:.4f} on {result['n_images']} images"
+              + (f" (the config's own values: {before:.4f})" if before is not None else "")
+              + ".\n# 'vinbig fuse' and 'vinbig report' read these values over the config; --set still wins.\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + yaml.safe_dump({"fusion": result["values"]}, sort_keys=False))
+    return path

@@ -1,0 +1,293 @@
+"""The competition metric: PASCAL VOC 2010 mean average precision at IoU > 0.4 over the 15 classes.
+
+Definition (DATA.md):
+
+* Boxes are ``x_min y_min x_max y_max`` in original pixels. "No finding" (class 14) is the box
+  ``0 0 1 1``; a class-14 truth row with an empty box means that box, and an image counts one
+  class-14 truth box however many readers wrote "No finding".
+* Per class, the detections of all images are ranked by confidence, highest first. **Ties** keep
+  submission order (rows top to bottom, then groups left to right in a PredictionString): a stable
+  sort. Walking the ranking, a detection is a true positive when the truth box of its class in its
+  image with which it has the highest IoU (the first such box on equal IoU) has IoU **strictly
+  greater** than 0.4 and was not matched before; otherwise it is a false positive (a detection
+  whose best box is taken does not fall back to another one).
+* Truth of images without any prediction counts toward recall. Predictions for images absent
+  from the truth are ignored (the caller is told how many).
+* AP is the area under the precision envelope (all-point interpolation, VOC 2010). The mean is
+  over the classes present in the truth; the others are reported as absent and left out.
+
+Everything is vectorized: matching pairs each detection with the truth boxes of its image and class
+(one sort and a ``searchsorted``), so scoring is a few numpy passes over the detections. Matching
+(:func:`match`) and AP (:func:`average_precision`) are separate so that tuning can drop whole
+images from a matched set without matching again: a detection's TP/FP status depends only on its
+own image.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, SUBMISSION_COLUMNS, ArtifactError
+
+IOU_THRESHOLD = 0.4
+N_CLASSES = len(CLASS_NAMES)
+TRUTH_COLUMNS = ("image_id", "class_id", *BOX)
+PRED_COLUMNS = ("image_id", "class_id", "score", *BOX)
+NO_FINDING_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
+class SubmissionFormatError(ArtifactError):
+    """A PredictionString cannot be parsed; the message names the line (run `vinbig validate`)."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def prepare_truth(truth: pd.DataFrame) -> pd.DataFrame:
+    """Truth boxes with class-14 rows set to ``0 0 1 1`` and one class-14 row per image."""
+    missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
+    if missing:
+        raise ArtifactError(f"the truth table lacks the columns {missing}; it needs {list(TRUTH_COLUMNS)} "
+                            "(labels.csv of 'vinbig folds' qualifies)")
+    t = truth.loc[:, list(TRUTH_COLUMNS)].copy()
+    t["image_id"] = t["image_id"].astype(str)
+    t["class_id"] = t["class_id"].astype(np.int64)
+    bad = ~t["class_id"].between(0, N_CLASSES - 1)
+    if bad.any():
+        raise ArtifactError(f"truth has class ids outside 0..{N_CLASSES - 1}: {sorted(set(t.class_id[bad]))}")
+    nf = (t["class_id"] == NO_FINDING).to_numpy()
+    t.loc[nf, list(BOX)] = NO_FINDING_BOX
+    if t.loc[~nf, list(BOX)].isna().any(axis=None):
+        rows = np.flatnonzero((~nf) & t[list(BOX)].isna().any(axis=1).to_numpy())[:5]
+        raise ArtifactError(f"truth rows {rows.tolist()} (0-based) have an empty box but a class other than "
+                            f"{NO_FINDING}; only 'No finding' rows may leave the box empty")
+    t = t[~(nf & t.duplicated(["image_id", "class_id"]).to_numpy())]
+    return t.reset_index(drop=True)
+
+
+def read_truth(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"truth file not found: {path}; give a box table such as WORK/labels.csv")
+    return prepare_truth(pd.read_csv(path, dtype={"image_id": str}))
+
+
+def parse_prediction_strings(image_ids, strings) -> pd.DataFrame:
+    """Submission rows -> one row per box (PRED_COLUMNS), in submission order.
+
+    Raises SubmissionFormatError naming the (1-based, header = line 1) line of a malformed string.
+    """
+    image_ids = np.asarray(image_ids, dtype=object).astype(str)
+    texts = [s if isinstance(s, str) else "" for s in strings]
+    counts = np.fromiter((len(s.split()) for s in texts), dtype=np.int64, count=len(texts))
+    bad = np.flatnonzero(counts % 6)
+    if len(bad):
+        raise SubmissionFormatError(f"line {bad[0] + 2} ({image_ids[bad[0]]}): {counts[bad[0]]} numbers, not a "
+                                    "multiple of 6 (class conf x_min y_min x_max y_max); run 'vinbig validate'")
+    with warnings.catch_warnings():  # numpy warns when the text stops being numbers; the count says so too
+        warnings.simplefilter("ignore")
+        try:
+            values = np.fromstring(" ".join(texts), sep=" ") if counts.sum() else np.zeros(0)
+        except ValueError:  # numpy >= 2.3 raises where older ones warned
+            values = np.zeros(0)
+    if len(values) != counts.sum():
+        for i, s in enumerate(texts):
+            try:
+                [float(t) for t in s.split()]
+            except ValueError:
+                raise SubmissionFormatError(f"line {i + 2} ({image_ids[i]}): a value is not a number; "
+                                            "run 'vinbig validate'") from None
+        raise SubmissionFormatError("a PredictionString could not be read; run 'vinbig validate'")
+    values = values.reshape(-1, 6)
+    df = pd.DataFrame(values[:, 2:], columns=list(BOX))
+    df.insert(0, "score", values[:, 1])
+    df.insert(0, "class_id", values[:, 0].astype(np.int64))
+    df.insert(0, "image_id", np.repeat(image_ids, counts // 6))
+    return df
+
+
+def read_submission(path: str | Path) -> pd.DataFrame:
+    """A submission CSV -> one row per predicted box (PRED_COLUMNS), in submission order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"submission not found: {path}")
+    sub = pd.read_csv(path, dtype={"image_id": str, "PredictionString": str}, keep_default_na=False)
+    if list(sub.columns) != list(SUBMISSION_COLUMNS):
+        raise ArtifactError(f"{path} has the columns {list(sub.columns)}; a submission has exactly "
+                            f"{list(SUBMISSION_COLUMNS)}")
+    try:
+        return parse_prediction_strings(sub["image_id"], sub["PredictionString"])
+    except SubmissionFormatError as e:
+        raise SubmissionFormatError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def index_of(values, ids) -> np.ndarray:
+    """Position of each of `values` in the unique `ids` (-1 where absent), as int64."""
+    ids = pd.Series(ids).astype(str)
+    codes = pd.factorize(pd.concat([ids, pd.Series(values).astype(str)], ignore_index=True))[0][len(ids):]
+    return np.where(codes < len(ids), codes, -1).astype(np.int64)
+
+
+@dataclass
+class Matches:
+    """Detections ranked per class, each marked TP or FP. Arrays are in rank order, class by class."""
+
+    class_id: np.ndarray  # (n,) int
+    score: np.ndarray  # (n,) float
+    tp: np.ndarray  # (n,) bool
+    image: np.ndarray  # (n,) index into image_ids
+    n_truth: np.ndarray  # (15,) truth boxes per class
+    image_ids: np.ndarray  # the truth's images
+    ignored: int = 0  # predicted boxes of images absent from the truth
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of boxes a (n, 4) and b (n, 4)."""
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / union
+    return np.nan_to_num(iou, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def match(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHOLD) -> Matches:
+    """Rank and match `preds` (PRED_COLUMNS, submission order) against `truth` (from :func:`prepare_truth`)."""
+    image_ids = pd.unique(truth["image_id"])
+    t_img = index_of(truth["image_id"], image_ids)
+    t_cls = truth["class_id"].to_numpy(np.int64)
+    t_box = truth[list(BOX)].to_numpy(np.float64)
+    n_truth = np.bincount(t_cls, minlength=N_CLASSES)
+
+    p_img = index_of(preds["image_id"], image_ids)
+    p_cls = preds["class_id"].to_numpy(np.int64)
+    keep = (p_img >= 0) & (p_cls >= 0) & (p_cls < N_CLASSES)
+    ignored = int((~keep).sum())
+    p_img, p_cls = p_img[keep], p_cls[keep]
+    p_score = preds["score"].to_numpy(np.float64)[keep]
+    p_box = preds[list(BOX)].to_numpy(np.float64)[keep]
+
+    # rank: class, score descending, submission order (stable)
+    order = np.lexsort((np.arange(len(p_cls)), -p_score, p_cls))
+    p_img, p_cls, p_score, p_box = p_img[order], p_cls[order], p_score[order], p_box[order]
+
+    # pair every detection with the truth boxes of its image and class
+    t_key = t_img * N_CLASSES + t_cls
+    t_order = np.argsort(t_key, kind="stable")  # keeps the truth's own order within an image and class
+    t_key_sorted = t_key[t_order]
+    p_key = p_img * N_CLASSES + p_cls
+    lo = np.searchsorted(t_key_sorted, p_key, side="left")
+    cnt = np.searchsorted(t_key_sorted, p_key, side="right") - lo
+    total = int(cnt.sum())
+    best_truth = np.full(len(p_cls), -1, dtype=np.int64)
+    if total:
+        det = np.repeat(np.arange(len(p_cls)), cnt)
+        starts = np.cumsum(cnt) - cnt
+        pair_truth = t_order[np.repeat(lo, cnt) + np.arange(total) - np.repeat(starts, cnt)]
+        iou = _iou(p_box[det], t_box[pair_truth])
+        has = np.flatnonzero(cnt)
+        seg_max = np.maximum.reduceat(iou, starts[has])
+        best_iou = np.zeros(len(p_cls))
+        best_iou[has] = seg_max
+        at_max = np.flatnonzero(iou == best_iou[det])
+        first_det, first = np.unique(det[at_max], return_index=True)  # first truth box with the best IoU
+        ok = best_iou[first_det] > iou_thr
+        best_truth[first_det[ok]] = pair_truth[at_max[first[ok]]]
+    tp = np.zeros(len(p_cls), dtype=bool)
+    valid = np.flatnonzero(best_truth >= 0)
+    _, first_hit = np.unique(best_truth[valid], return_index=True)  # rank order: the first claim wins
+    tp[valid[first_hit]] = True
+    return Matches(p_cls, p_score, tp, p_img, n_truth, np.asarray(image_ids), ignored)
+
+
+# --------------------------------------------------------------------------- average precision
+
+
+def _ap(tp: np.ndarray, n_truth: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """VOC 2010 all-point AP of ranked TP flags; also the precision and recall curves."""
+    ctp = np.cumsum(tp)
+    recall = ctp / float(n_truth)
+    precision = ctp / np.maximum(np.arange(1, len(tp) + 1), np.finfo(np.float64).eps)
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    i = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])), precision, recall
+
+
+@dataclass
+class Result:
+    """Per-class AP (NaN for classes absent from the truth) and their mean."""
+
+    ap: np.ndarray  # (15,)
+    n_truth: np.ndarray  # (15,)
+    n_pred: np.ndarray  # (15,)
+    curves: dict = field(default_factory=dict)  # class -> (precision, recall), when asked for
+    ignored: int = 0
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.n_truth > 0
+
+    @property
+    def mean_ap(self) -> float:
+        return float(np.mean(self.ap[self.present])) if self.present.any() else 0.0
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({
+            "class_id": np.arange(N_CLASSES), "class_name": CLASS_NAMES, "ap": self.ap,
+            "n_truth": self.n_truth, "n_pred": self.n_pred, "present": self.present,
+        })
+
+    def format(self) -> str:
+        lines = [f"{'id':>2}  {'class':<20} {'AP':>7} {'truth':>7} {'preds':>8}"]
+        for r in self.table().itertuples():
+            ap = f"{r.ap:7.4f}" if r.present else " absent"
+            lines.append(f"{r.class_id:>2}  {r.class_name:<20} {ap} {r.n_truth:>7} {r.n_pred:>8}")
+        n = int(self.present.sum())
+        lines.append(f"mAP@0.4 over {n} class{'es' if n != 1 else ''} present: {self.mean_ap:.4f}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        classes = [{"class_id": int(r.class_id), "class_name": r.class_name,
+                    "ap": float(r.ap) if r.present else None, "n_truth": int(r.n_truth),
+                    "n_pred": int(r.n_pred), "present": bool(r.present)} for r in self.table().itertuples()]
+        return json.dumps({"map": self.mean_ap, "iou_threshold": IOU_THRESHOLD, "classes": classes,
+                           "ignored_predictions": self.ignored}, indent=2)
+
+
+def average_precision(m: Matches, keep: np.ndarray | None = None, classes=None, curves: bool = False) -> Result:
+    """AP per class from matched detections; `keep` (bool per image) drops whole images' detections."""
+    sel = np.ones(len(m.tp), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)[m.image]
+    cls, tp = m.class_id[sel], m.tp[sel]
+    bounds = np.searchsorted(cls, np.arange(N_CLASSES + 1))  # ranked detections are grouped by class
+    ap = np.full(N_CLASSES, np.nan)
+    out = {}
+    for c in range(N_CLASSES) if classes is None else classes:
+        if m.n_truth[c] == 0:
+            continue
+        ap[c], precision, recall = _ap(tp[bounds[c]:bounds[c + 1]], int(m.n_truth[c]))
+        if curves:
+            out[c] = (precision, recall)
+    return Result(ap, m.n_truth.copy(), np.diff(bounds), out, m.ignored)
+
+
+def evaluate(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHOLD,
+             curves: bool = False) -> Result:
+    """The metric of `preds` (PRED_COLUMNS, submission order) against a truth table (TRUTH_COLUMNS)."""
+    return average_precision(match(prepare_truth(truth), preds, iou_thr), curves=curves)
+
+
+def score_files(truth_csv: str | Path, submission_csv: str | Path) -> Result:
+    """`vinbig score`: the metric of a submission file against a truth box table."""
+    return average_precision(match(read_truth(truth_csv), read_submission(submission_csv)))

@@ -100,6 +100,10 @@ def load_inputs(work: Work, split: str, image_ids=None, weights: dict | None = N
         folds = read_folds(work).set_index("image_id")["fold"]
         if image_ids is None:
             predicted = set(preds["fold"].unique())
+            if not predicted:  # not one box (an untrained model): every image is scored with no prediction
+                logger.warning("%s holds no box at all; scoring every image of folds.csv without predictions",
+                               work.detector_preds(split))
+                predicted = set(folds)
             image_ids = folds.index[folds.isin(predicted)].to_numpy()
             left = int((~folds.isin(predicted)).sum())
             if left:

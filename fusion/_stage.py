@@ -83,7 +83,8 @@ def make_submission(work: Work, f: dict, sample: Path, out: Path) -> tuple[Path,
     """Write the test submission for every image of `sample`, in its order; returns (path, validator faults)."""
     if not Path(sample).is_file():
         raise ArtifactError(f"sample submission not found at {sample}; give --sample DATA/sample_submission.csv")
-    image_ids = pd.read_csv(sample, dtype={"image_id": str})["image_id"].to_numpy()
+    image_ids = read_csv(sample, ["image_id"], "the competition's sample_submission.csv (give --sample)",
+                         dtype={"image_id": str})["image_id"].to_numpy()
     if len(set(image_ids)) != len(image_ids):
         raise ArtifactError(f"{sample} lists some images twice; use the competition's sample_submission.csv")
     image_ids, final, no_preds = predict(work, "test", f, image_ids)

@@ -34,7 +34,8 @@ def prediction_strings(boxes: pd.DataFrame, image_ids) -> pd.DataFrame:
     b = boxes.loc[code >= 0, ["class_id", "score", *BOX]].copy()
     code = code[code >= 0]
     b[list(BOX)] = np.round(b[list(BOX)].to_numpy(np.float64), 1)
-    b["score"] = np.round(np.clip(b["score"].to_numpy(np.float64), 0.0, 1.0), 6)
+    # 9 decimals: scores near the 0.001 floor keep 6 significant digits, so distinct scores stay distinct
+    b["score"] = np.round(np.clip(b["score"].to_numpy(np.float64), 0.0, 1.0), 9)
     ok = ((b.x_max > b.x_min) & (b.y_max > b.y_min)).to_numpy()
     b, code = b[ok], code[ok]
     order = np.argsort(code, kind="stable")

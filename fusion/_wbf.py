@@ -188,13 +188,19 @@ def wbf_batch(boxes, scores, labels, model, offsets, group, group_weights, iou_t
     elif conf_type == "avg":
         score = score * np.minimum(n_models[g], count) / g_sum[g]
     else:
+        # Cluster by cluster, summing the weights of the models present (or absent) with numpy as the
+        # library does: a sum in another order can differ in the last bit and reorder tied scores.
         pairs = np.unique(np.stack([member, mod[proc]], axis=1), axis=0)  # (cluster, model), sorted
-        present = np.bincount(pairs[:, 0], weights=padded[g[pairs[:, 0]], pairs[:, 1]], minlength=len(score))
-        if conf_type == "box_and_model_avg":
-            score = score * count / wsum
-            score = score * present / g_sum[g]
-        else:  # absent_model_aware_avg
-            score = score * count / (wsum + (g_sum[g] - present))
+        starts = np.searchsorted(pairs[:, 0], np.arange(len(score) + 1))
+        for c in range(len(score)):
+            models, weights = pairs[starts[c]:starts[c + 1], 1], gw[g[c]]
+            if conf_type == "box_and_model_avg":
+                score[c] = score[c] * count[c] / wsum[c]
+                score[c] = score[c] * weights[models].sum() / g_sum[g[c]]
+            else:  # absent_model_aware_avg
+                absent = np.ones(len(weights), dtype=bool)
+                absent[models] = False
+                score[c] = score[c] * count[c] / (wsum[c] + weights[absent].sum())
     order = _descending(cl_img, score)  # per image, the library's final argsort()[::-1]
     return cl_img[order], box[order], score[order], cl_label[order]
 

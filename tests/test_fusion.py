@@ -3,6 +3,7 @@ submission for every sample image, the report, and the commands (prediction file
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 
@@ -128,13 +129,16 @@ def random_sets(seed: int, n_sets: int, n: int = 40, quantize: bool = False):
 
 
 @pytest.mark.parametrize("conf_type", ["avg", "max", "box_and_model_avg", "absent_model_aware_avg"])
-@pytest.mark.parametrize("seed, iou_thr, skip, quantize", [(0, 0.4, 0.0, False), (1, 0.55, 0.05, False),
-                                                           (2, 0.3, 0.0, True)])
-def test_wbf_equals_ensemble_boxes(conf_type, seed, iou_thr, skip, quantize):
+@pytest.mark.parametrize("seed, iou_thr, skip, quantize, weights", [
+    (0, 0.4, 0.0, False, [1.0, 2.0, 0.5, 1.0]),
+    (1, 0.55, 0.05, False, [1.0, 2.0, 0.5, 1.0]),
+    (2, 0.3, 0.0, True, [1.0, 2.0, 0.5, 1.0]),
+    (6, 0.4, 0.0, True, [0.1, 0.2, 0.3, 0.7, 0.9, 1.1, 0.3, 0.6, 0.2]),  # sums that round: numpy's order matters
+])
+def test_wbf_equals_ensemble_boxes(conf_type, seed, iou_thr, skip, quantize, weights):
     from ensemble_boxes import weighted_boxes_fusion
 
-    boxes, scores, labels = random_sets(seed, n_sets=4, quantize=quantize)
-    weights = [1.0, 2.0, 0.5, 1.0]
+    boxes, scores, labels = random_sets(seed, n_sets=len(weights), quantize=quantize)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         b1, s1, l1 = weighted_boxes_fusion(boxes, scores, labels, weights=weights, iou_thr=iou_thr,
@@ -374,6 +378,32 @@ def test_fuse_test_finds_the_sample_through_data_and_asks_for_it_otherwise(work_
     caplog.clear()
     assert main(["fuse", "--work", str(work.root), "--split", "test"]) == 2
     assert "give --sample DATA/sample_submission.csv or --data DATA" in caplog.text
+
+
+def test_empty_inputs_are_scored_or_refused_with_a_reason(work_copy, tmp_path, caplog, capsys):
+    work = Work(work_copy.work)
+    work.preds.mkdir()
+    empty = pd.DataFrame({c: pd.Series(dtype="float32") for c in DETECTOR_PRED_COLUMNS})
+    empty = empty.astype({"image_id": str, "tta": str, "fold": "int16", "class_id": "int16"})
+    empty.to_parquet(work.detector_preds("oof"))
+    # not one box: every image is still scored, and gets "No finding" (gate off)
+    assert main(["fuse", "--work", str(work.root), "--split", "oof"]) == 0
+    assert "holds no box at all" in caplog.text
+    normal = pd.read_csv(work.labels).query("class_id == 14").image_id.nunique()
+    out = capsys.readouterr().out
+    assert re.search(rf"14  No finding +0\.\d+ +{normal} +30\n", out), out  # 30 images, 30 class-14 rows
+
+    (tmp_path / "sample.csv").write_text("id,PredictionString\nx,14 1 0 0 1 1\n")
+    make_detector_preds(work, "test")
+    caplog.clear()
+    assert main(["fuse", "--work", str(work.root), "--split", "test", "--sample", str(tmp_path / "sample.csv")]) == 2
+    assert "lacks the columns ['image_id']" in caplog.text
+
+    (tmp_path / "truth.csv").write_text("image_id,class_id,x_min,y_min,x_max,y_max\n")
+    (tmp_path / "sub.csv").write_text("image_id,PredictionString\nx,14 1 0 0 1 1\n")
+    caplog.clear()
+    assert main(["score", "--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "sub.csv")]) == 2
+    assert "holds no truth rows" in caplog.text
 
 
 # --------------------------------------------------------------------------- the report

@@ -163,7 +163,9 @@ def test_parse_prediction_strings_keeps_submission_order():
 
 
 @pytest.mark.parametrize("text, words", [("3 0.5 1 2 3", "line 3 (b): 5 numbers"),
-                                         ("3 0.5 1 2 3 x", "line 3 (b): a value is not a number")])
+                                         ("3 0.5 1 2 3 x", "line 3 (b): a value is not a number"),
+                                         ("3 0.5 1 2 3 4 3.7 0.8 0 0 10 10", "line 3 (b): class id 3.7 is not"),
+                                         ("15 0.9 0 0 10 10", "line 3 (b): class id 15 is not an integer in 0..14")])
 def test_parse_names_the_line_of_a_bad_string(text, words):
     with pytest.raises(SubmissionFormatError, match=words.replace("(", r"\(").replace(")", r"\)")):
         parse_prediction_strings(["a", "b"], ["14 1 0 0 1 1", text])

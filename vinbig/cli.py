@@ -30,6 +30,19 @@ class UserError(RuntimeError):
     """An error the user can fix; printed without a traceback."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where it tells something: not None, False, an empty list or a count's 0,
+    and not when the help text already names the default (options that fall back to the config say so)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d == [] or d is argparse.SUPPRESS or "default" in text
+                or isinstance(action, argparse._CountAction)):
+            return text
+        return super()._get_help_string(action)
+
+
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("configuration and output")
@@ -106,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Callable, help: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help, description=description,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
         p.set_defaults(func=func)
         return p
 

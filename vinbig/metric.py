@@ -75,7 +75,10 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"truth file not found: {path}; give a box table such as WORK/labels.csv")
-    return prepare_truth(pd.read_csv(path, dtype={"image_id": str}))
+    truth = prepare_truth(pd.read_csv(path, dtype={"image_id": str}))
+    if truth.empty:
+        raise ArtifactError(f"{path} holds no truth rows; give a box table such as WORK/labels.csv")
+    return truth
 
 
 def parse_prediction_strings(image_ids, strings) -> pd.DataFrame:
@@ -105,6 +108,12 @@ def parse_prediction_strings(image_ids, strings) -> pd.DataFrame:
                                             "run 'vinbig validate'") from None
         raise SubmissionFormatError("a PredictionString could not be read; run 'vinbig validate'")
     values = values.reshape(-1, 6)
+    cls = values[:, 0]
+    bad = np.flatnonzero((cls != np.round(cls)) | (cls < 0) | (cls >= N_CLASSES))
+    if len(bad):
+        row = int(np.repeat(np.arange(len(texts)), counts // 6)[bad[0]])
+        raise SubmissionFormatError(f"line {row + 2} ({image_ids[row]}): class id {cls[bad[0]]:g} is not an integer "
+                                    f"in 0..{N_CLASSES - 1}; run 'vinbig validate'")
     df = pd.DataFrame(values[:, 2:], columns=list(BOX))
     df.insert(0, "score", values[:, 1])
     df.insert(0, "class_id", values[:, 0].astype(np.int64))

@@ -15,10 +15,11 @@ VINBIG := $(BIN)/vinbig
 ARGS   := --config $(CONFIG)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test demo synth images folds train-detector predict-detector bench clean
+.PHONY: help venv test demo synth images folds train-detector predict-detector train-classifier \
+        predict-classifier tune submission report bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" TTA=$(TTA)"
 
 $(BIN)/activate:
@@ -57,8 +58,33 @@ predict-detector: venv ## detector boxes for the OOF and test images (TTA=hflip,
 	$(VINBIG) predict-detector --work $(WORK) --split oof $(if $(TTA),--tta $(TTA)) $(ARGS)
 	$(VINBIG) predict-detector --work $(WORK) --split test $(if $(TTA),--tta $(TTA)) $(ARGS)
 
+train-classifier: venv ## train the 'No finding' classifier of each fold in FOLDS
+	@for k in $(FOLDS); do $(VINBIG) train-classifier --work $(WORK) --fold $$k $(ARGS) || exit 1; done
+
+predict-classifier: venv ## P(abnormal) for the OOF and test images
+	$(VINBIG) predict-classifier --work $(WORK) --split oof $(ARGS)
+	$(VINBIG) predict-classifier --work $(WORK) --split test $(ARGS)
+
+tune: venv ## choose the WBF parameters and gate thresholds on the OOF predictions (WORK/fusion.yaml)
+	$(VINBIG) tune --work $(WORK) $(ARGS)
+
+# The test predictions of the stages that were trained, then fusion; the classifier is optional (gate off).
+submission: venv ## predict the test images with the trained stages, fuse and validate: WORK/submission.csv
+	$(VINBIG) predict-detector --work $(WORK) --split test $(if $(TTA),--tta $(TTA)) $(ARGS)
+	@if ls $(WORK)/classifier/fold*/best.pt >/dev/null 2>&1; then \
+		$(VINBIG) predict-classifier --work $(WORK) --split test $(ARGS); \
+	else echo "no classifier in $(WORK)/classifier: the 'No finding' gate stays off"; fi
+	$(VINBIG) fuse --work $(WORK) --split test $(ARGS)
+
+report: venv ## per-class AP chart, PR curves and box overlays of the OOF predictions in WORK/report
+	$(VINBIG) report --work $(WORK) $(ARGS)
+
 bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand)
 	$(BIN)/python bench/bench_images.py
+	$(BIN)/python bench/bench_metric.py
+	$(BIN)/python bench/bench_fuse.py --tune 3000
+	$(BIN)/python bench/bench_detector.py
+	$(BIN)/python bench/bench_classifier.py
 
 clean: ## remove the synthetic data and work folders of the demo and the default targets
 	rm -rf data/demo work/demo data/synth work/synth

@@ -1,1 +1,30 @@
-"""Five-fold EfficientNet "No finding" classifier (timm). Not built yet: see the classifier issue."""
+"""Five-fold "No finding" classifier (timm): P(abnormal) per image for the gate of the submission.
+
+``train_fold`` trains one fold (``vinbig train-classifier``), ``predict`` scores out-of-fold or test images
+with every fold's best.pt (``vinbig predict-classifier``). Names are imported on first use, so that
+``vinbig --help`` does not pay for torch and timm.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "train_fold": "classifier._train",
+    "SUMMARY_COLUMNS": "classifier._train",
+    "predict": "classifier._predict",
+    "gate_operating_point": "classifier._predict",
+    "abnormal_targets": "classifier._data",
+    "create_model": "classifier._model",
+    "load_weights": "classifier._model",
+    "load_classifier": "classifier._model",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'classifier' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,177 @@
+"""The timm model, its weights, its input and its checkpoints.
+
+Checkpoints hold only tensors, dicts, lists, numbers and strings, so that ``torch.load(path,
+weights_only=True)`` reads them:
+
+    best.pt  {"model": state dict (EMA weights when EMA is on), "backbone", "imgsz", "epoch", "auc"}
+    last.pt  {"model", "model_ema" (or None), "optimizer", "scheduler", "scaler", "epoch", "best_auc",
+              "backbone", "imgsz"}
+
+``timm.models.load_state_dict`` reads both (preferring "model_ema"), so either can be given as
+``classifier.weights`` to start another run from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vinbig.artifacts import atomic_path
+from vinbig.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device, local_rank: int = 0) -> torch.device:
+    """``classifier.device``: null = CUDA if torch sees a GPU, else the CPU; under torchrun, GPU LOCAL_RANK."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, int) or str(device).isdigit():
+        device = f"cuda:{device}"
+    try:
+        dev = torch.device(str(device))
+    except RuntimeError:
+        raise ConfigError(f"classifier.device {device!r} is not a device; write cpu, cuda, cuda:0 or null") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"classifier.device is {device!r} but torch sees no GPU; "
+                              "set classifier.device: cpu (or null to pick automatically)")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def create_model(backbone: str, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
+    """``timm.create_model(backbone, num_classes=1)`` on 3 channels, the head at zero; never downloads anything."""
+    import timm
+
+    kwargs = {"drop_rate": drop_rate} if drop_rate else {}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    try:
+        model = timm.create_model(backbone, pretrained=False, num_classes=1, in_chans=3, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        close = difflib.get_close_matches(backbone, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        raise ConfigError(f"classifier.backbone {backbone!r} is not a timm model; see timm.list_models().{hint}")
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):  # start at p = 0.5: EfficientNet's head init (+/- 1/sqrt(outputs)) is wide for one
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return model
+
+
+def _head_keys(model: nn.Module) -> tuple[str, ...]:
+    head = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    return (head,) if isinstance(head, str) else tuple(head)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, backbone: str) -> None:
+    """Load the local weights file `path` (a state dict, a timm checkpoint or .safetensors) into `model`.
+
+    Every tensor must fit by name and shape; only the classification head may differ (for example
+    the 1000 outputs of ImageNet weights), in which case it keeps its new initialisation.
+    """
+    import timm.models
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"classifier.weights: no file at {path}. Put the weights of a timm '{backbone}' model there "
+            f"(on a machine with internet: torch.save(timm.create_model('{backbone}', pretrained=True)"
+            f".state_dict(), '{path.name}')), or set classifier.weights: null to train from scratch")
+    try:
+        state = timm.models.load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
+    except Exception as e:  # torch, safetensors and pickle raise many types for a foreign file
+        raise ConfigError(f"classifier.weights: {path} is not a readable weights file ({type(e).__name__}: {e}); "
+                          f"save it with torch.save(model.state_dict(), path) from a timm '{backbone}' model"
+                          ) from None
+    own = model.state_dict()
+    heads = _head_keys(model)
+    replaced = [k for k in state if k in own and state[k].shape != own[k].shape
+                and any(k.startswith(h + ".") for h in heads)]
+    for k in replaced:
+        del state[k]
+    missing = [k for k in own if k not in state and k not in replaced]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+             if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {what} (first: {v[0]})" for what, v in
+                 (("missing tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", wrong)) if v]
+        raise ConfigError(f"classifier.weights: {path} does not fit the timm model '{backbone}': {'; '.join(parts)}. "
+                          "Set classifier.backbone to the model the file was saved from, or give the weights of "
+                          f"a '{backbone}' model")
+    model.load_state_dict(state, strict=not replaced)
+    logger.info("loaded %d tensors from %s", len(state), path)
+    if replaced:
+        logger.warning("the head in %s does not fit one output (%s); it was left out and starts from zero",
+                       path, ", ".join(f"{k} {tuple(own[k].shape)}" for k in replaced))
+
+
+def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std the model expects (its pretrained config; ImageNet's by default)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+class Prepare:
+    """uint8 B x 1 x H x W on any device -> normalised float B x 3 x H x W on `device`."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        mean, std = input_stats(model)
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.device = device
+        self.channels_last = device.type == "cuda"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).float().expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically: a reader never sees half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
+    """A checkpoint written by train-classifier; an error names the file and the command that makes it."""
+    from vinbig.artifacts import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file
+        raise ArtifactError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                            f"run '{made_by}' again") from None
+    if not isinstance(ckpt, dict) or not {"model", "backbone", "imgsz"} <= set(ckpt):
+        raise ArtifactError(f"{path} is not a train-classifier checkpoint; run '{made_by}' again")
+    return ckpt
+
+
+def load_classifier(path: str | os.PathLike, device: torch.device,
+                    made_by: str = "vinbig train-classifier") -> tuple[nn.Module, int]:
+    """The model of a best.pt or last.pt, in eval mode on `device`, and the image size it was trained at."""
+    ckpt = load_checkpoint(path, made_by)
+    model = create_model(ckpt["backbone"])
+    state = ckpt.get("model_ema") or ckpt["model"]
+    model.load_state_dict(state)
+    model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model, int(ckpt["imgsz"])

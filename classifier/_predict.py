@@ -1,0 +1,151 @@
+"""Scoring images with trained fold models, the out-of-fold AUC and the "No finding" gate's operating point.
+
+``vinbig predict-classifier --split oof``: each fold's best.pt scores its own validation images;
+``--split test``: every fold's best.pt scores every test image, and rows with fold -1 hold the mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from vinbig.artifacts import CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, read_meta, write_csv
+from vinbig.config import ConfigError
+from vinbig.log import progress
+
+from classifier._data import PngDataset, abnormal_targets, png_paths, worker_init
+from classifier._model import Prepare, load_classifier, resolve_device
+
+logger = logging.getLogger(__name__)
+
+TTA = ("none", "hflip")
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, loader: DataLoader, prepare: Prepare, amp: bool = False, tta: str = "none",
+          desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """``(dataset indices, P(abnormal))`` over `loader`; with ``tta="hflip"`` the mean over both views."""
+    model.eval()
+    device = prepare.device
+    indices, probs = [], []
+    for x, _, idx in progress(loader, desc=desc, leave=False):
+        x = prepare(x)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            p = torch.sigmoid(model(x).float().squeeze(1))
+            if tta == "hflip":
+                p = (p + torch.sigmoid(model(torch.flip(x, dims=[3])).float().squeeze(1))) / 2
+        indices.append(idx.numpy())
+        probs.append(p.double().cpu().numpy())
+    if not indices:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(indices), np.concatenate(probs)
+
+
+def auc(abnormal: Sequence[int], p: Sequence[float]) -> float:
+    """ROC AUC; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(abnormal)
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
+
+
+def bce(abnormal: Sequence[int], p: Sequence[float], eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of probabilities `p` (unweighted)."""
+    y, p = np.asarray(abnormal, float), np.clip(np.asarray(p, float), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else math.nan
+
+
+def gate_operating_point(p: Sequence[float], abnormal: Sequence[int], max_miss: float = 0.02) -> dict:
+    """The gate's low threshold: the highest `t` with at most `max_miss` of abnormal images below it
+    (``p < t``), and the share of normal images it catches there (they would get "No finding" alone)."""
+    p, y = np.asarray(p, float), np.asarray(abnormal).astype(bool)
+    pos, neg = np.sort(p[y]), p[~y]
+    if not len(pos) or not len(neg):
+        raise ValueError("the gate's operating point needs both normal and abnormal images")
+    k = int(math.floor(max_miss * len(pos) + 1e-9))  # abnormal images allowed below the threshold
+    threshold = float(pos[k]) if k < len(pos) else math.inf
+    missed, caught = int((pos < threshold).sum()), int((neg < threshold).sum())
+    return {"threshold": threshold, "abnormal_missed": missed, "n_abnormal": len(pos),
+            "miss_rate": missed / len(pos), "normal_caught": caught, "n_normal": len(neg),
+            "normal_share": caught / len(neg)}
+
+
+def _loader(paths: list[Path], imgsz: int, cfg: dict, device: torch.device) -> DataLoader:
+    return DataLoader(PngDataset(paths, None, imgsz), batch_size=cfg["predict_batch"], shuffle=False,
+                      num_workers=cfg["workers"], pin_memory=device.type == "cuda", worker_init_fn=worker_init)
+
+
+def predict(work: str | Path, split: str, cfg: dict, tta: str | None = None) -> dict:
+    """Score `split` ("oof" or "test") with the best.pt of every fold and write ``work.classifier_preds(split)``.
+
+    `cfg` is the ``classifier`` config section. Returns ``{"path", "preds", "auc", "fold_auc", "gate"}``
+    (the last three for "oof" only).
+    """
+    work = Work(work)
+    tta = tta or cfg["tta"]
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} is not one of {list(SPLITS)}")
+    if tta not in TTA:
+        raise ConfigError(f"classifier.tta {tta!r} is not one of {list(TTA)}")
+    device = resolve_device(cfg["device"])
+    table = abnormal_targets(work)
+    folds = sorted(int(k) for k in table["fold"].unique())
+    ckpts = {k: work.fold_dir("classifier", k) / "best.pt" for k in folds}
+    missing = [k for k, p in ckpts.items() if not p.is_file()]
+    if missing:
+        commands = "; ".join(f"'vinbig train-classifier --work {work.root} --fold {k}'" for k in missing)
+        raise ArtifactError(f"no trained classifier for fold(s) {missing}: {ckpts[missing[0]]} not found; "
+                            f"run {commands}")
+
+    if split == "test":
+        test_dir = work.images("test")
+        ids = read_meta(test_dir)["image_id"].tolist()
+        paths = png_paths(test_dir, ids, f"vinbig images --src DATA/test --out {test_dir}")
+    rows = []
+    for k in folds:
+        model, imgsz = load_classifier(ckpts[k], device, f"vinbig train-classifier --work {work.root} --fold {k}")
+        if split == "oof":
+            ids = table.loc[table["fold"] == k, "image_id"].tolist()
+            paths = png_paths(work.images("train"), ids,
+                              f"vinbig images --src DATA/train --out {work.images('train')}")
+        idx, p = infer(model, _loader(paths, imgsz, cfg, device), Prepare(model, device), cfg["amp"], tta,
+                       desc=f"{split} fold {k}")
+        rows.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p}))
+        logger.info("fold %d: %d %s image(s) scored with %s (tta %s)", k, len(idx), split, ckpts[k], tta)
+    preds = pd.concat(rows, ignore_index=True)
+    if split == "test":
+        mean = preds.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)
+        preds = pd.concat([preds, mean], ignore_index=True)
+    preds = preds.sort_values(["fold", "image_id"], kind="stable").reset_index(drop=True)
+    path = write_csv(preds, work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS)
+    logger.info("wrote %d rows to %s", len(preds), path)
+    result = {"path": path, "preds": preds}
+    if split == "oof":
+        result.update(report_oof(preds.merge(table[["image_id", "abnormal"]], on="image_id"), cfg["gate_miss"]))
+    return result
+
+
+def report_oof(oof: pd.DataFrame, max_miss: float) -> dict:
+    """Log the OOF AUC (overall and per fold) and the gate's operating point; return them."""
+    overall = auc(oof["abnormal"], oof["p_abnormal"])
+    per_fold = {int(k): auc(g["abnormal"], g["p_abnormal"]) for k, g in oof.groupby("fold")}
+    logger.info("OOF AUC %.4f over %d images (per fold: %s)", overall, len(oof),
+                ", ".join(f"{k}: {v:.4f}" for k, v in per_fold.items()))
+    try:
+        gate = gate_operating_point(oof["p_abnormal"], oof["abnormal"], max_miss)
+    except ValueError as e:
+        logger.warning("no gate operating point: %s", e)
+        gate = None
+    else:
+        logger.info("gate: below p = %.4g lie %.1f %% of abnormal images (%d/%d, at most %.1f %% allowed) and "
+                    "%.1f %% of normal images (%d/%d)", gate["threshold"], 100 * gate["miss_rate"],
+                    gate["abnormal_missed"], gate["n_abnormal"], 100 * max_miss, 100 * gate["normal_share"],
+                    gate["normal_caught"], gate["n_normal"])
+    return {"auc": overall, "fold_auc": per_fold, "gate": gate}

@@ -1,0 +1,282 @@
+"""Training one fold: ``vinbig train-classifier --work WORK --fold K [--resume]``.
+
+Trains on the images of folds != K and validates on fold K. timm builds the model, the optimizer
+(``create_optimizer_v2``), the schedule (``create_scheduler_v2``, stepped per update) and the weight
+EMA (``ModelEmaV3``); torchvision's v2 transforms augment. Mixed precision runs on CUDA only.
+
+Under ``torchrun`` (RANK, WORLD_SIZE and LOCAL_RANK set) every process trains on its share of each
+epoch inside DistributedDataParallel (NCCL on GPU, gloo on CPU) and scores its share of the validation
+images; rank 0 gathers the scores, computes the AUC and alone writes files. ``classifier.batch`` is per
+process.
+
+Outputs in ``WORK/classifier/fold{k}/``: summary.csv (one row per epoch), best.pt (by validation AUC,
+EMA weights when EMA is on) and last.pt (everything needed to resume); see ``_model`` for their keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from vinbig.artifacts import Work, read_csv, write_csv
+from vinbig.config import ConfigError
+from vinbig.log import progress
+
+from classifier._data import (BALANCE, EpochSampler, PngDataset, abnormal_targets, png_paths, shard, train_transform,
+                              worker_init)
+from classifier._model import Prepare, create_model, load_checkpoint, load_weights, resolve_device, save_checkpoint
+from classifier._predict import auc, bce, infer
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds")
+SCHEDULES = ("cosine", "tanh", "poly")  # timm schedules that decay over the run when stepped per update
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun launch (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _check(cfg: dict) -> None:
+    if cfg["balance"] not in BALANCE:
+        raise ConfigError(f"classifier.balance {cfg['balance']!r} is not one of {list(BALANCE)}")
+    if cfg["sched"] not in SCHEDULES:
+        raise ConfigError(f"classifier.sched {cfg['sched']!r} is not one of {list(SCHEDULES)}")
+    for key in ("epochs", "batch", "imgsz"):
+        if cfg[key] < 1:
+            raise ConfigError(f"classifier.{key} is {cfg[key]}; it must be at least 1")
+
+
+def check_fresh(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start over a fold's run unless asked: trained weights are not thrown away by a rerun."""
+    from vinbig.cli import UserError
+
+    if not resume and not overwrite and (out_dir / "last.pt").is_file():
+        raise UserError(f"{out_dir} already holds a run (last.pt); use --resume to continue it or --overwrite "
+                        "to start over")
+
+
+def train_fold(work: str | Path, fold: int, cfg: dict, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train fold `fold` with `cfg` (the ``classifier`` config section); under torchrun, one process of many.
+
+    A fold that already holds a run is refused unless `resume` (continue it) or `overwrite` (start over).
+
+    Returns ``{"out_dir", "epochs", "best_auc", "best_epoch"}`` (the same on every process except the AUC,
+    which only rank 0 knows; the others get NaN).
+    """
+    _check(cfg)
+    env = Dist.from_env()
+    device = resolve_device(cfg["device"], env.local_rank)
+    if env.world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        check_fresh(Work(work).fold_dir("classifier", fold), resume, overwrite)
+        return _train(Work(work), fold, cfg, resume, env, device)
+    finally:
+        if env.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: torch.device) -> dict:
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+    from torch.nn.parallel import DistributedDataParallel
+
+    from vinbig.cli import UserError
+
+    table = abnormal_targets(work)
+    folds = sorted(int(k) for k in table["fold"].unique())
+    if fold not in folds:
+        raise UserError(f"fold {fold} is not in {work.folds} (its folds are {folds}); "
+                        f"give --fold {folds[0]}..{folds[-1]}")
+    out_dir = work.fold_dir("classifier", fold)
+    train_df, val_df = table[table["fold"] != fold], table[table["fold"] == fold]
+    n_pos = int(train_df["abnormal"].sum())
+    n_neg = len(train_df) - n_pos
+    if not n_pos or not n_neg:
+        raise UserError(f"the training images of fold {fold} are all {'normal' if not n_pos else 'abnormal'}; "
+                        f"the classifier needs both: check {work.labels}")
+    image_dir = work.images("train")
+    made_images = f"vinbig images --src DATA/train --out {image_dir}"
+    train_ds = PngDataset(png_paths(image_dir, train_df["image_id"], made_images), train_df["abnormal"],
+                          cfg["imgsz"], train_transform(cfg))
+    val_ds = PngDataset(png_paths(image_dir, val_df["image_id"], made_images), val_df["abnormal"], cfg["imgsz"])
+    sampler = EpochSampler(train_df["abnormal"].to_numpy(), env.world, env.rank, cfg["seed"],
+                           balanced=cfg["balance"] == "sampler")
+    loader_kw = dict(num_workers=cfg["workers"], pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+                     persistent_workers=cfg["workers"] > 0)
+    train_loader = DataLoader(train_ds, batch_size=cfg["batch"], sampler=sampler,
+                              drop_last=len(sampler) > cfg["batch"], **loader_kw)
+    val_loader = DataLoader(Subset(val_ds, shard(len(val_ds), env.world, env.rank)),
+                            batch_size=cfg["predict_batch"], **loader_kw)
+
+    torch.manual_seed(cfg["seed"] * 1000 + env.rank)
+    model = create_model(cfg["backbone"], cfg["drop_rate"], cfg["drop_path_rate"])
+    if cfg["weights"] and not resume:
+        load_weights(model, cfg["weights"], cfg["backbone"])
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    except ValueError as e:
+        raise ConfigError(f"classifier.opt: {e}; timm.optim.list_optimizers() gives the names") from None
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"],
+                                       warmup_epochs=cfg["warmup_epochs"], warmup_lr=cfg["lr"] * 0.01,
+                                       min_lr=cfg["min_lr"], step_on_epochs=False,
+                                       updates_per_epoch=len(train_loader))
+    amp = bool(cfg["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    pos_weight = torch.tensor(n_neg / n_pos, device=device) if cfg["balance"] == "pos_weight" else None
+    criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    state = _State(out_dir)
+    if resume:
+        state.resume(f"vinbig train-classifier --work {work.root} --fold {fold}", cfg["backbone"], model, ema,
+                     optimizer, scaler)
+        if env.main:
+            logger.info("resuming fold %d from %s at epoch %d of %d", fold, state.last, state.start + 1, cfg["epochs"])
+    elif env.main:
+        state.clear(fold)
+    if env.main:
+        if state.start >= cfg["epochs"]:
+            logger.info("fold %d already has all %d epochs in %s; raise classifier.epochs to train on",
+                        fold, cfg["epochs"], out_dir)
+        logger.info("fold %d: %d train images (%d abnormal), %d validation images; %s on %s x %d process(es), "
+                    "%d px, batch %d, AMP %s, balance %s", fold, len(train_df), n_pos, len(val_df), cfg["backbone"],
+                    device, env.world, cfg["imgsz"], cfg["batch"], "on" if amp else "off", cfg["balance"])
+
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if env.world > 1 else model
+    prepare = Prepare(model, device)
+    updates = state.start * len(train_loader)
+    scheduler.step_update(num_updates=updates)
+    for epoch in range(state.start, cfg["epochs"]):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        net.train()
+        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
+        for x, y, _ in progress(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg['epochs']}", leave=False):
+            x, y = prepare(x), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                loss = criterion(net(x).float().squeeze(1), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            updates += 1
+            scheduler.step_update(num_updates=updates)
+            if ema is not None:
+                ema.update(model, step=updates)
+            total[0] += loss.detach() * len(y)
+            total[1] += len(y)
+        scheduler.step(epoch + 1)
+        scored = ema.module if ema is not None else model
+        idx, p = infer(scored, val_loader, prepare, amp, desc=f"fold {fold} validation")
+        if env.world > 1:  # every process's loss sums and validation scores
+            dist.all_reduce(total)
+            parts = [None] * env.world
+            dist.all_gather_object(parts, (idx, p))
+            idx, p = np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+        if env.main:
+            y_val = val_ds.targets[idx]
+            row = {"epoch": epoch, "train_loss": float(total[0] / total[1].clamp(min=1)), "val_loss": bce(y_val, p),
+                   "val_auc": auc(y_val, p), "lr": float(optimizer.param_groups[0]["lr"]),
+                   "seconds": round(time.perf_counter() - t0, 2)}
+            improved = state.record(row, cfg, scored, model, ema, optimizer, scheduler, scaler)
+            logger.info("fold %d epoch %d/%d: train_loss %.4f val_loss %.4f val_auc %.4f%s lr %.3g (%.0f s)", fold,
+                        epoch + 1, cfg["epochs"], row["train_loss"], row["val_loss"], row["val_auc"],
+                        " (best)" if improved else "", row["lr"], row["seconds"])
+        if env.world > 1:
+            dist.barrier()
+    return {"out_dir": out_dir, "epochs": cfg["epochs"], "best_auc": state.best_auc if env.main else math.nan,
+            "best_epoch": state.best_epoch}
+
+
+class _State:
+    """A fold's run folder: where training starts, the best AUC so far, summary.csv, best.pt and last.pt."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = out_dir
+        self.last, self.best, self.summary = out_dir / "last.pt", out_dir / "best.pt", out_dir / "summary.csv"
+        self.start, self.best_auc, self.best_epoch = 0, -math.inf, -1
+        self.rows: list[dict] = []
+
+    def clear(self, fold: int) -> None:
+        """A fresh start: remove an earlier run's files, so that its summary rows do not mix with the new ones."""
+        if self.last.is_file():
+            logger.warning("starting fold %d afresh (--overwrite): the run in %s is replaced", fold, self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.summary, self.best, self.last):
+            path.unlink(missing_ok=True)
+
+    def resume(self, made_by: str, backbone: str, model, ema, optimizer, scaler) -> None:
+        """Load last.pt into the model, EMA, optimizer and scaler; continue at its epoch + 1."""
+        from vinbig.cli import UserError
+
+        ckpt = load_checkpoint(self.last, made_by + " (without --resume)")
+        if ckpt["backbone"] != backbone:
+            raise UserError(f"{self.last} holds a '{ckpt['backbone']}', the config asks for '{backbone}'; resume "
+                            f"with --config {self.dir / 'config_classifier.yaml'}")
+        model.load_state_dict(ckpt["model"])
+        if ema is not None and ckpt.get("model_ema"):
+            ema.module.load_state_dict(ckpt["model_ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"] and scaler.is_enabled():  # empty when last.pt was written without AMP
+            scaler.load_state_dict(ckpt["scaler"])
+        # ckpt["scheduler"] is not loaded: the schedule is a function of the update count and the current
+        # config, so that raising classifier.epochs stretches it over the longer run
+        self.start, self.best_auc = int(ckpt["epoch"]) + 1, float(ckpt["best_auc"])
+        if self.summary.is_file():
+            summary = read_csv(self.summary, SUMMARY_COLUMNS, made_by)
+            summary = summary[summary["epoch"] < self.start]  # drop rows written after last.pt was saved
+            self.rows = summary.to_dict("records")
+            if summary["val_auc"].notna().any():
+                self.best_epoch = int(summary.loc[summary["val_auc"].idxmax(), "epoch"])
+
+    def record(self, row: dict, cfg: dict, scored, model, ema, optimizer, scheduler, scaler) -> bool:
+        """Append `row` to summary.csv, save best.pt if the AUC improved and last.pt; True if it improved."""
+        self.rows.append(row)
+        write_csv(pd.DataFrame(self.rows), self.summary, SUMMARY_COLUMNS)
+        improved = not self.best.is_file() or row["val_auc"] > self.best_auc
+        meta = {"backbone": cfg["backbone"], "imgsz": int(cfg["imgsz"])}
+        if improved:
+            self.best_epoch = row["epoch"]
+            if not math.isnan(row["val_auc"]):
+                self.best_auc = row["val_auc"]
+            save_checkpoint({"model": scored.state_dict(), "epoch": row["epoch"], "auc": row["val_auc"], **meta},
+                            self.best)
+        ema_state = ema.module.state_dict() if ema is not None else None
+        save_checkpoint({"model": model.state_dict(), "model_ema": ema_state,
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "epoch": row["epoch"], "best_auc": float(self.best_auc),
+                         **meta}, self.last)
+        return improved

@@ -5,7 +5,7 @@ with every fold's best.pt (``vinbig predict-classifier``). Names are imported on
 ``vinbig --help`` does not pay for torch and timm.
 """
 
-from importlib import import_module
+from vinbig.lazy import lazy_exports
 
 _EXPORTS = {
     "train_fold": "classifier._train",
@@ -17,14 +17,4 @@ _EXPORTS = {
     "load_weights": "classifier._model",
     "load_classifier": "classifier._model",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'classifier' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

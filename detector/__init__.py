@@ -3,7 +3,7 @@
 Names are imported on first use, so that `vinbig --help` does not import torch and ultralytics.
 """
 
-from importlib import import_module
+from vinbig.lazy import lazy_exports
 
 _EXPORTS = {
     "boxes_to_yolo": "detector._dataset",
@@ -16,14 +16,4 @@ _EXPORTS = {
     "predict": "detector._predict",
     "unflip_boxes": "detector._predict",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'detector' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

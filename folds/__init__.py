@@ -3,7 +3,7 @@
 Names are imported on first use, so `vinbig images` does not pay for ensemble-boxes' numba import.
 """
 
-from importlib import import_module
+from vinbig.lazy import lazy_exports
 
 _EXPORTS = {
     "convert_images": "folds._images",
@@ -13,14 +13,4 @@ _EXPORTS = {
     "split_folds": "folds._split",
     "make_folds": "folds._split",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'folds' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ out-of-fold predictions, the submission and its validator, the report. The metri
 Names are imported on first use, so `vinbig --help` does not pay for numba, pandas or matplotlib.
 """
 
-from importlib import import_module
+from vinbig.lazy import lazy_exports
 
 _EXPORTS = {
     "wbf": "fusion._wbf",
@@ -25,14 +25,4 @@ _EXPORTS = {
     "Fault": "fusion._submission",
     "write_report": "fusion._report",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fusion' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

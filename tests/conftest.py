@@ -107,13 +107,18 @@ def synth_work(tmp_path_factory) -> SynthWork:
     return SynthWork(data, work)
 
 
-@pytest.fixture
-def work_copy(synth_work, tmp_path) -> SynthWork:
-    """A fresh work folder of its own over the shared synthetic images (linked), labels and folds (copied)."""
-    work = tmp_path / "work"
+def own_work(synth_work: SynthWork, root: Path) -> Path:
+    """``root/work``: a work folder over the shared synthetic images (linked), labels and folds (copied)."""
+    work = root / "work"
     (work / "images").mkdir(parents=True)
     for split in ("train", "test"):
         (work / "images" / split).symlink_to(synth_work.work / "images" / split, target_is_directory=True)
     for name in ("labels.csv", "folds.csv"):
         shutil.copy(synth_work.work / name, work / name)
-    return SynthWork(synth_work.data, work)
+    return work
+
+
+@pytest.fixture
+def work_copy(synth_work, tmp_path) -> SynthWork:
+    """A fresh work folder of its own (see `own_work`) for a test that writes stage outputs."""
+    return SynthWork(synth_work.data, own_work(synth_work, tmp_path))

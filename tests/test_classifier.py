@@ -19,6 +19,8 @@ from vinbig.artifacts import CLASSIFIER_PRED_COLUMNS, ArtifactError, Work, read_
 from vinbig.cli import main
 from vinbig.config import ConfigError, load_config
 
+from conftest import own_work
+
 # timm's smallest EfficientNet at 64 px, data loaded in the test process
 TINY_SET = {"backbone": "test_efficientnet", "imgsz": 64, "batch": 8, "workers": 0, "predict_batch": 16}
 TINY = [arg for k, v in TINY_SET.items() for arg in ("--set", f"classifier.{k}={v}")]
@@ -29,17 +31,6 @@ LAST_KEYS = {"model", "model_ema", "optimizer", "scheduler", "scaler", "epoch", 
 def tiny_cfg(**overrides) -> dict:
     """The classifier config section with TINY_SET and `overrides`."""
     return load_config(overrides=[f"classifier.{k}={v}" for k, v in {**TINY_SET, **overrides}.items()])["classifier"]
-
-
-def own_work(synth_work, root):
-    """A work folder over the shared synthetic images, like conftest's work_copy, for module fixtures."""
-    work = root / "work"
-    (work / "images").mkdir(parents=True)
-    for split in ("train", "test"):
-        (work / "images" / split).symlink_to(synth_work.work / "images" / split, target_is_directory=True)
-    for name in ("labels.csv", "folds.csv"):
-        shutil.copy(synth_work.work / name, work / name)
-    return work
 
 
 def summary(work, fold: int) -> pd.DataFrame:

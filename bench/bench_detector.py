@@ -3,7 +3,7 @@
 Generates a synthetic dataset, trains fold 0's detector (folds 1-4 train it, fold 0 is held out),
 predicts the held-out images and scores them with the competition metric over the 14 finding
 classes. A change that breaks learning (labels, box mapping, augmentation, the trainer) shows up as
-a mAP near zero; the untrained model (no epoch: its boxes only) is scored too, as the floor.
+a mAP near zero; the model after one epoch is scored too, as the floor.
 
     python bench/bench_detector.py                     # about 10 minutes on 2 cores
     python bench/bench_detector.py --epochs 5 --n-train 60   # a quick look

@@ -41,7 +41,7 @@ def resolve_device(device, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"classifier.device is {device!r} but torch sees no GPU; "
                               "set classifier.device: cpu (or null to pick automatically)")
-        if dev.index is None:
+        if dev.index is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one GPU per process
             dev = torch.device("cuda", local_rank)
     return dev
 

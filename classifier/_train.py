@@ -138,7 +138,7 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     val_loader = DataLoader(Subset(val_ds, shard(len(val_ds), env.world, env.rank)),
                             batch_size=cfg["predict_batch"], **loader_kw)
 
-    torch.manual_seed(cfg["seed"] * 1000 + env.rank)
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank, so that the EMAs agree too
     model = create_model(cfg["backbone"], cfg["drop_rate"], cfg["drop_path_rate"])
     if cfg["weights"] and not resume:
         load_weights(model, cfg["weights"], cfg["backbone"])
@@ -158,6 +158,7 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     pos_weight = torch.tensor(n_neg / n_pos, device=device) if cfg["balance"] == "pos_weight" else None
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    torch.manual_seed(cfg["seed"] * 1000 + env.rank)  # augmentation and dropout differ between ranks
     state = _State(out_dir)
     if resume:
         state.resume(f"vinbig train-classifier --work {work.root} --fold {fold}", cfg["backbone"], model, ema,
@@ -242,13 +243,13 @@ class _State:
         """Load last.pt into the model, EMA, optimizer and scaler; continue at its epoch + 1."""
         from vinbig.cli import UserError
 
-        ckpt = load_checkpoint(self.last, made_by + " (without --resume)")
+        ckpt = load_checkpoint(self.last, made_by)
         if ckpt["backbone"] != backbone:
             raise UserError(f"{self.last} holds a '{ckpt['backbone']}', the config asks for '{backbone}'; resume "
-                            f"with --config {self.dir / 'config_classifier.yaml'}")
+                            f"with --backbone {ckpt['backbone']} (or --config {self.dir / 'config_classifier.yaml'})")
         model.load_state_dict(ckpt["model"])
-        if ema is not None and ckpt.get("model_ema"):
-            ema.module.load_state_dict(ckpt["model_ema"])
+        if ema is not None:  # a last.pt written without EMA starts the EMA from its weights, not from scratch
+            ema.module.load_state_dict(ckpt.get("model_ema") or ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"] and scaler.is_enabled():  # empty when last.pt was written without AMP
             scaler.load_state_dict(ckpt["scaler"])

@@ -21,11 +21,14 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     cfg = resolve(args, "classifier", ["backbone", "weights", "imgsz", "epochs", "batch", "device"])
     out_dir = Work(args.work).fold_dir("classifier", args.fold)
     check_fresh(out_dir, args.resume, args.overwrite)  # before its config is replaced
-    if int(os.environ.get("RANK", 0)) != 0:
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    if not rank0:
         log.setup(-1)  # under torchrun only rank 0 reports progress
-    else:
+    elif not args.resume:
         save_config(cfg, config_path(out_dir, "classifier"), ["classifier"])
     result = train_fold(args.work, args.fold, cfg["classifier"], resume=args.resume, overwrite=args.overwrite)
+    if rank0 and args.resume:  # only once last.pt was accepted: a refused resume leaves the run's config as it was
+        save_config(cfg, config_path(out_dir, "classifier"), ["classifier"])
     logger.info("fold %d: best validation AUC %.4f at epoch %d; best.pt, last.pt and summary.csv in %s",
                 args.fold, result["best_auc"], result["best_epoch"] + 1, result["out_dir"])
     return 0

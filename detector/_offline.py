@@ -9,6 +9,9 @@ Importing this module is enough, and it must happen before anything imports ultr
   is pointed at a font on this machine (matplotlib's bundled DejaVu Sans when nothing better is here).
 - ``check_amp`` would download yolo26n.pt to compare FP32 and AMP outputs; it runs the same
   comparison on the model being trained instead.
+- ``add_integration_callbacks`` would attach the Ultralytics Platform callbacks (which upload when an
+  API key is set, whatever ``YOLO_OFFLINE`` says) and Comet, ClearML, DVC or MLflow when installed;
+  no integration is attached.
 
 The trainer class used for every training, :class:`OfflineDetectionTrainer`, lives here so that
 ultralytics' DDP worker processes, which import the trainer's module, apply the same patches.
@@ -86,15 +89,24 @@ def follow_log_level() -> bool:
     return level <= logging.INFO
 
 
+def _no_integrations(instance) -> None:
+    """Attach no third-party or Ultralytics Platform callbacks: nothing leaves this machine."""
+
+
 def _patch() -> None:
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_module
     import ultralytics.utils.checks as checks
     import ultralytics.utils.plotting as plotting
 
+    import ultralytics.utils.callbacks as callbacks
+    import ultralytics.utils.callbacks.base as callbacks_base
+
     for module in (checks, data_utils, plotting):
         module.check_font = local_font
     trainer_module.check_amp = offline_check_amp
+    for module in (callbacks, callbacks_base):
+        module.add_integration_callbacks = _no_integrations
 
 
 _patch()

@@ -78,7 +78,7 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
     bad = sorted(set(tta) - set(TTAS) - {"none"})
     if bad:
         raise ValueError(f"unknown TTA {bad}; choose from {list(TTAS[1:])}")
-    sets = ["none", *[t for t in tta if t != "none"]]
+    sets = list(dict.fromkeys(["none", *tta]))  # each set once: a repeated one would count twice in fusion
     meta, todo = plan(work, split, folds)
     models = {k: weights_path(work, k, weights) for k in todo}  # all present before any work starts
     out = Path(out or work.detector_preds(split))
@@ -87,6 +87,8 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
                         ("class_id", pa.int16()), ("score", pa.float32()), ("x_min", pa.float32()),
                         ("y_min", pa.float32()), ("x_max", pa.float32()), ("y_max", pa.float32())])
     device = cfg["device"]
+    if isinstance(device, list) and len(device) > 1:
+        logger.warning("prediction runs on one device; using %s of %s", device[0], device)
     args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
                 device=None if device is None else (device[0] if isinstance(device, list) else device))
     args.update(_fp16(args["device"]))

@@ -60,8 +60,7 @@ def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
     """ultralytics train() arguments from the detector config section."""
     args = {k: cfg[k] for k in TRAIN_KEYS}
     args.update(data=str(data_yaml.resolve()), project=str(run_dir.parent.resolve()), name=run_dir.name,
-                exist_ok=True, device=ultralytics_device(cfg["device"]), hsv_h=0.0, hsv_s=0.0,
-                pretrained=False)
+                exist_ok=True, device=ultralytics_device(cfg["device"]), hsv_h=0.0, hsv_s=0.0)
     extra = dict(cfg.get("extra") or {})
     clash = sorted(set(extra) & {"data", "project", "name", "resume", "model"})
     if clash:
@@ -70,12 +69,17 @@ def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
     return args
 
 
+# what a resumed ultralytics run may change; everything else comes from the run's own args.yaml
+RESUME_KEYS = ("imgsz", "batch", "device", "workers", "cache", "patience", "close_mosaic", "plots")
+
+
 def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, overwrite: bool = False,
-               callbacks: Mapping[str, Callable] | None = None) -> Path:
+               resume_overrides: Mapping | None = None, callbacks: Mapping[str, Callable] | None = None) -> Path:
     """Train fold `fold` with the detector config section `cfg`; return the run folder.
 
-    `resume` continues ``weights/last.pt`` of an interrupted run; a finished run is left as it is.
-    `callbacks` maps ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the trainer.
+    `resume` continues ``weights/last.pt`` of an interrupted run with the run's own arguments, changed
+    only by `resume_overrides` (keys of RESUME_KEYS); a finished run is left as it is. `callbacks` maps
+    ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the trainer.
     """
     from detector._dataset import fold_dataset
     from detector._offline import OfflineDetectionTrainer, follow_log_level  # first: ultralytics offline
@@ -99,7 +103,13 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
         _add_callbacks(model, callbacks)
         data_yaml = work.detector / "data" / f"fold{fold}" / "data.yaml"
         logger.info("fold %d: resuming %s after epoch %d", fold, last, ckpt["epoch"] + 1)
-        model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose,
+        changes = dict(resume_overrides or {})
+        ignored = sorted(set(changes) - set(RESUME_KEYS))
+        if ignored:
+            logger.warning("fold %d: a resumed run keeps its own %s (%s); --overwrite starts a new run with them",
+                           fold, ", ".join(ignored), run_dir / "args.yaml")
+        changes = {k: (ultralytics_device(v) if k == "device" else v) for k, v in changes.items() if k in RESUME_KEYS}
+        model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose, **changes,
                     **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
         return run_dir
     if last.is_file() and not overwrite:

@@ -30,11 +30,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     folds = sorted(int(f) for f in read_folds(work).fold.unique())
     if args.fold not in folds:
         raise UserError(f"--fold {args.fold}: {work.folds} has folds {folds}")
+    given = {k: getattr(args, k) for k in ("model", "epochs", "imgsz", "batch", "device", "workers")
+             if getattr(args, k) is not None}
     try:
-        run_dir = train_fold(work, args.fold, cfg["detector"], resume=args.resume, overwrite=args.overwrite)
+        run_dir = train_fold(work, args.fold, cfg["detector"], resume=args.resume, overwrite=args.overwrite,
+                             resume_overrides=given)
     except DetectorConfigError as e:
         raise UserError(str(e)) from None
-    save_config(cfg, config_path(run_dir, "detector"), ["detector"])
+    if not args.resume:  # a resumed run keeps the config it started with
+        save_config(cfg, config_path(run_dir, "detector"), ["detector"])
     logger.info("fold %d: %s", args.fold, summarize(run_dir))
     return 0
 
@@ -80,7 +84,8 @@ def register(add) -> None:
             "x_max, y_max in original DICOM pixels, clipped to the image.")
     p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder with trained folds")
     p.add_argument("--split", required=True, choices=["oof", "test"], help="which images to predict")
-    p.add_argument("--tta", action="append", choices=["hflip"], help="test-time augmentation (repeatable)")
+    p.add_argument("--tta", action="append", choices=["hflip"],
+                   help="test-time augmentation: hflip adds the mirrored image's boxes as their own set")
     p.add_argument("--folds", type=_folds, metavar="0,1,2", help="only these folds (default: all of folds.csv)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint of each fold")
     p.add_argument("--imgsz", type=int, help="image size in px (config detector.imgsz)")

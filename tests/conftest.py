@@ -13,6 +13,10 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+# Tests that import ultralytics directly (before vinbig's detector, which sets this itself) must not
+# make it probe DNS at import; the network-blocked detector test runs in a subprocess without it.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
 RG1 = ("RG1_UNCR", "RG1_J2KR", "RG1_UNCI", "RG1_J2KI")
 
 

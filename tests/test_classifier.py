@@ -176,6 +176,11 @@ def test_resume_continues_from_the_last_epoch(trained, work_copy, caplog):
     with caplog.at_level(logging.INFO):
         assert main([*args, "--epochs", "3"]) == 0  # nothing left to do
     assert "already has all 3 epochs" in caplog.text and len(summary(work, 0)) == 3
+    config = Work(work).fold_dir("classifier", 0) / "config_classifier.yaml"
+    kept = config.read_text()
+    assert main([*args, "--backbone", "test_resnet"]) == 2  # another model cannot continue this run
+    assert "holds a 'test_efficientnet'" in caplog.text and "--backbone test_efficientnet" in caplog.text
+    assert config.read_text() == kept
 
 
 def test_a_trained_fold_is_kept_unless_overwrite_is_given(trained, work_copy, caplog):

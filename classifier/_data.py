@@ -8,6 +8,7 @@ so that ImageNet-style weights of a timm model load unchanged.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,13 +19,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vinbig.artifacts import NO_FINDING, ArtifactError, Work, read_folds, read_labels
+from vinbig.artifacts import NO_FINDING, ArtifactError, Work, read_folds, read_labels, read_meta
+
+logger = logging.getLogger(__name__)
 
 BALANCE = ("pos_weight", "sampler", "none")
 
 
 def abnormal_targets(work: Work) -> pd.DataFrame:
-    """``image_id, fold, abnormal`` for every image of folds.csv: abnormal = any finding in labels.csv."""
+    """``image_id, fold, abnormal`` for every converted image of folds.csv: abnormal = any finding in labels.csv."""
     folds, labels = read_folds(work), read_labels(work)
     abnormal = labels.assign(finding=labels["class_id"] != NO_FINDING).groupby("image_id")["finding"].any()
     out = folds.assign(abnormal=folds["image_id"].map(abnormal))
@@ -33,7 +36,11 @@ def abnormal_targets(work: Work) -> pd.DataFrame:
         raise ArtifactError(f"{int(missing.sum())} image(s) of {work.folds} are not in {work.labels} "
                             f"(first: {out.loc[missing, 'image_id'].iloc[0]}); run 'vinbig folds' again so that "
                             f"both files come from the same train.csv")
-    return out.assign(abnormal=out["abnormal"].astype(int))
+    converted = out["image_id"].isin(read_meta(work.images("train"))["image_id"])
+    if not converted.all():  # a DICOM that failed to convert (images/train/errors.csv) is left out, not fatal
+        logger.warning("%d image(s) of %s have no PNG in %s and are left out: %s", int((~converted).sum()),
+                       work.folds, work.images("train"), ", ".join(out.loc[~converted, "image_id"].head(5)))
+    return out[converted].assign(abnormal=lambda d: d["abnormal"].astype(int)).reset_index(drop=True)
 
 
 def png_paths(image_dir: Path, image_ids: Sequence[str], made_by: str) -> list[Path]:

@@ -63,6 +63,19 @@ def test_targets_follow_labels(work_copy):
     assert table["abnormal"].sum() == 20
 
 
+def test_an_image_whose_dicom_failed_is_left_out_with_a_warning(work_copy, caplog):
+    images = Work(work_copy.work).images("train")
+    shared = images.resolve()
+    images.unlink()  # an images/train of its own, where one image failed to convert
+    images.mkdir()
+    meta = pd.read_csv(shared / "meta.csv", dtype={"image_id": str})
+    failed = meta["image_id"].iloc[3]
+    meta.drop(index=3).to_csv(images / "meta.csv", index=False)
+    table = abnormal_targets(Work(work_copy.work))
+    assert len(table) == 29 and failed not in set(table["image_id"])
+    assert f"1 image(s) of {Work(work_copy.work).folds} have no PNG" in caplog.text and failed in caplog.text
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("n", [10, 11])
 def test_sampler_shares_every_image_once(world, n):

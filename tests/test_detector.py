@@ -168,6 +168,26 @@ def test_fold_dataset_is_reused_until_its_inputs_change_and_ultralytics_accepts_
     assert data["nc"] == 14 and Path(data["val"]).is_dir()
 
 
+# --------------------------------------------------------------------------- offline patches
+
+
+def test_fonts_come_from_this_machine_and_the_amp_check_needs_no_weights(tmp_path, monkeypatch):
+    import detector._offline as offline
+    import ultralytics.data.utils
+    import ultralytics.engine.trainer
+    import ultralytics.utils
+    from ultralytics.nn.tasks import DetectionModel
+
+    monkeypatch.setattr(ultralytics.utils, "USER_CONFIG_DIR", tmp_path)  # no Arial.ttf downloaded there
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        font = offline.local_font(name)
+        assert font.is_file() and font.suffix == ".ttf"
+    assert ultralytics.data.utils.check_font is offline.local_font
+    assert ultralytics.engine.trainer.check_amp is offline.offline_check_amp
+    assert offline.offline_check_amp(DetectionModel("yolov8n.yaml", nc=14, verbose=False)) is False  # CPU: no AMP
+    assert not list(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- configuration
 
 

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vinbig.artifacts import NO_FINDING, ArtifactError, Work, read_folds, read_labels, read_meta
+from vinbig.log import some
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def abnormal_targets(work: Work) -> pd.DataFrame:
     converted = out["image_id"].isin(read_meta(work.images("train"))["image_id"])
     if not converted.all():  # a DICOM that failed to convert (images/train/errors.csv) is left out, not fatal
         logger.warning("%d image(s) of %s have no PNG in %s and are left out: %s", int((~converted).sum()),
-                       work.folds, work.images("train"), ", ".join(out.loc[~converted, "image_id"].head(5)))
+                       work.folds, work.images("train"), some(out.loc[~converted, "image_id"]))
     return out[converted].assign(abnormal=lambda d: d["abnormal"].astype(int)).reset_index(drop=True)
 
 

@@ -56,10 +56,11 @@ def auc(abnormal: Sequence[int], p: Sequence[float]) -> float:
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
 
 
-def bce(abnormal: Sequence[int], p: Sequence[float], eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy of probabilities `p` (unweighted)."""
-    y, p = np.asarray(abnormal, float), np.clip(np.asarray(p, float), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else math.nan
+def bce(abnormal: Sequence[int], p: Sequence[float]) -> float:
+    """Mean binary cross-entropy of probabilities `p` (unweighted): scikit-learn's log loss."""
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(abnormal, p, labels=[0, 1])) if len(abnormal) else math.nan
 
 
 def gate_operating_point(p: Sequence[float], abnormal: Sequence[int], max_miss: float = 0.02) -> dict:

@@ -28,6 +28,7 @@ import yaml
 
 from vinbig.artifacts import CLASS_NAMES, NO_FINDING, Work, read_folds, read_labels, read_meta
 from vinbig.boxes import clip
+from vinbig.log import some
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def fold_dataset(work: Work, fold: int) -> Path:
     missing = sorted(set(folds.image_id) - set(meta.image_id))
     if missing:
         logger.warning("%d image(s) of folds.csv have no PNG in %s (failed conversion?), left out: %s",
-                       len(missing), image_dir, ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+                       len(missing), image_dir, some(missing))
     folds = folds[folds.image_id.isin(meta.image_id)]
     boxes = training_boxes(labels[labels.image_id.isin(folds.image_id)], meta)
 

@@ -83,9 +83,8 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
     models = {k: weights_path(work, k, weights) for k in todo}  # all present before any work starts
     out = Path(out or work.detector_preds(split))
     out.parent.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("image_id", pa.string()), ("fold", pa.int16()), ("tta", pa.string()),
-                        ("class_id", pa.int16()), ("score", pa.float32()), ("x_min", pa.float32()),
-                        ("y_min", pa.float32()), ("x_max", pa.float32()), ("y_max", pa.float32())])
+    types = {"image_id": pa.string(), "fold": pa.int16(), "tta": pa.string(), "class_id": pa.int16()}
+    schema = pa.schema([(c, types.get(c, pa.float32())) for c in DETECTOR_PRED_COLUMNS])  # score, boxes: float32
     device = cfg["device"]
     if isinstance(device, list) and len(device) > 1:
         logger.warning("prediction runs on one device; using %s of %s", device[0], device)

@@ -29,6 +29,7 @@ from vinbig.artifacts import (
     atomic_path,
     errors_path,
     meta_path,
+    source_path,
     write_csv,
 )
 from vinbig.boxes import png_size
@@ -144,6 +145,8 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.partial"):
         stale.unlink(missing_ok=True)
+    with atomic_path(source_path(out)) as tmp:  # later stages find DATA (sample_submission.csv) from it
+        tmp.write_text(f"{src.resolve()}\n")
 
     done = _read_done(out, size)
     done_ids = set(done.image_id)

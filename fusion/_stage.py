@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import ArtifactError, Work, errors_path, read_classifier_preds, read_csv
+from vinbig.log import some
 from vinbig.metric import Result, evaluate
 
 from fusion._fuse import check_params, fuse, load_inputs
@@ -17,11 +18,6 @@ from fusion._submission import prediction_strings, validate_submission, write_su
 from fusion._tune import oof_truth
 
 logger = logging.getLogger(__name__)
-
-
-def _names(ids, n: int = 10) -> str:
-    ids = list(ids)
-    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
 def gate_probabilities(work: Work, split: str, gate: bool) -> pd.Series | None:
@@ -58,7 +54,7 @@ def predict(work: Work, split: str, f: dict, image_ids=None) -> tuple[np.ndarray
         missing = ~pd.Index(inp.image_ids).isin(p.index)
         if missing.any():
             logger.warning("%d images have no P(abnormal) and keep their boxes without the gate: %s",
-                           int(missing.sum()), _names(inp.image_ids[missing]))
+                           int(missing.sum()), some(inp.image_ids[missing]))
         logger.info("gate thresholds low %g, high %g", f["low"], f["high"])
     final = apply_gate(fused, inp.image_ids, p, f["low"], f["high"])
     return inp.image_ids, final, np.diff(inp.offsets) == 0
@@ -91,11 +87,11 @@ def make_submission(work: Work, f: dict, sample: Path, out: Path) -> tuple[Path,
     failed = set(failed_images(work)) & set(image_ids)
     if failed:
         logger.warning("%d test images whose DICOM failed to convert get '14 1 0 0 1 1': %s",
-                       len(failed), _names(sorted(failed)))
+                       len(failed), some(sorted(failed)))
     other = [i for i in image_ids[no_preds] if i not in failed]
     if other:
         logger.warning("%d test images have no detector predictions and get '14 1 0 0 1 1': %s", len(other),
-                       _names(other))
+                       some(other))
     sub = prediction_strings(final, image_ids)
     write_submission(sub, out)
     logger.info("wrote %s: %d images, %d predicted groups", out, len(sub), len(final))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vinbig import log
-from vinbig.artifacts import ArtifactError, atomic_path, config_path, source_path
+from vinbig.artifacts import ArtifactError, config_path
 from vinbig.config import ConfigError, default_config_path, load_config, save_config
 
 logger = logging.getLogger("vinbig")
@@ -83,8 +83,6 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     cfg = resolve(args, "images", ["size", "workers", "allow_errors"])
     save_config(cfg, config_path(args.out, "images"), ["images"])
-    with atomic_path(source_path(args.out)) as tmp:  # later stages find DATA (sample_submission.csv) from it
-        tmp.write_text(f"{Path(args.src).resolve()}\n")
     summary = convert_images(args.src, args.out, **cfg["images"])
     if summary["errors"] and not cfg["images"]["allow_errors"]:
         logger.error("%d file(s) could not be converted, listed in %s (use --allow-errors to exit 0)",

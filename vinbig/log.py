@@ -36,3 +36,9 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("disable", logging.getLogger().getEffectiveLevel() > logging.INFO)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def some(ids, n: int = 10) -> str:
+    """The first `n` of `ids` for a log line, and how many more there are."""
+    ids = [str(i) for i in ids]
+    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")

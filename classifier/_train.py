@@ -163,7 +163,7 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     if resume:
         state.resume(f"vinbig train-classifier --work {work.root} --fold {fold}", cfg["backbone"], model, ema,
                      optimizer, scaler)
-        if env.main:
+        if env.main and state.start < cfg["epochs"]:
             logger.info("resuming fold %d from %s at epoch %d of %d", fold, state.last, state.start + 1, cfg["epochs"])
     elif env.main:
         state.clear(fold)

@@ -1,0 +1,89 @@
+"""`vinbig demo` end to end: every stage, real code, tiny sizes; then a rerun that skips the finished work."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from fusion import validate_submission
+from vinbig.cli import main
+from vinbig.config import load_config
+from vinbig.demo import demo_config_path
+
+# the demo config, shrunk to seconds: 3 folds of 10 images, 64 px models, one epoch each
+TINY = ["synth.n_train=30", "synth.n_test=5", "synth.size=128", "synth.workers=1", "images.size=128",
+        "images.workers=1", "folds.n_folds=3", "detector.imgsz=64", "detector.epochs=1", "detector.workers=0",
+        "detector.device=cpu", "detector.conf=0.000001", "classifier.imgsz=64", "classifier.epochs=1",
+        "classifier.device=cpu", "fusion.tune_iou_thr=[0.4]", "fusion.tune_conf_type=[avg]",
+        "fusion.tune_skip_box_thr=[0.0]", "fusion.report_images=1", "fusion.workers=1"]
+STAGES = ["synthetic data", "convert images", "folds", "train detectors", "train classifiers", "predict",
+          "tune fusion", "submission", "report", "total"]
+
+
+def _demo(out, capsys) -> str:
+    assert main(["demo", "--out", str(out), "-q"] + [a for s in TINY for a in ("--set", s)]) == 0
+    return capsys.readouterr().out
+
+
+def _mtimes(work, pattern):
+    return {p: p.stat().st_mtime_ns for p in sorted(work.glob(pattern))}
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_a_rerun_skips_the_training(tmp_path, capsys):
+    out = _demo(tmp_path / "demo", capsys)
+    data, work = tmp_path / "demo" / "data", tmp_path / "demo" / "work"
+
+    # a valid submission with every test image of the sample submission, in its order
+    sample = pd.read_csv(data / "sample_submission.csv")
+    sub = pd.read_csv(work / "submission.csv")
+    assert list(sub.image_id) == list(sample.image_id) and len(sub) == 5
+    assert validate_submission(work / "submission.csv", data / "sample_submission.csv",
+                               work / "images" / "test" / "meta.csv") == []
+    # the report, the tuned fusion values, every fold of both stages
+    for name in ("per_class_ap.png", "pr_curves.png", "metrics.csv"):
+        assert (work / "report" / name).stat().st_size > 0
+    assert list((work / "report" / "overlays").glob("*.png"))
+    assert (work / "fusion.yaml").is_file()
+    for k in range(3):
+        assert (work / "detector" / f"fold{k}" / "weights" / "best.pt").is_file()
+        assert (work / "classifier" / f"fold{k}" / "best.pt").is_file()
+
+    # the summary: the OOF table beside the "No finding" baseline, the paths, a time for every stage
+    assert "No finding AP" in out and str(work / "submission.csv") in out and str(work / "report") in out
+    vinbig_map, baseline_map = map(float, re.search(r"mAP over \d+ classes\s+([\d.]+)\s+([\d.]+)", out).groups())
+    metrics = pd.read_csv(work / "report" / "metrics.csv")
+    assert 0 <= vinbig_map <= 1 and 0 < baseline_map < 1
+    times = dict(re.findall(r"^  (\S.*?)\s+([\d.]+) s$", out, flags=re.M))
+    assert list(times) == STAGES
+    assert float(times["total"]) >= sum(float(v) for k, v in times.items() if k != "total") - 1
+    assert len(metrics)
+
+    # a rerun keeps the dataset and the trained folds, and makes the outputs again
+    weights = _mtimes(work, "*/fold*/**/*.pt")
+    dicoms = _mtimes(data, "*/*.dicom")
+    out2 = _demo(tmp_path / "demo", capsys)
+    assert _mtimes(work, "*/fold*/**/*.pt") == weights and _mtimes(data, "*/*.dicom") == dicoms
+    assert "synthetic data" not in dict(re.findall(r"^  (\S.*?)\s+([\d.]+) s$", out2, flags=re.M))
+    assert validate_submission(work / "submission.csv", data / "sample_submission.csv") == []
+
+
+def test_demo_config_is_small_and_commented_like_the_default():
+    """configs/demo.yaml holds only known keys (load_config rejects others), each with a comment."""
+    cfg = load_config(demo_config_path())
+    assert cfg["detector"]["model"] == "yolov8n.yaml" and cfg["detector"]["device"] is None
+    assert cfg["folds"]["n_folds"] == 5
+    for line in demo_config_path().read_text().splitlines():
+        if line.startswith("  ") and ":" in line:
+            assert "# (" in line, f"demo.yaml key without a '# (type) meaning' comment: {line}"
+
+
+def test_demo_failure_names_the_stage_and_how_to_go_on(tmp_path, capsys):
+    """A stage that fails stops the demo with exit 2, naming the stage, its command and the rerun."""
+    code = main(["demo", "--out", str(tmp_path / "d"), "-q", "--set", "synth.n_train=4", "--set", "synth.n_test=1",
+                 "--set", "synth.size=64", "--set", "folds.n_folds=5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "stage 'folds'" in err and "vinbig folds --train-csv" in err and "Rerun 'vinbig demo --out" in err

@@ -1,0 +1,162 @@
+"""`vinbig demo`: the whole job on a fresh synthetic dataset, stage by stage, through the command line.
+
+Each step is the `vinbig` subcommand a user would run (the same code, in this process), with the demo
+config (`configs/demo.yaml`: small sizes that train on a laptop CPU in minutes; on a GPU machine the same
+steps use the GPU). A rerun skips what is done: the dataset when its train.csv exists, converted images,
+and trained folds (resumed if interrupted). At the end it prints the out-of-fold mAP table next to that
+of a "No finding"-for-every-image submission, where the outputs are, and how long each stage took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+logger = logging.getLogger("vinbig")
+
+_REPO_DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+def demo_config_path() -> Path:
+    """The demo config: the repository's `configs/demo.yaml`, else the installed copy."""
+    if _REPO_DEMO.is_file():
+        return _REPO_DEMO
+    return Path(str(resources.files("vinbig.configs") / "demo.yaml"))
+
+
+class DemoError(RuntimeError):
+    """A stage of the demo failed; the message names it and how to go on."""
+
+
+class Demo:
+    """The demo's folders, its stage runner and the time each stage took."""
+
+    def __init__(self, out: Path, config: Path, overrides: list[str], verbosity: int):
+        self.out = Path(out)
+        self.data, self.work = self.out / "data", self.out / "work"
+        self.common = ["--config", str(config)] + [a for o in overrides for a in ("--set", o)]
+        self.common += ["-q"] if verbosity < 0 else ["-v"] * verbosity
+        self.times: dict[str, float] = {}
+
+    def stage(self, name: str, *commands: list[str]) -> None:
+        """Run `commands` (vinbig argument lists) as the stage `name`; a failure stops the demo."""
+        from vinbig.cli import main
+
+        t0 = time.perf_counter()
+        for argv in commands:
+            logger.info("demo: vinbig %s", " ".join(argv))
+            code = main(argv + self.common)
+            if code != 0:
+                raise DemoError(f"the demo stopped at stage '{name}': 'vinbig {' '.join(argv)}' exited with {code} "
+                                f"(see the error above). Rerun 'vinbig demo --out {self.out}' once it is fixed: "
+                                "finished stages are skipped")
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    def train(self, stage: str, command: str, folds: list[int]) -> None:
+        """Train every fold; a fold with a run (last.pt) is resumed: a no-op when it is finished."""
+        runs = {"detector": "weights/last.pt", "classifier": "last.pt"}
+        for k in folds:
+            resume = (self.work / stage / f"fold{k}" / runs[stage]).is_file()
+            self.stage(f"train {stage}s", [command, "--work", str(self.work), "--fold", str(k)]
+                       + (["--resume"] if resume else []))
+
+
+def run_demo(out: Path, config: Path | None = None, overrides: list[str] = (), verbosity: int = 0,
+             echo: Callable[[str], None] = print) -> dict:
+    """Run every stage into `out`/data and `out`/work; return the summary (see `summary`)."""
+    from vinbig.config import load_config
+
+    config = Path(config) if config is not None else demo_config_path()
+    cfg = load_config(config, list(overrides))
+    d = Demo(out, config, list(overrides), verbosity)
+    w = str(d.work)
+    t_start = time.perf_counter()
+    if (d.data / "train.csv").is_file() and (d.data / "sample_submission.csv").is_file():
+        logger.info("demo: using the synthetic dataset already in %s", d.data)
+    else:
+        d.stage("synthetic data", ["synth", "--out", str(d.data)])
+    d.stage("convert images", *[["images", "--src", str(d.data / s), "--out", str(d.work / "images" / s)]
+                                for s in ("train", "test")])
+    d.stage("folds", ["folds", "--train-csv", str(d.data / "train.csv"), "--out", w])
+    folds = list(range(cfg["folds"]["n_folds"]))
+    d.train("detector", "train-detector", folds)
+    d.train("classifier", "train-classifier", folds)
+    tta = ["--tta", "hflip"] if cfg["classifier"]["tta"] == "hflip" else []
+    d.stage("predict", *[["predict-detector", "--work", w, "--split", s] + tta for s in ("oof", "test")],
+            *[["predict-classifier", "--work", w, "--split", s] for s in ("oof", "test")])
+    d.stage("tune fusion", ["tune", "--work", w])
+    d.stage("submission", ["fuse", "--work", w, "--split", "test"])
+    d.stage("report", ["report", "--work", w])
+    d.times["total"] = time.perf_counter() - t_start
+    result = summary(d, config, list(overrides))
+    echo(format_summary(result))
+    return result
+
+
+def summary(d: Demo, config: Path, overrides: list[str]) -> dict:
+    """The fused OOF result, that of "No finding" for every OOF image, the output paths and stage times."""
+    import pandas as pd
+
+    from fusion._stage import predict
+    from fusion._tune import oof_truth
+    from fusion.cli import _fusion_config
+    from vinbig.artifacts import NO_FINDING, Work
+    from vinbig.metric import BOX, NO_FINDING_BOX, evaluate
+
+    work = Work(d.work)
+    f = _fusion_config(argparse.Namespace(config=config, overrides=overrides), work)["fusion"]
+    image_ids, final, _ = predict(work, "oof", f)
+    truth = oof_truth(work, image_ids)
+    result = evaluate(truth, final)
+    baseline_preds = pd.DataFrame({"image_id": image_ids, "class_id": NO_FINDING, "score": 1.0,
+                                   **dict(zip(BOX, NO_FINDING_BOX))})
+    baseline = evaluate(truth, baseline_preds)
+    return {"result": result, "baseline": baseline, "submission": work.submission, "report": work.report,
+            "work": work.root, "data": d.data, "times": dict(d.times)}
+
+
+def format_summary(s: dict) -> str:
+    from vinbig.artifacts import CLASS_NAMES
+
+    result, baseline = s["result"], s["baseline"]
+    lines = ["", "Out-of-fold mAP@0.4 (fused detectors, tuned WBF, 'No finding' gate) against a submission of",
+             "'14 1 0 0 1 1' (No finding) for every image:", "",
+             f"{'id':>2}  {'class':<20} {'truth':>6} {'vinbig AP':>10} {'No finding AP':>14}"]
+    for c, name in enumerate(CLASS_NAMES):
+        if not result.present[c]:
+            lines.append(f"{c:>2}  {name:<20} {0:>6} {'absent':>10} {'absent':>14}")
+            continue
+        lines.append(f"{c:>2}  {name:<20} {result.n_truth[c]:>6} {result.ap[c]:>10.4f} {baseline.ap[c]:>14.4f}")
+    n = int(result.present.sum())
+    lines += [f"    {'mAP over ' + str(n) + ' classes':<27} {result.mean_ap:>10.4f} {baseline.mean_ap:>14.4f}", "",
+              f"submission: {s['submission']} (valid for {s['data'] / 'sample_submission.csv'})",
+              f"report:     {s['report']} (per_class_ap.png, pr_curves.png, metrics.csv, overlays/)",
+              f"work:       {s['work']}", "", "time per stage:"]
+    for name, seconds in s["times"].items():
+        lines.append(f"  {name:<18} {seconds:7.1f} s")
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vinbig.cli import UserError
+
+    try:
+        run_demo(args.out, args.config, args.overrides, -1 if args.quiet else args.verbose)
+    except DemoError as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
+def register(add) -> None:
+    p = add("demo", cmd_demo, "the whole job on a fresh synthetic dataset: data to submission and report",
+            "Generate a synthetic dataset in OUT/data, then in OUT/work: convert the images, make the folds, "
+            "train the five-fold detectors and 'No finding' classifiers, predict out-of-fold and test, tune the "
+            "fusion, write and validate submission.csv, and write the report. Prints the OOF mAP next to that of a "
+            "'No finding'-only submission and the time of each stage. --config defaults to configs/demo.yaml "
+            "(small sizes for a CPU; a GPU is used when there is one); --set changes single keys. A rerun skips "
+            "the finished stages.")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for data/ and work/")

@@ -23,7 +23,7 @@ logger = logging.getLogger("vinbig")
 # Modules that add the later stages' subcommands: each has ``register(add)``, where ``add(name, func,
 # help, description)`` returns the subparser to fill. They must import nothing heavy (torch, ultralytics)
 # at module level, so that ``vinbig --help`` stays fast.
-STAGE_COMMANDS = ("detector.cli", "classifier.cli", "fusion.cli", "vinbig.demo")
+STAGE_COMMANDS = ("detector.cli", "classifier.cli", "fusion.cli", "vinbig.demo", "vinbig.kaggle")
 
 
 class UserError(RuntimeError):

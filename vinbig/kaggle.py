@@ -1,0 +1,228 @@
+"""Kaggle: `vinbig export` copies what offline test inference needs out of a work folder, as a dataset to upload,
+and `copy_work` copies such a dataset (or an earlier session's work folder) back into a writable work folder.
+
+An export keeps WORK's layout, so that copied into an empty WORK it predicts the test images::
+
+    folds.csv                          which folds there are
+    fusion.yaml                        the WBF values and gate thresholds 'vinbig tune' chose, if it ran
+    detector/fold{k}/weights/best.pt   every fold of folds.csv
+    classifier/fold{k}/best.pt         every fold, if a classifier was trained
+    config.yaml                        the resolved config (training sizes); written last: without it the
+                                       export is incomplete
+
+The notebooks in notebooks/ use both on Kaggle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+EXPORT_CONFIG = "config.yaml"
+# paths of a work folder that copy_work leaves out: the detector's datasets are relative links into images/,
+# rewritten by 'vinbig train-detector' when missing
+NOT_COPIED = ("detector/data",)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _work(work):
+    from vinbig.artifacts import Work
+
+    return work if isinstance(work, Work) else Work(work)
+
+
+def work_folds(work) -> list[int]:
+    """The folds of ``WORK/folds.csv``; an error names the file and the command that makes it."""
+    from vinbig.artifacts import read_folds
+    from vinbig.cli import UserError
+
+    work = _work(work)
+    if not work.folds.is_file():
+        raise UserError(f"{work.folds} not found: {work.root} is not a work folder with folds; give the --work of "
+                        f"'vinbig folds' and 'vinbig train-detector', or run 'vinbig folds --train-csv "
+                        f"DATA/train.csv --out {work.root}' and train every fold first")
+    return sorted(int(k) for k in read_folds(work)["fold"].unique())
+
+
+def model_paths(work, stage: str) -> dict[int, Path]:
+    """``{fold: path}`` of the best.pt every fold of folds.csv has or needs, for "detector" or "classifier"."""
+    work = _work(work)
+    name = "weights/best.pt" if stage == "detector" else "best.pt"
+    return {k: work.fold_dir(stage, k) / name for k in work_folds(work)}
+
+
+def missing_models(work, stage: str) -> list[int]:
+    """Folds of folds.csv without a trained `stage` model (best.pt)."""
+    return [k for k, path in model_paths(work, stage).items() if not path.is_file()]
+
+
+def export_files(work, classifier: bool = True) -> list[str]:
+    """The files of `work` an export holds (relative paths, config.yaml aside), after checking every fold is trained."""
+    from vinbig.cli import UserError
+
+    work = _work(work)
+    root = work.root
+    detectors = model_paths(work, "detector")
+    for k, path in detectors.items():
+        if not path.is_file():
+            raise UserError(f"{path} not found: fold {k} of {work.folds} has no trained detector, and every fold's "
+                            f"model predicts the test images; run 'vinbig train-detector --work {root} --fold {k}'")
+    files = [work.folds]
+    if work.fusion_config.is_file():
+        files.append(work.fusion_config)
+    else:
+        logger.warning("no %s: inference fuses with the config's values; run 'vinbig tune --work %s' on the "
+                       "out-of-fold predictions first to export tuned ones", work.fusion_config, root)
+    files += list(detectors.values())
+    classifiers = model_paths(work, "classifier")
+    trained = [k for k, p in classifiers.items() if p.is_file()]
+    if not trained:
+        logger.info("no classifier in %s: the export holds the detectors alone (the 'No finding' gate stays off)",
+                    work.classifier)
+    elif not classifier:
+        logger.info("--no-classifier: the classifiers of %s are left out (the 'No finding' gate stays off)",
+                    work.classifier)
+    else:
+        for k, path in classifiers.items():
+            if not path.is_file():
+                raise UserError(f"{path} not found, while folds {trained} have a classifier; run 'vinbig "
+                                f"train-classifier --work {root} --fold {k}', or give --no-classifier to export the "
+                                "detectors alone (the 'No finding' gate then stays off)")
+        files += list(classifiers.values())
+    return [p.relative_to(root).as_posix() for p in files]
+
+
+def _warn_if_sizes_differ(work, cfg: dict) -> None:
+    """Warn where the config differs from the sizes the work folder's images and detectors were made with."""
+    import yaml
+
+    from vinbig.artifacts import config_path
+
+    work = _work(work)
+    saved = [(config_path(work.images("train"), "images"), "images", "size")]
+    saved += [(config_path(p.parent.parent, "detector"), "detector", "imgsz")
+              for p in model_paths(work, "detector").values()]
+    for path, section, key in saved:
+        if not path.is_file():
+            continue
+        used = (yaml.safe_load(path.read_text()) or {}).get(section, {}).get(key)
+        if used is not None and used != cfg[section][key]:
+            logger.warning("%s says %s.%s=%s but the exported config has %s: inference would use another size "
+                           "than training; give 'vinbig export' the --config and --set of training", path, section,
+                           key, used, cfg[section][key])
+
+
+def export(work, out, cfg: dict, classifier: bool = True) -> dict:
+    """Copy the files inference needs from `work` into `out` and write the config `cfg` as out/config.yaml.
+
+    Every file is copied to a temporary name and renamed; config.yaml is removed first and written last, so that
+    an interrupted export never looks complete. Model files of an earlier export into `out` that this one does not
+    hold are removed (inference would otherwise use them). Returns ``{"files": [...], "bytes": n, "out": path}``.
+    """
+    from vinbig.artifacts import atomic_path
+    from vinbig.cli import UserError
+    from vinbig.config import save_config
+
+    work, out = _work(work), Path(out)
+    if not work.root.is_dir():
+        raise UserError(f"--work {work.root} is not a folder; give the work folder the folds were trained in")
+    if out.resolve() == work.root.resolve():
+        raise UserError(f"--out {out} is the work folder itself; give another folder (the dataset to upload)")
+    files = export_files(work, classifier)
+    _warn_if_sizes_differ(work, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EXPORT_CONFIG).unlink(missing_ok=True)
+    earlier = {p.relative_to(out).as_posix() for pattern in ("detector/fold*/weights/best.pt",
+                                                            "classifier/fold*/best.pt", "fusion.yaml")
+               for p in out.glob(pattern)}
+    for rel in sorted(earlier - set(files)):
+        (out / rel).unlink()
+        logger.warning("removed %s: left by an earlier export, not part of this one", out / rel)
+    total = 0
+    for rel in files:
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(work.root / rel, tmp)
+        total += dst.stat().st_size
+        logger.info("exported %s (%s)", rel, _size(dst.stat().st_size))
+    save_config(cfg, out / EXPORT_CONFIG)
+    total += (out / EXPORT_CONFIG).stat().st_size
+    files.append(EXPORT_CONFIG)
+    logger.info("exported %d files, %s, to %s; upload it as a dataset and give it to the inference notebook as "
+                "MODELS", len(files), _size(total), out)
+    return {"files": files, "bytes": total, "out": out}
+
+
+def copy_work(src, dst) -> dict:
+    """Copy the work folder `src` (an attached dataset: an export, an earlier session's WORK) into `dst`.
+
+    Files already in `dst` with the same size and modification time are skipped; the others are copied to a
+    temporary name and renamed, without the source's permissions (a read-only input stays writable here).
+    ``detector/data`` (links rebuilt by 'vinbig train-detector') is left out. Returns ``{"copied": n, "bytes": n}``.
+    """
+    from vinbig import log
+    from vinbig.artifacts import atomic_path
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a folder: attach the dataset (Add Input) and give its path under "
+                                "/kaggle/input")
+    todo = []
+    for folder, dirs, names in os.walk(src):
+        rel = Path(folder).relative_to(src)
+        dirs[:] = sorted(d for d in dirs if (rel / d).as_posix() not in NOT_COPIED)
+        todo += [rel / n for n in sorted(names) if not n.endswith(".partial")]
+    copied = skipped = total = 0
+    for rel in log.progress(todo, desc=f"copy {src.name}", unit="file"):
+        s, d = src / rel, dst / rel
+        st = s.stat()
+        if d.is_file() and d.stat().st_size == st.st_size and d.stat().st_mtime_ns == st.st_mtime_ns:
+            skipped += 1
+            continue
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(d) as tmp:
+            shutil.copyfile(s, tmp)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        copied += 1
+        total += st.st_size
+    logger.info("copied %d files (%s) from %s to %s%s", copied, _size(total), src, dst,
+                f"; {skipped} were there already" if skipped else "")
+    return {"copied": copied, "bytes": total}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vinbig.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    export(args.work, args.out, cfg, classifier=not args.no_classifier)
+    return 0
+
+
+def register(add) -> None:
+    """Add `vinbig export` with ``add(name, func, help, description)``."""
+    p = add("export", cmd_export, "copy the trained models and tuned values into a folder to upload as a dataset",
+            "Copy what offline test inference needs from WORK into DIR, keeping WORK's layout: folds.csv, "
+            "fusion.yaml (the values 'vinbig tune' chose), every fold's detector/foldK/weights/best.pt and, if "
+            "classifiers were trained, classifier/foldK/best.pt. Writes DIR/config.yaml, the resolved config (defaults, --config, "
+            "--set): give the --config and --set of training, so that inference converts and predicts at the "
+            "training sizes. config.yaml is written last; a folder without it is an incomplete export. Upload DIR "
+            "as a Kaggle dataset and give it to notebooks/kaggle_inference.ipynb as MODELS.")
+    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder with every fold trained")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (created if missing)")
+    p.add_argument("--no-classifier", action="store_true", dest="no_classifier",
+                   help="leave the classifiers out (the 'No finding' gate then stays off at inference)")

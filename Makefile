@@ -1,5 +1,7 @@
 # vinbig: thin targets over the `vinbig` command line. `make help` lists them.
 # Inputs: DATA (a dataset in the Kaggle layout), WORK (the work folder), CONFIG (the YAML config).
+# Real data: make folds train predict submission report DATA=/path/to/vinbigdata WORK=/path/to/work
+# Every target is a file (or a stamp) made from the files before it: a rerun skips what is up to date.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,76 +10,138 @@ WORK   ?= work/synth
 CONFIG ?= configs/default.yaml
 FOLDS  ?= 0 1 2 3 4
 TTA    ?= hflip
+DEMO   ?= work/demo
 # torch and torchvision are installed first, as a matching pair (pip takes these from the local disk
 # here; on a GPU machine choose the pair that matches its CUDA, see README)
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# the Kaggle datasets for the offline inference notebook (README, "Kaggle")
+KAGGLE_WHEELS ?= dist/kaggle-wheels
+KAGGLE_MODELS ?= dist/kaggle-models
+
 VINBIG := $(BIN)/vinbig
 ARGS   := --config $(CONFIG)
+VENV_OK := $(VENV)/.installed
+
+TRAIN_IMAGES := $(WORK)/images/train/meta.csv
+TEST_IMAGES  := $(WORK)/images/test/meta.csv
+FOLDS_CSV    := $(WORK)/folds.csv
+DETECTORS    := $(foreach k,$(FOLDS),$(WORK)/detector/fold$(k)/.trained)
+CLASSIFIERS  := $(foreach k,$(FOLDS),$(WORK)/classifier/fold$(k)/.trained)
+DET_PREDS    := $(WORK)/preds/detector_oof.parquet $(WORK)/preds/detector_test.parquet
+CLS_PREDS    := $(WORK)/preds/classifier_oof.csv $(WORK)/preds/classifier_test.csv
+TUNED        := $(WORK)/fusion.yaml
+SUBMISSION   := $(WORK)/submission.csv
+REPORT       := $(WORK)/report/metrics.csv
+
+# a fold with a finished run (.trained) whose inputs changed starts over; an interrupted one is resumed
+again = $(if $(wildcard $(1)/.trained),--overwrite,$(if $(wildcard $(1)/$(2)),--resume))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test demo synth images folds train-detector predict-detector train-classifier \
-        predict-classifier tune submission report bench clean
+.DELETE_ON_ERROR:
+.PHONY: help venv test demo synth images folds train train-detector train-classifier predict predict-detector \
+        predict-classifier tune submission report kaggle-wheels kaggle-models bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" TTA=$(TTA)"
+	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" TTA=$(TTA) DEMO=$(DEMO)"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+$(VENV_OK): pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed ## create .venv and install vinbig with its dev extra
+venv: $(VENV_OK) ## create .venv and install vinbig with its dev extra
 
 test: venv ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-demo: venv ## the main job on a fresh synthetic dataset (DATA=data/demo, WORK=work/demo)
-	$(MAKE) --no-print-directory synth images folds DATA=data/demo WORK=work/demo CONFIG=$(CONFIG)
+demo: venv ## the whole job on a fresh synthetic dataset in DEMO (configs/demo.yaml; CPU: about 10 min)
+	$(VINBIG) demo --out $(DEMO) $(if $(filter command line environment,$(origin CONFIG)),--config $(CONFIG))
 
-$(DATA)/train.csv:
-	$(VINBIG) synth --out $(DATA) $(ARGS)
+synth: venv ## write a synthetic dataset to DATA if it has no train.csv
+	@if [ -f $(DATA)/train.csv ]; then echo "$(DATA)/train.csv exists: no synthetic data written"; \
+	else $(VINBIG) synth --out $(DATA) $(ARGS); fi
 
-synth: venv $(DATA)/train.csv ## write the synthetic dataset to DATA if it is not there
+$(DATA)/train.csv $(DATA)/sample_submission.csv:
+	@echo "$@ not found: DATA=$(DATA) must be the competition dataset (train.csv, train/, test/," \
+	      "sample_submission.csv), or run 'make synth DATA=$(DATA)' for a synthetic one" >&2; exit 1
 
-images: venv ## convert DATA's train and test DICOMs to PNGs in WORK/images (reruns skip done images)
-	$(VINBIG) images --src $(DATA)/train --out $(WORK)/images/train $(ARGS)
-	$(VINBIG) images --src $(DATA)/test --out $(WORK)/images/test $(ARGS)
+# ----------------------------------------------------------------------------- data
 
-folds: venv ## validate DATA/train.csv, fuse the readers' boxes and split into folds in WORK
-	$(VINBIG) folds --train-csv $(DATA)/train.csv --out $(WORK) $(ARGS)
+$(TRAIN_IMAGES): $(DATA)/train.csv | $(VENV_OK)
+	$(VINBIG) images --src $(DATA)/train --out $(@D) $(ARGS)
 
-train-detector: venv ## train the YOLOv8 detector of each fold in FOLDS (one fold per job: FOLDS="3")
-	@for k in $(FOLDS); do $(VINBIG) train-detector --work $(WORK) --fold $$k $(ARGS) || exit 1; done
+$(TEST_IMAGES): $(DATA)/sample_submission.csv | $(VENV_OK)
+	$(VINBIG) images --src $(DATA)/test --out $(@D) $(ARGS)
 
-predict-detector: venv ## detector boxes for the OOF and test images (TTA=hflip, or TTA= for none)
-	$(VINBIG) predict-detector --work $(WORK) --split oof $(if $(TTA),--tta $(TTA)) $(ARGS)
-	$(VINBIG) predict-detector --work $(WORK) --split test $(if $(TTA),--tta $(TTA)) $(ARGS)
+images: $(TRAIN_IMAGES) $(TEST_IMAGES) ## convert DATA's train and test DICOMs to PNGs in WORK/images
 
-train-classifier: venv ## train the 'No finding' classifier of each fold in FOLDS
-	@for k in $(FOLDS); do $(VINBIG) train-classifier --work $(WORK) --fold $$k $(ARGS) || exit 1; done
+$(FOLDS_CSV): $(DATA)/train.csv | $(VENV_OK)
+	$(VINBIG) folds --train-csv $< --out $(WORK) $(ARGS)
 
-predict-classifier: venv ## P(abnormal) for the OOF and test images
-	$(VINBIG) predict-classifier --work $(WORK) --split oof $(ARGS)
-	$(VINBIG) predict-classifier --work $(WORK) --split test $(ARGS)
+folds: $(FOLDS_CSV) ## validate DATA/train.csv, fuse the readers' boxes, split into folds: WORK/folds.csv
 
-tune: venv ## choose the WBF parameters and gate thresholds on the OOF predictions (WORK/fusion.yaml)
+# ----------------------------------------------------------------------------- training
+
+$(WORK)/detector/fold%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
+	$(VINBIG) train-detector --work $(WORK) --fold $* $(ARGS) $(call again,$(@D),weights/last.pt)
+	@touch $@
+
+$(WORK)/classifier/fold%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
+	$(VINBIG) train-classifier --work $(WORK) --fold $* $(ARGS) $(call again,$(@D),last.pt)
+	@touch $@
+
+train-detector: $(DETECTORS) ## train the YOLOv8 detector of each fold in FOLDS (one fold per machine: FOLDS=3)
+
+train-classifier: $(CLASSIFIERS) ## train the 'No finding' classifier of each fold in FOLDS
+
+train: train-detector train-classifier ## convert the train images if needed, train the detectors and classifiers
+
+# ----------------------------------------------------------------------------- prediction and fusion
+
+$(WORK)/preds/detector_%.parquet: $(DETECTORS) | $(VENV_OK)
+	$(VINBIG) predict-detector --work $(WORK) --split $* $(if $(TTA),--tta $(TTA)) $(ARGS)
+
+$(WORK)/preds/classifier_%.csv: $(CLASSIFIERS) | $(VENV_OK)
+	$(VINBIG) predict-classifier --work $(WORK) --split $* $(ARGS)
+
+$(WORK)/preds/detector_test.parquet $(WORK)/preds/classifier_test.csv: $(TEST_IMAGES)
+
+predict-detector: $(DET_PREDS) ## detector boxes for the OOF and test images (TTA=hflip, or TTA= for none)
+
+predict-classifier: $(CLS_PREDS) ## P(abnormal) for the OOF and test images
+
+predict: predict-detector predict-classifier ## convert the test images if needed, predict OOF and test
+
+$(TUNED): $(WORK)/preds/detector_oof.parquet $(WORK)/preds/classifier_oof.csv
 	$(VINBIG) tune --work $(WORK) $(ARGS)
 
-# The test predictions of the stages that were trained, then fusion; the classifier is optional (gate off).
-submission: venv ## predict the test images with the trained stages, fuse and validate: WORK/submission.csv
-	$(VINBIG) predict-detector --work $(WORK) --split test $(if $(TTA),--tta $(TTA)) $(ARGS)
-	@if ls $(WORK)/classifier/fold*/best.pt >/dev/null 2>&1; then \
-		$(VINBIG) predict-classifier --work $(WORK) --split test $(ARGS); \
-	else echo "no classifier in $(WORK)/classifier: the 'No finding' gate stays off"; fi
-	$(VINBIG) fuse --work $(WORK) --split test $(ARGS)
+tune: $(TUNED) ## choose the WBF parameters and gate thresholds on the OOF predictions: WORK/fusion.yaml
 
-report: venv ## per-class AP chart, PR curves and box overlays of the OOF predictions in WORK/report
+$(SUBMISSION): $(TUNED) $(WORK)/preds/detector_test.parquet $(WORK)/preds/classifier_test.csv
+	$(VINBIG) fuse --work $(WORK) --split test --data $(DATA) $(ARGS)
+
+submission: $(SUBMISSION) ## fuse the test predictions and validate: WORK/submission.csv
+
+$(REPORT): $(TUNED)
 	$(VINBIG) report --work $(WORK) $(ARGS)
+
+report: $(REPORT) ## OOF mAP table, per-class AP chart, PR curves and box overlays in WORK/report
+
+# ----------------------------------------------------------------------------- Kaggle, benchmarks
+
+kaggle-wheels: venv ## the wheels dataset: vinbig and its dependencies but torch, in KAGGLE_WHEELS (internet)
+	rm -rf $(KAGGLE_WHEELS)
+	$(BIN)/python -m pip wheel --quiet --no-build-isolation -w $(KAGGLE_WHEELS) .
+	cd $(KAGGLE_WHEELS) && rm -f torch-*.whl torchvision-*.whl nvidia_*.whl triton-*.whl
+	@ls $(KAGGLE_WHEELS) | wc -l | xargs echo "wheels in $(KAGGLE_WHEELS):"
+
+kaggle-models: venv ## the weights dataset: WORK's trained folds, folds.csv, fusion.yaml, config in KAGGLE_MODELS
+	$(VINBIG) export --work $(WORK) --out $(KAGGLE_MODELS) $(ARGS)
 
 bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand)
 	$(BIN)/python bench/bench_images.py
@@ -86,5 +150,5 @@ bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand
 	$(BIN)/python bench/bench_detector.py
 	$(BIN)/python bench/bench_classifier.py
 
-clean: ## remove the synthetic data and work folders of the demo and the default targets
-	rm -rf data/demo work/demo data/synth work/synth
+clean: ## remove the synthetic data and the work folders of the demo and the default targets
+	rm -rf $(DEMO) data/synth work/synth

@@ -18,6 +18,9 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 KAGGLE_WHEELS ?= dist/kaggle-wheels
 KAGGLE_MODELS ?= dist/kaggle-models
 
+$(foreach v,DATA WORK CONFIG DEMO VENV,$(if $(word 2,$($(v))),$(error $(v)="$($(v))" has a space: make cannot \
+  handle such paths; use a path without spaces (a symbolic link to the folder will do))))
+
 VINBIG := $(BIN)/vinbig
 ARGS   := --config $(CONFIG)
 VENV_OK := $(VENV)/.installed
@@ -33,17 +36,24 @@ TUNED        := $(WORK)/fusion.yaml
 SUBMISSION   := $(WORK)/submission.csv
 REPORT       := $(WORK)/report/metrics.csv
 
-# a fold with a finished run (.trained) whose inputs changed starts over; an interrupted one is resumed
-again = $(if $(wildcard $(1)/.trained),--overwrite,$(if $(wildcard $(1)/$(2)),--resume))
+# A fold with a run is resumed: an interrupted one continues, a finished one is left as it is. A finished
+# fold whose inputs are newer is never trained again by make (that would throw away hours of GPU time):
+# it says so; remove the fold's folder, or run the train command with --overwrite, to train it again.
+resume = $(if $(wildcard $(1)),--resume)
+kept = $(if $(wildcard $(1)/.trained),@echo "make: $(1) was trained before $(2) changed; it is kept as it is." \
+	"To train it again: rm -r $(1)" >&2)
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
+# meta.csv is written even when some DICOMs failed (vinbig images exits 1): it records what was converted
+.PRECIOUS: $(TRAIN_IMAGES) $(TEST_IMAGES)
 .PHONY: help venv test demo synth images folds train train-detector train-classifier predict predict-detector \
         predict-classifier tune submission report kaggle-wheels kaggle-models bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" TTA=$(TTA) DEMO=$(DEMO)"
+	@echo "             KAGGLE_WHEELS=$(KAGGLE_WHEELS) KAGGLE_MODELS=$(KAGGLE_MODELS)"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -75,8 +85,9 @@ $(DATA)/train.csv $(DATA)/sample_submission.csv:
 $(TRAIN_IMAGES): $(DATA)/train.csv | $(VENV_OK)
 	$(VINBIG) images --src $(DATA)/train --out $(@D) $(ARGS)
 
+# a test DICOM that cannot be read gets '14 1 0 0 1 1' in the submission (with a warning) instead of stopping
 $(TEST_IMAGES): $(DATA)/sample_submission.csv | $(VENV_OK)
-	$(VINBIG) images --src $(DATA)/test --out $(@D) $(ARGS)
+	$(VINBIG) images --src $(DATA)/test --out $(@D) --allow-errors $(ARGS)
 
 images: $(TRAIN_IMAGES) $(TEST_IMAGES) ## convert DATA's train and test DICOMs to PNGs in WORK/images
 
@@ -88,11 +99,13 @@ folds: $(FOLDS_CSV) ## validate DATA/train.csv, fuse the readers' boxes, split i
 # ----------------------------------------------------------------------------- training
 
 $(WORK)/detector/fold%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
-	$(VINBIG) train-detector --work $(WORK) --fold $* $(ARGS) $(call again,$(@D),weights/last.pt)
+	$(call kept,$(@D),$?)
+	$(VINBIG) train-detector --work $(WORK) --fold $* $(ARGS) $(call resume,$(@D)/weights/last.pt)
 	@touch $@
 
 $(WORK)/classifier/fold%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
-	$(VINBIG) train-classifier --work $(WORK) --fold $* $(ARGS) $(call again,$(@D),last.pt)
+	$(call kept,$(@D),$?)
+	$(VINBIG) train-classifier --work $(WORK) --fold $* $(ARGS) $(call resume,$(@D)/last.pt)
 	@touch $@
 
 train-detector: $(DETECTORS) ## train the YOLOv8 detector of each fold in FOLDS (one fold per machine: FOLDS=3)
@@ -135,9 +148,10 @@ report: $(REPORT) ## OOF mAP table, per-class AP chart, PR curves and box overla
 # ----------------------------------------------------------------------------- Kaggle, benchmarks
 
 kaggle-wheels: venv ## the wheels dataset: vinbig and its dependencies but torch, in KAGGLE_WHEELS (internet)
-	rm -rf $(KAGGLE_WHEELS)
-	$(BIN)/python -m pip wheel --quiet --no-build-isolation -w $(KAGGLE_WHEELS) .
-	cd $(KAGGLE_WHEELS) && rm -f torch-*.whl torchvision-*.whl nvidia_*.whl triton-*.whl
+	rm -rf $(KAGGLE_WHEELS).partial
+	$(BIN)/python -m pip wheel --quiet -w $(KAGGLE_WHEELS).partial .
+	cd $(KAGGLE_WHEELS).partial && rm -f torch-*.whl torchvision-*.whl nvidia_*.whl triton-*.whl
+	rm -rf $(KAGGLE_WHEELS) && mv $(KAGGLE_WHEELS).partial $(KAGGLE_WHEELS)
 	@ls $(KAGGLE_WHEELS) | wc -l | xargs echo "wheels in $(KAGGLE_WHEELS):"
 
 kaggle-models: venv ## the weights dataset: WORK's trained folds, folds.csv, fusion.yaml, config in KAGGLE_MODELS

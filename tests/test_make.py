@@ -69,7 +69,7 @@ def test_up_to_date_folds_are_skipped_and_predict_converts_the_test_images(dirs)
     (work / "images/test/meta.csv").unlink()
     assert make_n(dirs, "train") == []
     cmds = [c.split(" --config")[0] for c in make_n(dirs, "predict")]
-    convert = cmds.index(f"images --src {data}/test --out {work}/images/test")
+    convert = cmds.index(f"images --src {data}/test --out {work}/images/test --allow-errors")
     assert convert < cmds.index(f"predict-detector --work {work} --split test --tta hflip")
     assert sorted(cmds[:convert] + cmds[convert + 1:]) == sorted([f"predict-detector --work {work} --split oof --tta hflip",
                                        f"predict-detector --work {work} --split test --tta hflip",
@@ -77,15 +77,32 @@ def test_up_to_date_folds_are_skipped_and_predict_converts_the_test_images(dirs)
                                        f"predict-classifier --work {work} --split test"])
 
 
-def test_an_interrupted_fold_resumes_and_a_fold_with_new_inputs_starts_over(dirs):
+def test_an_interrupted_fold_resumes_and_a_finished_one_is_kept_when_its_inputs_change(dirs):
     _, work = dirs
     _trained(work, t=2000)
     (work / "detector/fold1/.trained").unlink()  # stopped during training: last.pt without the stamp
     cmds = make_n(dirs, "train-detector")
     assert len(cmds) == 1 and " --fold 1 " in cmds[0] and cmds[0].endswith("--resume")
-    _age(work / "folds.csv", t=3000)  # new folds: every finished fold trains again, from scratch
-    cmds = make_n(dirs, "train", folds="0")
-    assert len(cmds) == 2 and all(c.endswith("--overwrite") for c in cmds)
+    # new folds: make never throws a finished fold away; it resumes it (a no-op) and says how to retrain
+    _age(work / "folds.csv", t=3000)
+    r = make(dirs, "train", folds="0")
+    cmds = [line for line in r.stdout.splitlines() if "/bin/vinbig " in line]
+    assert len(cmds) == 2 and all(c.endswith("--resume") for c in cmds) and "--overwrite" not in r.stdout
+    assert f"{work}/detector/fold0 was trained before {work}/folds.csv changed" in r.stdout
+    assert f"rm -r {work}/classifier/fold0" in r.stdout
+
+
+def test_test_images_that_fail_do_not_stop_the_submission(dirs):
+    data, work = dirs
+    cmds = make_n(dirs, "images")
+    assert any(c.startswith(f"images --src {data}/test ") and "--allow-errors" in c for c in cmds)
+    assert not any(c.startswith(f"images --src {data}/train ") and "--allow-errors" in c for c in cmds)
+
+
+def test_demo_takes_the_config_only_when_given(dirs, tmp_path):
+    assert make_n(dirs, "demo")[0].strip() == "demo --out work/demo"
+    r = make(dirs, "demo", f"CONFIG={tmp_path}/my.yaml", f"DEMO={tmp_path}/d")
+    assert f"demo --out {tmp_path}/d --config {tmp_path}/my.yaml" in r.stdout
 
 
 def test_submission_tunes_fuses_and_report_follows_the_tuned_values(dirs):
@@ -102,6 +119,11 @@ def test_submission_tunes_fuses_and_report_follows_the_tuned_values(dirs):
     _age(work / "preds/detector_test.parquet", t=2400)  # new test predictions: only the submission is redone
     assert [c.split(" --config")[0] for c in make_n(dirs, "submission", "report")] == [
         f"fuse --work {work} --split test --data {data}"]
+
+
+def test_a_path_with_a_space_is_refused_with_the_reason(dirs, tmp_path):
+    r = make((dirs[0], tmp_path / "my work"), "train")
+    assert r.returncode != 0 and "has a space" in r.stderr and not (tmp_path / "my work").exists()
 
 
 def test_a_wrong_data_path_is_named_with_the_fix(dirs, tmp_path):

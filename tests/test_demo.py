@@ -55,11 +55,15 @@ def test_demo_runs_every_stage_and_a_rerun_skips_the_training(tmp_path, capsys):
     assert "No finding AP" in out and str(work / "submission.csv") in out and str(work / "report") in out
     vinbig_map, baseline_map = map(float, re.search(r"mAP over \d+ classes\s+([\d.]+)\s+([\d.]+)", out).groups())
     metrics = pd.read_csv(work / "report" / "metrics.csv")
-    assert 0 <= vinbig_map <= 1 and 0 < baseline_map < 1
+    assert vinbig_map == pytest.approx(metrics.loc[metrics.present, "ap"].mean(), abs=1e-4)  # the report agrees
+    # the baseline scores only "No finding": its mean is that class's AP over the classes present
+    baseline_14 = float(re.search(r"^14  No finding\s+\d+\s+[\d.]+\s+([\d.]+)$", out, flags=re.M).group(1))
+    assert baseline_map == pytest.approx(baseline_14 / metrics.present.sum(), abs=1e-4) and baseline_14 > 0
+    oof = pd.read_parquet(work / "preds" / "detector_oof.parquet")
+    assert set(oof.tta) == {"none", "hflip"}
     times = dict(re.findall(r"^  (\S.*?)\s+([\d.]+) s$", out, flags=re.M))
     assert list(times) == STAGES
     assert float(times["total"]) >= sum(float(v) for k, v in times.items() if k != "total") - 1
-    assert len(metrics)
 
     # a rerun keeps the dataset and the trained folds, and makes the outputs again
     weights = _mtimes(work, "*/fold*/**/*.pt")
@@ -86,4 +90,4 @@ def test_demo_failure_names_the_stage_and_how_to_go_on(tmp_path, capsys):
                  "--set", "synth.size=64", "--set", "folds.n_folds=5"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "stage 'folds'" in err and "vinbig folds --train-csv" in err and "Rerun 'vinbig demo --out" in err
+    assert "stage 'folds'" in err and "vinbig folds --train-csv" in err and "Rerun the same 'vinbig demo'" in err

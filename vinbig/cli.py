@@ -47,7 +47,8 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("configuration and output")
     g.add_argument("--config", metavar="FILE", type=Path, default=None,
-                   help=f"YAML config; keys it leaves out keep their defaults (default: {default_config_path()})")
+                   help=f"YAML config with the keys to change; the others keep the defaults of "
+                        f"{default_config_path()} (without --config, vinbig demo starts from configs/demo.yaml)")
     g.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config key, value read as YAML (repeatable), e.g. --set images.size=512")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")

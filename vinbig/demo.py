@@ -2,8 +2,8 @@
 
 Each step is the `vinbig` subcommand a user would run (the same code, in this process), with the demo
 config (`configs/demo.yaml`: small sizes that train on a laptop CPU in minutes; on a GPU machine the same
-steps use the GPU). A rerun skips what is done: the dataset when its train.csv exists, converted images,
-and trained folds (resumed if interrupted). At the end it prints the out-of-fold mAP table next to that
+steps use the GPU). A rerun keeps what is done: the dataset when its train.csv exists, the converted
+images and the trained folds (resumed if interrupted). At the end it prints the out-of-fold mAP table next to that
 of a "No finding"-for-every-image submission, where the outputs are, and how long each stage took.
 """
 
@@ -52,8 +52,8 @@ class Demo:
             code = main(argv + self.common)
             if code != 0:
                 raise DemoError(f"the demo stopped at stage '{name}': 'vinbig {' '.join(argv)}' exited with {code} "
-                                f"(see the error above). Rerun 'vinbig demo --out {self.out}' once it is fixed: "
-                                "finished stages are skipped")
+                                "(see the error above). Rerun the same 'vinbig demo' command once it is fixed: the "
+                                "dataset, the converted images and the trained folds are kept")
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
     def train(self, stage: str, command: str, folds: list[int]) -> None:
@@ -85,8 +85,9 @@ def run_demo(out: Path, config: Path | None = None, overrides: list[str] = (), v
     folds = list(range(cfg["folds"]["n_folds"]))
     d.train("detector", "train-detector", folds)
     d.train("classifier", "train-classifier", folds)
-    tta = ["--tta", "hflip"] if cfg["classifier"]["tta"] == "hflip" else []
-    d.stage("predict", *[["predict-detector", "--work", w, "--split", s] + tta for s in ("oof", "test")],
+    # the detector predicts each image and its mirror image (as make's default TTA=hflip); the classifier
+    # follows classifier.tta
+    d.stage("predict", *[["predict-detector", "--work", w, "--split", s, "--tta", "hflip"] for s in ("oof", "test")],
             *[["predict-classifier", "--work", w, "--split", s] for s in ("oof", "test")])
     d.stage("tune fusion", ["tune", "--work", w])
     d.stage("submission", ["fuse", "--work", w, "--split", "test"])
@@ -157,6 +158,6 @@ def register(add) -> None:
             "train the five-fold detectors and 'No finding' classifiers, predict out-of-fold and test, tune the "
             "fusion, write and validate submission.csv, and write the report. Prints the OOF mAP next to that of a "
             "'No finding'-only submission and the time of each stage. --config defaults to configs/demo.yaml "
-            "(small sizes for a CPU; a GPU is used when there is one); --set changes single keys. A rerun skips "
-            "the finished stages.")
+            "(small sizes for a CPU; a GPU is used when there is one); --set changes single keys. A rerun keeps "
+            "the dataset, the converted images and the trained folds, and makes the rest again.")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for data/ and work/")

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from vinbig.artifacts import CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, read_folds, read_meta, write_csv
+from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, fold_ids, read_folds,
+                             read_meta, write_csv)
 from vinbig.config import ConfigError
 from vinbig.log import progress
 
@@ -98,8 +99,8 @@ def predict(work: str | Path, split: str, cfg: dict, tta: str | None = None) -> 
     device = resolve_device(cfg["device"])
     # the test split needs only folds.csv and the checkpoints (a Kaggle weights dataset holds no train labels)
     table = abnormal_targets(work) if split == "oof" else read_folds(work)
-    folds = sorted(int(k) for k in table["fold"].unique())
-    ckpts = {k: work.fold_dir("classifier", k) / "best.pt" for k in folds}
+    folds = fold_ids(table)
+    ckpts = {k: work.checkpoint("classifier", k) for k in folds}
     missing = [k for k, p in ckpts.items() if not p.is_file()]
     if missing:
         commands = "; ".join(f"'vinbig train-classifier --work {work.root} --fold {k}'" for k in missing)

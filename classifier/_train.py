@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from vinbig.artifacts import Work, read_csv, write_csv
+from vinbig.artifacts import Work, fold_ids, read_csv, write_csv
 from vinbig.config import ConfigError
 from vinbig.log import progress
 
@@ -113,7 +113,7 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     from vinbig.cli import UserError
 
     table = abnormal_targets(work)
-    folds = sorted(int(k) for k in table["fold"].unique())
+    folds = fold_ids(table)
     if fold not in folds:
         raise UserError(f"fold {fold} is not in {work.folds} (its folds are {folds}); "
                         f"give --fold {folds[0]}..{folds[-1]}")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import CLASS_NAMES, NO_FINDING, Work, read_folds, read_labels, read_meta
+from vinbig.artifacts import CLASS_NAMES, NO_FINDING, Work, fold_ids, read_folds, read_labels, read_meta
 from vinbig.boxes import clip
 from vinbig.log import some
 
@@ -81,7 +81,7 @@ def fold_dataset(work: Work, fold: int) -> Path:
     labels = read_labels(work)
     folds = read_folds(work)
     if fold not in set(folds.fold):
-        raise ValueError(f"fold {fold} is not in {work.folds} (folds {sorted(int(f) for f in set(folds.fold))})")
+        raise ValueError(f"fold {fold} is not in {work.folds} (folds {fold_ids(folds)})")
     missing = sorted(set(folds.image_id) - set(meta.image_id))
     if missing:
         logger.warning("%d image(s) of folds.csv have no PNG in %s (failed conversion?), left out: %s",
@@ -89,7 +89,7 @@ def fold_dataset(work: Work, fold: int) -> Path:
     folds = folds[folds.image_id.isin(meta.image_id)]
     boxes = training_boxes(labels[labels.image_id.isin(folds.image_id)], meta)
 
-    out = work.detector / "data" / f"fold{fold}"
+    out = work.detector_data(fold)
     stamp = _fingerprint(fold, folds, boxes, meta, image_dir)
     if (out / "source.sha1").is_file() and (out / "source.sha1").read_text() == stamp:
         logger.info("fold %d dataset is up to date in %s", fold, out)

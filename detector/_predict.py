@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from vinbig import log
-from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, read_folds, read_meta)
+from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, fold_ids,
+                              read_folds, read_meta)
 from vinbig.boxes import clip, to_original
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
 
 
 def weights_path(work: Work, fold: int, which: str = "best") -> Path:
-    path = work.fold_dir("detector", fold) / "weights" / f"{which}.pt"
+    path = work.checkpoint("detector", fold, which)
     if not path.is_file():
         raise ArtifactError(f"no detector weights for fold {fold} at {path}; run "
                             f"'vinbig train-detector --work {work.root} --fold {fold}'")
@@ -53,7 +54,7 @@ def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd
         todo = {int(k): list(g.image_id) for k, g in f.groupby("fold")}
     elif split == "test":
         meta = read_meta(work.images("test"))
-        todo = {int(k): list(meta.image_id) for k in sorted(read_folds(work).fold.unique())}
+        todo = {k: list(meta.image_id) for k in fold_ids(read_folds(work))}
     else:
         raise ValueError(f"split must be oof or test, not {split!r}")
     if folds is not None:
@@ -75,7 +76,7 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
 
     follow_log_level()
 
-    bad = sorted(set(tta) - set(TTAS) - {"none"})
+    bad = sorted(set(tta) - set(TTAS))
     if bad:
         raise ValueError(f"unknown TTA {bad}; choose from {list(TTAS[1:])}")
     sets = list(dict.fromkeys(["none", *tta]))  # each set once: a repeated one would count twice in fusion
@@ -124,7 +125,8 @@ def _fp16(device) -> dict:
 
 
 def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
-    for i in range(0, len(items), max(1, n)):
+    n = max(1, n)
+    for i in range(0, len(items), n):
         yield items[i:i + n]
 
 

@@ -88,7 +88,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
 
     verbose = follow_log_level()
     run_dir = work.fold_dir("detector", fold)
-    last = run_dir / "weights" / "last.pt"
+    last = work.checkpoint("detector", fold, "last")
     if resume:
         if not last.is_file():
             raise DetectorConfigError(f"--resume: no {last} to resume from; train without --resume first")
@@ -101,7 +101,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
                         fold, run_dir)
             return run_dir
         _add_callbacks(model, callbacks)
-        data_yaml = work.detector / "data" / f"fold{fold}" / "data.yaml"
+        data_yaml = work.detector_data(fold) / "data.yaml"
         logger.info("fold %d: resuming %s after epoch %d", fold, last, ckpt["epoch"] + 1)
         changes = dict(resume_overrides or {})
         ignored = sorted(set(changes) - set(RESUME_KEYS))

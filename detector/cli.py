@@ -21,13 +21,13 @@ def _folds(text: str) -> list[int]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from detector._train import DetectorConfigError, summarize, train_fold
-    from vinbig.artifacts import Work, config_path, read_folds
+    from vinbig.artifacts import Work, config_path, fold_ids, read_folds
     from vinbig.cli import UserError, resolve
     from vinbig.config import save_config
 
     cfg = resolve(args, "detector", ["model", "epochs", "imgsz", "batch", "device", "workers"])
     work = Work(args.work)
-    folds = sorted(int(f) for f in read_folds(work).fold.unique())
+    folds = fold_ids(read_folds(work))
     if args.fold not in folds:
         raise UserError(f"--fold {args.fold}: {work.folds} has folds {folds}")
     given = {k: getattr(args, k) for k in ("model", "epochs", "imgsz", "batch", "device", "workers")

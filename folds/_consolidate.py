@@ -35,22 +35,17 @@ import pandas as pd
 from ensemble_boxes import weighted_boxes_fusion
 
 from vinbig.artifacts import BOX, LABEL_COLUMNS, NO_FINDING
+from vinbig.boxes import check_wbf_args
 from vinbig.config import ConfigError
 from vinbig.log import progress
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = (str, np.int64, float, float, float, float, float, np.int64)
-CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
 
 def _check_args(iou_thr: float, skip_box_thr: float, conf_type: str, reader_weights: Mapping[str, float]) -> None:
-    if not 0.0 <= float(iou_thr) < 1.0:
-        raise ConfigError(f"folds.iou_thr is {iou_thr}; use a value in [0, 1), e.g. 0.4")
-    if not 0.0 <= float(skip_box_thr) <= 1.0:  # above 1 every reader box (score 1) would be dropped
-        raise ConfigError(f"folds.skip_box_thr is {skip_box_thr}; use a value in [0, 1], e.g. 0")
-    if conf_type not in CONF_TYPES:  # ensemble-boxes would call exit() on an unknown conf_type
-        raise ConfigError(f"folds.conf_type is {conf_type!r}; use one of {list(CONF_TYPES)}")
+    check_wbf_args("folds", iou_thr, skip_box_thr, conf_type)
     bad = {r: w for r, w in reader_weights.items()
            if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w <= 0}
     if bad:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "write_tuned": "fusion._tune",
     "predict": "fusion._stage",
     "score_oof": "fusion._stage",
+    "fusion_config": "fusion._stage",
     "make_submission": "fusion._stage",
     "prediction_strings": "fusion._submission",
     "write_submission": "fusion._submission",

@@ -19,12 +19,12 @@ import pandas as pd
 
 from vinbig import log
 from vinbig.artifacts import BOX, CLASS_NAMES, ArtifactError, Work, read_detector_preds, read_folds, read_meta
-from vinbig.boxes import clip
+from vinbig.boxes import check_wbf_args, clip
 from vinbig.config import ConfigError
 from vinbig.metric import PRED_COLUMNS, index_of
 from vinbig.parallel import n_workers, process_map
 
-from fusion._wbf import CONF_TYPES, wbf_batch
+from fusion._wbf import wbf_batch
 
 logger = logging.getLogger(__name__)
 ENGINES = ("numba", "ensemble_boxes")
@@ -67,12 +67,7 @@ def set_weight(name: str, weights: dict) -> float:
 
 
 def check_params(iou_thr: float, skip_box_thr: float, conf_type: str, engine: str, weights: dict) -> None:
-    if not 0.0 <= float(iou_thr) < 1.0:
-        raise ConfigError(f"fusion.iou_thr is {iou_thr}; use a value in [0, 1), e.g. 0.4")
-    if not 0.0 <= float(skip_box_thr) <= 1.0:
-        raise ConfigError(f"fusion.skip_box_thr is {skip_box_thr}; use a value in [0, 1], e.g. 0")
-    if conf_type not in CONF_TYPES:
-        raise ConfigError(f"fusion.conf_type is {conf_type!r}; use one of {list(CONF_TYPES)}")
+    check_wbf_args("fusion", iou_thr, skip_box_thr, conf_type)
     if engine not in ENGINES:
         raise ConfigError(f"fusion.engine is {engine!r}; use one of {list(ENGINES)}")
     bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import ArtifactError, Work, errors_path, read_classifier_preds, read_csv
+from vinbig.config import load_config
 from vinbig.log import some
-from vinbig.metric import Result, evaluate
+from vinbig.metric import Result, average_precision, match
 
 from fusion._fuse import check_params, fuse, load_inputs
 from fusion._gate import apply_gate, check_thresholds, image_probabilities
@@ -18,6 +19,21 @@ from fusion._submission import prediction_strings, validate_submission, write_su
 from fusion._tune import oof_truth
 
 logger = logging.getLogger(__name__)
+TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high")  # what 'vinbig tune' may write
+
+
+def fusion_config(work: Work, config=None, overrides=(), tuned: bool = True) -> dict:
+    """The config: defaults, the file `config`, WORK/fusion.yaml (the values 'vinbig tune' chose) when `tuned`
+    and it exists, then the ``section.key=value`` `overrides`."""
+    path = work.fusion_config
+    use = tuned and path.is_file()
+    cfg = load_config(config, overrides, extra=[path] if use else [])
+    if use:
+        logger.info("tuned values from %s (%s)", path, ", ".join(f"{k}={cfg['fusion'][k]}" for k in TUNED_KEYS))
+    elif tuned:
+        logger.info("no %s: fusion values from the config (run 'vinbig tune' to choose them on OOF predictions)",
+                    path)
+    return cfg
 
 
 def gate_probabilities(work: Work, split: str, gate: bool) -> pd.Series | None:
@@ -64,7 +80,7 @@ def score_oof(work: Work, f: dict, curves: bool = False) -> tuple[Result, pd.Dat
     """Fused, gated out-of-fold predictions scored against labels.csv: (result, predictions, truth)."""
     image_ids, final, _ = predict(work, "oof", f)
     truth = oof_truth(work, image_ids)
-    return evaluate(truth, final, curves=curves), final, truth
+    return average_precision(match(truth, final), curves=curves), final, truth  # oof_truth prepared the truth
 
 
 def failed_images(work: Work) -> list[str]:

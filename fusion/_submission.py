@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS, read_csv, write_csv
-from vinbig.metric import index_of
+from vinbig.metric import N_CLASSES, NO_FINDING_BOX, index_of
 
-N_CLASSES = NO_FINDING + 1
 MAX_FAULTS_PER_ROW = 3
 
 
@@ -99,7 +98,7 @@ def _check_groups(text: str, size: tuple[float, float] | None) -> list[str]:
         if not 0.0 <= conf <= 1.0:
             problems.append(f"{at}: confidence {t[1]} is outside [0, 1]")
         if cls == NO_FINDING:
-            if (x1, y1, x2, y2) != (0.0, 0.0, 1.0, 1.0):
+            if (x1, y1, x2, y2) != NO_FINDING_BOX:
                 problems.append(f"{at}: class {NO_FINDING} (No finding) must have the box 0 0 1 1")
             continue
         if x1 >= x2:

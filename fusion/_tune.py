@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from vinbig.artifacts import NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels
-from vinbig.metric import N_CLASSES, _ap, average_precision, evaluate, index_of, match, prepare_truth
+from vinbig.metric import N_CLASSES, _ap, average_precision, index_of, match, prepare_truth
 
 from fusion._fuse import check_params, fuse, load_inputs
 from fusion._gate import apply_gate, image_probabilities
@@ -106,7 +106,7 @@ def tune(work: Work, fusion_cfg: dict) -> tuple[dict, pd.DataFrame]:
                      desc=f"fuse {k + 1}/{len(grid)}")
         t1 = time.perf_counter()
         if p is None:
-            r = evaluate(truth, apply_gate(fused, inp.image_ids, None, 0.0, 0.0))
+            r = average_precision(match(truth, apply_gate(fused, inp.image_ids, None, 0.0, 0.0)))
             tab = pd.DataFrame([{"low": None, "high": None, "map": r.mean_ap,
                                  **{f"ap{c}": r.ap[c] for c in range(N_CLASSES)}}])
         else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+from vinbig.boxes import WBF_CONF_TYPES as CONF_TYPES
 
 _kernel = None
 

@@ -12,27 +12,12 @@ FUSION_OPTIONS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high", "worker
 
 def _fusion_config(args: argparse.Namespace, work, names=FUSION_OPTIONS, tuned: bool = True) -> dict:
     """Defaults, --config, WORK/fusion.yaml (unless --ignore-tuned), --set, then the command-line options."""
-    import yaml
+    from fusion._stage import fusion_config
 
-    from vinbig.config import ConfigError, load_config, merge, parse_override
-
-    cfg = load_config(args.config)
-    path = work.fusion_config
-    if tuned and not getattr(args, "ignore_tuned", False) and path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML ({e}); run 'vinbig tune --work {work.root}' again") from None
-        cfg = merge(cfg, data, str(path))
-        logger.info("tuned values from %s: %s", path,
-                    ", ".join(f"{k}={v}" for k, v in (data.get("fusion") or {}).items()))
-    elif tuned and path.is_file():
-        logger.info("ignoring %s (--ignore-tuned)", path)
-    elif tuned:
-        logger.info("no %s: fusion values from the config (run 'vinbig tune' to choose them on OOF predictions)",
-                    path)
-    for text in args.overrides:
-        cfg = merge(cfg, parse_override(text), f"--set {text}")
+    if tuned and getattr(args, "ignore_tuned", False):
+        logger.info("ignoring %s (--ignore-tuned)", work.fusion_config)
+        tuned = False
+    cfg = fusion_config(work, args.config, args.overrides, tuned)
     for name in names:
         value = getattr(args, name, None)
         if value is not None:

@@ -123,6 +123,16 @@ class Work:
         """``WORK/detector/fold{k}`` or ``WORK/classifier/fold{k}``: one fold's training run."""
         return self.root / stage / f"fold{fold}"
 
+    def checkpoint(self, stage: str, fold: int, which: str = "best") -> Path:
+        """A fold's ``best`` or ``last`` weights: ``detector/fold{k}/weights/{which}.pt`` (ultralytics' run
+        layout) or ``classifier/fold{k}/{which}.pt``."""
+        run = self.fold_dir(stage, fold)
+        return (run / "weights" if stage == "detector" else run) / f"{which}.pt"
+
+    def detector_data(self, fold: int) -> Path:
+        """``WORK/detector/data/fold{k}``: the ultralytics dataset (links and labels) of one fold."""
+        return self.detector / "data" / f"fold{fold}"
+
     def detector_preds(self, split: str) -> Path:
         return self.preds / f"detector_{split}.parquet"
 
@@ -224,6 +234,11 @@ def read_labels(work: Work) -> pd.DataFrame:
 def read_folds(work: Work) -> pd.DataFrame:
     return read_csv(work.folds, FOLD_COLUMNS, f"vinbig folds --train-csv DATA/train.csv --out {work.root}",
                     dtype={"image_id": str})
+
+
+def fold_ids(table: pd.DataFrame) -> list[int]:
+    """The folds of a table with a ``fold`` column (folds.csv), sorted."""
+    return sorted(int(k) for k in table["fold"].unique())
 
 
 def read_detector_preds(work: Work, split: str, columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -43,3 +43,20 @@ def clip(boxes, width, height) -> np.ndarray:
     hi = np.stack([width, height, width, height], axis=-1) if np.ndim(width) else np.array(
         [width, height, width, height], dtype=np.float64)
     return np.clip(boxes, 0.0, hi)
+
+
+# weighted boxes fusion (ensemble-boxes, and fusion._wbf's port of it): the fused box's score
+WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+
+
+def check_wbf_args(section: str, iou_thr: float, skip_box_thr: float, conf_type: str) -> None:
+    """Reject WBF values of the config `section` (folds, fusion) with the key and a valid example."""
+    from vinbig.config import ConfigError
+
+    if not 0.0 <= float(iou_thr) < 1.0:
+        raise ConfigError(f"{section}.iou_thr is {iou_thr}; use a value in [0, 1), e.g. 0.4")
+    if not 0.0 <= float(skip_box_thr) <= 1.0:  # above 1 every box (reader boxes score 1) would be dropped
+        raise ConfigError(f"{section}.skip_box_thr is {skip_box_thr}; use a value in [0, 1], e.g. 0")
+    if conf_type not in WBF_CONF_TYPES:  # ensemble-boxes would call exit() on an unknown conf_type
+        raise ConfigError(f"{section}.conf_type is {conf_type!r}; use one of {list(WBF_CONF_TYPES)}")
+

@@ -14,18 +14,22 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-_REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+_REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
+def packaged_config(name: str) -> Path:
+    """A config shipped with vinbig: the repository's `configs/<name>`, else the installed copy."""
+    repo = _REPO_CONFIGS / name
+    return repo if repo.is_file() else Path(str(resources.files("vinbig.configs") / name))
+
+
 def default_config_path() -> Path:
-    """The commented default config: the repository's `configs/default.yaml`, else the installed copy."""
-    if _REPO_DEFAULT.is_file():
-        return _REPO_DEFAULT
-    return Path(str(resources.files("vinbig.configs") / "default.yaml"))
+    """The commented default config, `configs/default.yaml`."""
+    return packaged_config("default.yaml")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -95,11 +99,14 @@ def parse_override(text: str) -> dict:
     return {section: {key: value}}
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
-    """Defaults, then the keys of the file at `path`, then each ``section.key=value`` override."""
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), extra: Iterable[Path] = ()) -> dict:
+    """Defaults, then the keys of the file at `path`, of each file in `extra` (such as the values a stage
+    chose, e.g. WORK/fusion.yaml), then each ``section.key=value`` override."""
     cfg = _read_yaml(default_config_path())
     if path is not None and Path(path).resolve() != default_config_path().resolve():
         cfg = merge(cfg, _read_yaml(Path(path)), str(path))
+    for file in extra:
+        cfg = merge(cfg, _read_yaml(Path(file)), str(file))
     for text in overrides:
         cfg = merge(cfg, parse_override(text), f"--set {text}")
     return cfg

@@ -12,20 +12,17 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-logger = logging.getLogger("vinbig")
+from vinbig.config import packaged_config
 
-_REPO_DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+logger = logging.getLogger("vinbig")
 
 
 def demo_config_path() -> Path:
-    """The demo config: the repository's `configs/demo.yaml`, else the installed copy."""
-    if _REPO_DEMO.is_file():
-        return _REPO_DEMO
-    return Path(str(resources.files("vinbig.configs") / "demo.yaml"))
+    """The demo config, `configs/demo.yaml`."""
+    return packaged_config("demo.yaml")
 
 
 class DemoError(RuntimeError):
@@ -58,9 +55,10 @@ class Demo:
 
     def train(self, stage: str, command: str, folds: list[int]) -> None:
         """Train every fold; a fold with a run (last.pt) is resumed: a no-op when it is finished."""
-        runs = {"detector": "weights/last.pt", "classifier": "last.pt"}
+        from vinbig.artifacts import Work
+
         for k in folds:
-            resume = (self.work / stage / f"fold{k}" / runs[stage]).is_file()
+            resume = Work(self.work).checkpoint(stage, k, "last").is_file()
             self.stage(f"train {stage}s", [command, "--work", str(self.work), "--fold", str(k)]
                        + (["--resume"] if resume else []))
 
@@ -102,17 +100,13 @@ def summary(d: Demo, config: Path, overrides: list[str]) -> dict:
     """The fused OOF result, that of "No finding" for every OOF image, the output paths and stage times."""
     import pandas as pd
 
-    from fusion._stage import predict
-    from fusion._tune import oof_truth
-    from fusion.cli import _fusion_config
+    from fusion import fusion_config, score_oof
     from vinbig.artifacts import NO_FINDING, Work
     from vinbig.metric import BOX, NO_FINDING_BOX, evaluate
 
     work = Work(d.work)
-    f = _fusion_config(argparse.Namespace(config=config, overrides=overrides), work)["fusion"]
-    image_ids, final, _ = predict(work, "oof", f)
-    truth = oof_truth(work, image_ids)
-    result = evaluate(truth, final)
+    result, _, truth = score_oof(work, fusion_config(work, config, overrides)["fusion"])
+    image_ids = truth["image_id"].unique()
     baseline_preds = pd.DataFrame({"image_id": image_ids, "class_id": NO_FINDING, "score": 1.0,
                                    **dict(zip(BOX, NO_FINDING_BOX))})
     baseline = evaluate(truth, baseline_preds)

@@ -44,7 +44,7 @@ def _work(work):
 
 def work_folds(work) -> list[int]:
     """The folds of ``WORK/folds.csv``; an error names the file and the command that makes it."""
-    from vinbig.artifacts import read_folds
+    from vinbig.artifacts import fold_ids, read_folds
     from vinbig.cli import UserError
 
     work = _work(work)
@@ -52,14 +52,13 @@ def work_folds(work) -> list[int]:
         raise UserError(f"{work.folds} not found: {work.root} is not a work folder with folds; give the --work of "
                         f"'vinbig folds' and 'vinbig train-detector', or run 'vinbig folds --train-csv "
                         f"DATA/train.csv --out {work.root}' and train every fold first")
-    return sorted(int(k) for k in read_folds(work)["fold"].unique())
+    return fold_ids(read_folds(work))
 
 
 def model_paths(work, stage: str) -> dict[int, Path]:
     """``{fold: path}`` of the best.pt every fold of folds.csv has or needs, for "detector" or "classifier"."""
     work = _work(work)
-    name = "weights/best.pt" if stage == "detector" else "best.pt"
-    return {k: work.fold_dir(stage, k) / name for k in work_folds(work)}
+    return {k: work.checkpoint(stage, k) for k in work_folds(work)}
 
 
 def missing_models(work, stage: str) -> list[int]:
@@ -111,8 +110,7 @@ def _warn_if_sizes_differ(work, cfg: dict) -> None:
 
     work = _work(work)
     saved = [(config_path(work.images("train"), "images"), "images", "size")]
-    saved += [(config_path(p.parent.parent, "detector"), "detector", "imgsz")
-              for p in model_paths(work, "detector").values()]
+    saved += [(config_path(work.fold_dir("detector", k), "detector"), "detector", "imgsz") for k in work_folds(work)]
     for path, section, key in saved:
         if not path.is_file():
             continue

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from vinbig.artifacts import Work
-from vinbig.cli import main as vinbig
+from vinbig.app.cli import main as vinbig
 
 NO_AUGMENTATION = [arg for key in ("degrees", "translate", "scale", "brightness", "contrast")
                    for arg in ("--set", f"classifier.{key}=0")]

@@ -31,7 +31,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from vinbig import log
-    from vinbig.cli import main as vinbig
+    from vinbig.app.cli import main as vinbig
 
     log.setup(-1)
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_detector_"))

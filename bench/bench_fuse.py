@@ -1,6 +1,6 @@
 """Benchmark `vinbig fuse` against single-process ensemble-boxes, and time `vinbig tune`.
 
-Input (generated, shaped like DATA.md's case): 3,000 test images of real sizes, 10 prediction sets
+Input (generated, shaped like the real test set (docs/competition.md)): 3,000 test images of real sizes, 10 prediction sets
 (5 folds x 2 TTA) of 300 boxes each (about 20 objects per image; 60 % of the boxes near an
 object, the rest scattered with low scores), written as WORK/preds/detector_test.parquet.
 

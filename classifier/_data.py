@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vinbig.artifacts import NO_FINDING, ArtifactError, Work, read_folds, read_labels, read_meta
+from vinbig.artifacts import NO_FINDING, ArtifactError, Work, images_command, png_path, read_folds, read_labels, read_meta
 from vinbig.log import some
 
 logger = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ def abnormal_targets(work: Work) -> pd.DataFrame:
     return out[converted].assign(abnormal=lambda d: d["abnormal"].astype(int)).reset_index(drop=True)
 
 
-def png_paths(image_dir: Path, image_ids: Sequence[str], made_by: str) -> list[Path]:
+def png_paths(image_dir: Path, image_ids: Sequence[str]) -> list[Path]:
     """The PNG of every image id; an error names the first missing one and the command that makes it."""
-    paths = [Path(image_dir) / f"{i}.png" for i in image_ids]
+    paths = [png_path(image_dir, i) for i in image_ids]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise ArtifactError(f"{len(missing)} of {len(paths)} PNG(s) are missing from {image_dir} "
-                            f"(first: {missing[0].name}); run '{made_by}'")
+                            f"(first: {missing[0].name}); run '{images_command(image_dir)}'")
     return paths
 
 

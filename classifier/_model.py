@@ -22,21 +22,21 @@ import torch
 from torch import nn
 
 from vinbig.artifacts import atomic_path
-from vinbig.config import ConfigError
+from vinbig.devices import parse_device
+from vinbig.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_device(device, local_rank: int = 0) -> torch.device:
     """``classifier.device``: null = CUDA if torch sees a GPU, else the CPU; under torchrun, GPU LOCAL_RANK."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if isinstance(device, int) or str(device).isdigit():
-        device = f"cuda:{device}"
-    try:
-        dev = torch.device(str(device))
-    except RuntimeError:
-        raise ConfigError(f"classifier.device {device!r} is not a device; write cpu, cuda, cuda:0 or null") from None
+    spec = parse_device(device, "classifier.device")
+    if len(spec.gpus) > 1:
+        raise ConfigError(f"classifier.device {device!r}: one classifier process uses one GPU; for several, run "
+                          "torchrun --nproc_per_node N -m vinbig train-classifier ... (each process takes GPU LOCAL_RANK)")
+    if spec.kind == "auto":
+        spec = parse_device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device("cpu") if spec.kind == "cpu" else torch.device("cuda", spec.gpus[0]) if spec.gpus else torch.device("cuda")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"classifier.device is {device!r} but torch sees no GPU; "

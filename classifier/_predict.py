@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, fold_ids, read_folds,
+from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, fold_ids, read_folds, train_command,
                              read_meta, write_csv)
-from vinbig.config import ConfigError
+from vinbig.errors import ConfigError
 from vinbig.log import progress
 
 from classifier._data import PngDataset, abnormal_targets, png_paths, worker_init
@@ -103,21 +103,20 @@ def predict(work: str | Path, split: str, cfg: dict, tta: str | None = None) -> 
     ckpts = {k: work.checkpoint("classifier", k) for k in folds}
     missing = [k for k, p in ckpts.items() if not p.is_file()]
     if missing:
-        commands = "; ".join(f"'vinbig train-classifier --work {work.root} --fold {k}'" for k in missing)
+        commands = "; ".join(f"'{train_command(work, 'classifier', k)}'" for k in missing)
         raise ArtifactError(f"no trained classifier for fold(s) {missing}: {ckpts[missing[0]]} not found; "
                             f"run {commands}")
 
     if split == "test":
         test_dir = work.images("test")
         ids = read_meta(test_dir)["image_id"].tolist()
-        paths = png_paths(test_dir, ids, f"vinbig images --src DATA/test --out {test_dir}")
+        paths = png_paths(test_dir, ids)
     rows = []
     for k in folds:
-        model, imgsz = load_classifier(ckpts[k], device, f"vinbig train-classifier --work {work.root} --fold {k}")
+        model, imgsz = load_classifier(ckpts[k], device, train_command(work, "classifier", k))
         if split == "oof":
             ids = table.loc[table["fold"] == k, "image_id"].tolist()
-            paths = png_paths(work.images("train"), ids,
-                              f"vinbig images --src DATA/train --out {work.images('train')}")
+            paths = png_paths(work.images("train"), ids)
         idx, p = infer(model, _loader(paths, imgsz, cfg, device), Prepare(model, device), cfg["amp"], tta,
                        desc=f"{split} fold {k}")
         rows.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p}))

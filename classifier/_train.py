@@ -28,8 +28,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from vinbig.artifacts import Work, fold_ids, read_csv, write_csv
-from vinbig.config import ConfigError
+from vinbig.artifacts import Work, check_fold, read_csv, train_command, write_csv
+from vinbig.errors import UserError
+from vinbig.errors import ConfigError
 from vinbig.log import progress
 
 from classifier._data import (BALANCE, EpochSampler, PngDataset, abnormal_targets, png_paths, shard, train_transform,
@@ -74,8 +75,6 @@ def _check(cfg: dict) -> None:
 
 def check_fresh(out_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to start over a fold's run unless asked: trained weights are not thrown away by a rerun."""
-    from vinbig.cli import UserError
-
     if not resume and not overwrite and (out_dir / "last.pt").is_file():
         raise UserError(f"{out_dir} already holds a run (last.pt); use --resume to continue it or --overwrite "
                         "to start over")
@@ -110,13 +109,8 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     from timm.utils import ModelEmaV3
     from torch.nn.parallel import DistributedDataParallel
 
-    from vinbig.cli import UserError
-
     table = abnormal_targets(work)
-    folds = fold_ids(table)
-    if fold not in folds:
-        raise UserError(f"fold {fold} is not in {work.folds} (its folds are {folds}); "
-                        f"give --fold {folds[0]}..{folds[-1]}")
+    check_fold(work, fold, table)
     out_dir = work.fold_dir("classifier", fold)
     train_df, val_df = table[table["fold"] != fold], table[table["fold"] == fold]
     n_pos = int(train_df["abnormal"].sum())
@@ -125,10 +119,9 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
         raise UserError(f"the training images of fold {fold} are all {'normal' if not n_pos else 'abnormal'}; "
                         f"the classifier needs both: check {work.labels}")
     image_dir = work.images("train")
-    made_images = f"vinbig images --src DATA/train --out {image_dir}"
-    train_ds = PngDataset(png_paths(image_dir, train_df["image_id"], made_images), train_df["abnormal"],
+    train_ds = PngDataset(png_paths(image_dir, train_df["image_id"]), train_df["abnormal"],
                           cfg["imgsz"], train_transform(cfg))
-    val_ds = PngDataset(png_paths(image_dir, val_df["image_id"], made_images), val_df["abnormal"], cfg["imgsz"])
+    val_ds = PngDataset(png_paths(image_dir, val_df["image_id"]), val_df["abnormal"], cfg["imgsz"])
     sampler = EpochSampler(train_df["abnormal"].to_numpy(), env.world, env.rank, cfg["seed"],
                            balanced=cfg["balance"] == "sampler")
     loader_kw = dict(num_workers=cfg["workers"], pin_memory=device.type == "cuda", worker_init_fn=worker_init,
@@ -161,7 +154,7 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     torch.manual_seed(cfg["seed"] * 1000 + env.rank)  # augmentation and dropout differ between ranks
     state = _State(out_dir)
     if resume:
-        state.resume(f"vinbig train-classifier --work {work.root} --fold {fold}", cfg["backbone"], model, ema,
+        state.resume(train_command(work, "classifier", fold), cfg["backbone"], model, ema,
                      optimizer, scaler)
         if env.main and state.start < cfg["epochs"]:
             logger.info("resuming fold %d from %s at epoch %d of %d", fold, state.last, state.start + 1, cfg["epochs"])
@@ -241,8 +234,6 @@ class _State:
 
     def resume(self, made_by: str, backbone: str, model, ema, optimizer, scaler) -> None:
         """Load last.pt into the model, EMA, optimizer and scaler; continue at its epoch + 1."""
-        from vinbig.cli import UserError
-
         ckpt = load_checkpoint(self.last, made_by)
         if ckpt["backbone"] != backbone:
             raise UserError(f"{self.last} holds a '{ckpt['backbone']}', the config asks for '{backbone}'; resume "

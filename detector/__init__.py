@@ -12,7 +12,6 @@ _EXPORTS = {
     "fold_dataset": "detector._dataset",
     "DETECTOR_CLASSES": "detector._dataset",
     "train_fold": "detector._train",
-    "DetectorConfigError": "detector._train",
     "predict": "detector._predict",
     "unflip_boxes": "detector._predict",
 }

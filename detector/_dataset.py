@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import CLASS_NAMES, NO_FINDING, Work, fold_ids, read_folds, read_labels, read_meta
+from vinbig.artifacts import CLASS_NAMES, NO_FINDING, Work, check_fold, png_path, read_folds, read_labels, read_meta
 from vinbig.boxes import clip
 from vinbig.log import some
 
@@ -80,8 +80,7 @@ def fold_dataset(work: Work, fold: int) -> Path:
     meta = read_meta(image_dir)
     labels = read_labels(work)
     folds = read_folds(work)
-    if fold not in set(folds.fold):
-        raise ValueError(f"fold {fold} is not in {work.folds} (folds {fold_ids(folds)})")
+    check_fold(work, fold, folds)
     missing = sorted(set(folds.image_id) - set(meta.image_id))
     if missing:
         logger.warning("%d image(s) of folds.csv have no PNG in %s (failed conversion?), left out: %s",
@@ -93,7 +92,7 @@ def fold_dataset(work: Work, fold: int) -> Path:
     stamp = _fingerprint(fold, folds, boxes, meta, image_dir)
     if (out / "source.sha1").is_file() and (out / "source.sha1").read_text() == stamp:
         logger.info("fold %d dataset is up to date in %s", fold, out)
-        return out / "data.yaml"
+        return work.data_yaml(fold)
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -103,14 +102,14 @@ def fold_dataset(work: Work, fold: int) -> Path:
         (tmp / "images" / subset).mkdir(parents=True)
         (tmp / "labels" / subset).mkdir(parents=True)
         for image_id in ids:
-            _link(image_dir / f"{image_id}.png", tmp / "images" / subset / f"{image_id}.png")
+            _link(png_path(image_dir, image_id), png_path(tmp / "images" / subset, image_id))
             g = by_image.get(image_id)
             text = "" if g is None else label_text(g.class_id, g[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
                                                     *sizes.loc[image_id])
             (tmp / "labels" / subset / f"{image_id}.txt").write_text(text)
     data = {"train": "images/train", "val": "images/val",
             "nc": len(DETECTOR_CLASSES), "names": dict(enumerate(DETECTOR_CLASSES))}
-    (tmp / "data.yaml").write_text(
+    (tmp / work.data_yaml(fold).name).write_text(
         f"# ultralytics dataset of fold {fold}, written by vinbig train-detector; paths are relative to this file\n"
         + yaml.safe_dump(data, sort_keys=False))
     (tmp / "source.sha1").write_text(stamp)
@@ -119,7 +118,7 @@ def fold_dataset(work: Work, fold: int) -> Path:
     n_val = int((folds.fold == fold).sum())
     logger.info("fold %d dataset: %d train and %d val images, %d boxes, in %s",
                 fold, len(folds) - n_val, n_val, len(boxes), out)
-    return out / "data.yaml"
+    return work.data_yaml(fold)
 
 
 def _link(target: Path, link: Path) -> None:

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from vinbig import log
-from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, fold_ids,
-                              read_folds, read_meta)
+from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold, fold_ids,
+                              images_command, png_path, read_folds, read_meta, train_command)
 from vinbig.boxes import clip, to_original
+from vinbig.devices import Device, parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
 def weights_path(work: Work, fold: int, which: str = "best") -> Path:
     path = work.checkpoint("detector", fold, which)
     if not path.is_file():
-        raise ArtifactError(f"no detector weights for fold {fold} at {path}; run "
-                            f"'vinbig train-detector --work {work.root} --fold {fold}'")
+        raise ArtifactError(f"no detector weights for fold {fold} at {path}; run '{train_command(work, 'detector', fold)}'")
     return path
 
 
@@ -58,9 +58,7 @@ def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd
     else:
         raise ValueError(f"split must be oof or test, not {split!r}")
     if folds is not None:
-        unknown = sorted(set(folds) - set(todo))
-        if unknown:
-            raise ArtifactError(f"folds {unknown} are not in {work.folds} (folds {sorted(todo)})")
+        check_fold(work, folds)
         todo = {k: todo[k] for k in folds}
     return meta.set_index("image_id"), todo
 
@@ -86,11 +84,12 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
     out.parent.mkdir(parents=True, exist_ok=True)
     types = {"image_id": pa.string(), "fold": pa.int16(), "tta": pa.string(), "class_id": pa.int16()}
     schema = pa.schema([(c, types.get(c, pa.float32())) for c in DETECTOR_PRED_COLUMNS])  # score, boxes: float32
-    device = cfg["device"]
-    if isinstance(device, list) and len(device) > 1:
-        logger.warning("prediction runs on one device; using %s of %s", device[0], device)
+    device = parse_device(cfg["device"], "detector.device")
+    if len(device.gpus) > 1:
+        logger.warning("prediction runs on one device; using GPU %d of %s", device.gpus[0], list(device.gpus))
+        device = Device("cuda", device.gpus[:1])
     args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
-                device=None if device is None else (device[0] if isinstance(device, list) else device))
+                device=device.ultralytics)
     args.update(_fp16(args["device"]))
     n_boxes = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -134,10 +133,11 @@ def _predict_chunk(model, image_dir: Path, ids: Sequence[str], meta: pd.DataFram
                    sets: Sequence[str], args: Mapping) -> pd.DataFrame:
     images = []
     for image_id in ids:
-        im = cv2.imread(str(image_dir / f"{image_id}.png"), cv2.IMREAD_COLOR)
+        path = png_path(image_dir, image_id)
+        im = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if im is None:
-            raise ArtifactError(f"cannot read {image_dir / f'{image_id}.png'} (listed in its meta.csv); "
-                                f"rerun 'vinbig images' for {image_dir}")
+            raise ArtifactError(f"cannot read {path} (listed in its meta.csv); run '{images_command(image_dir)}' "
+                                "again")
         images.append(im)
     frames = []
     for tta in sets:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from vinbig.artifacts import Work
+from vinbig.devices import parse_device
+from vinbig.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -16,22 +18,18 @@ TRAIN_KEYS = ("imgsz", "epochs", "batch", "optimizer", "lr0", "lrf", "momentum",
               "hsv_v", "workers", "seed", "amp", "cache", "plots")
 
 
-class DetectorConfigError(ValueError):
-    """The detector section names a model or device that cannot be used; the message says the fix."""
-
-
 def resolve_model(model: str) -> str:
     """`model` as ultralytics takes it: a built-in architecture yaml, or an existing local .pt or .yaml file."""
     path = Path(model).expanduser()
     if path.suffix == ".pt":
         if not path.is_file():
-            raise DetectorConfigError(
+            raise ConfigError(
                 f"detector.model: weights file {path} not found. Nothing is downloaded: put the .pt file "
                 f"(e.g. yolov8s.pt from github.com/ultralytics/assets/releases) at {path.resolve()}, "
                 f"or train from scratch with --set detector.model=yolov8s.yaml")
         return str(path.resolve())
     if path.suffix not in (".yaml", ".yml"):
-        raise DetectorConfigError(
+        raise ConfigError(
             f"detector.model: {model!r} is neither an architecture yaml (yolov8n.yaml ... yolov8x.yaml) "
             "nor a .pt weights file")
     if path.is_file():
@@ -41,7 +39,7 @@ def resolve_model(model: str) -> str:
     try:
         yaml_model_load(model)  # ultralytics' own cfg/models (yolov8s.yaml = yolov8.yaml at scale s); no download
     except FileNotFoundError:
-        raise DetectorConfigError(
+        raise ConfigError(
             f"detector.model: {model!r} is not an ultralytics architecture nor a file; use e.g. yolov8n.yaml, "
             "yolov8s.yaml, yolov8m.yaml, yolov8l.yaml or yolov8x.yaml, or the path of a local .yaml or .pt") from None
     return model
@@ -49,11 +47,7 @@ def resolve_model(model: str) -> str:
 
 def ultralytics_device(device) -> str | None:
     """The config's `device` (null, cpu, 0, "0,1" or [0, 1]) as ultralytics takes it."""
-    if device is None or device == "":
-        return None
-    if isinstance(device, (list, tuple)):
-        return ",".join(str(d) for d in device)
-    return str(device)
+    return parse_device(device, "detector.device").ultralytics
 
 
 def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
@@ -64,7 +58,7 @@ def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
     extra = dict(cfg.get("extra") or {})
     clash = sorted(set(extra) & {"data", "project", "name", "resume", "model"})
     if clash:
-        raise DetectorConfigError(f"detector.extra must not set {clash}: vinbig sets them (use --work and --fold)")
+        raise ConfigError(f"detector.extra must not set {clash}: vinbig sets them (use --work and --fold)")
     args.update(extra)
     return args
 
@@ -91,7 +85,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
     last = work.checkpoint("detector", fold, "last")
     if resume:
         if not last.is_file():
-            raise DetectorConfigError(f"--resume: no {last} to resume from; train without --resume first")
+            raise ConfigError(f"--resume: no {last} to resume from; train without --resume first")
         model = YOLO(str(last))
         ckpt = model.ckpt or {}
         # A finished run's last.pt has no optimizer and epoch -1; given one, ultralytics would start a new
@@ -101,7 +95,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
                         fold, run_dir)
             return run_dir
         _add_callbacks(model, callbacks)
-        data_yaml = work.detector_data(fold) / "data.yaml"
+        data_yaml = work.data_yaml(fold)
         logger.info("fold %d: resuming %s after epoch %d", fold, last, ckpt["epoch"] + 1)
         changes = dict(resume_overrides or {})
         ignored = sorted(set(changes) - set(RESUME_KEYS))
@@ -113,7 +107,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
                     **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
         return run_dir
     if last.is_file() and not overwrite:
-        raise DetectorConfigError(
+        raise ConfigError(
             f"{run_dir} already holds a run ({last}); use --resume to continue it or --overwrite to start over")
 
     model_path = resolve_model(cfg["model"])

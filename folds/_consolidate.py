@@ -35,8 +35,8 @@ import pandas as pd
 from ensemble_boxes import weighted_boxes_fusion
 
 from vinbig.artifacts import BOX, LABEL_COLUMNS, NO_FINDING
-from vinbig.boxes import check_wbf_args
-from vinbig.config import ConfigError
+from vinbig.boxes import check_wbf_args, iou
+from vinbig.errors import ConfigError
 from vinbig.log import progress
 
 logger = logging.getLogger(__name__)
@@ -51,18 +51,6 @@ def _check_args(iou_thr: float, skip_box_thr: float, conf_type: str, reader_weig
     if bad:
         raise ConfigError(f"folds.reader_weights {bad}: each weight must be a number above 0; "
                           f"exclude a reader with folds.exclude_readers instead of weight 0")
-
-
-def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (k, 4) with every box in b (n, 4), corners x1 y1 x2 y2."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def _fuse_image(boxes: np.ndarray, labels: np.ndarray, reader: np.ndarray, weights: np.ndarray, *,
@@ -83,8 +71,8 @@ def _fuse_image(boxes: np.ndarray, labels: np.ndarray, reader: np.ndarray, weigh
     fused_labels = fused_labels.astype(np.int64)
     fused_px = fused * scale
 
-    iou = _pairwise_iou(fused, norm)  # in normalized units, like WBF's own matching
-    hit = (iou > iou_thr) & (fused_labels[:, None] == labels[None, :])
+    pairs = iou(fused[:, None], norm[None])  # in normalized units, like WBF's own matching
+    hit = (pairs > iou_thr) & (fused_labels[:, None] == labels[None, :])
     agree = np.zeros((len(fused), n_models), dtype=bool)
     for r in range(n_models):
         agree[:, r] = hit[:, reader == r].any(axis=1)

@@ -29,6 +29,7 @@ from vinbig.artifacts import (
     atomic_path,
     errors_path,
     meta_path,
+    png_path,
     source_path,
     write_csv,
 )
@@ -59,7 +60,7 @@ def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_
         ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)])
         if not ok:
             raise DicomError("OpenCV could not encode the PNG")
-        with atomic_path(out / f"{image_id}.png") as tmp:
+        with atomic_path(png_path(out, image_id)) as tmp:
             tmp.write_bytes(buf.tobytes())
     except DicomError as e:
         return {"file": str(path), "image_id": image_id, "reason": str(e)}
@@ -94,7 +95,7 @@ def _merge(frames: list[pd.DataFrame], out: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=list(META_COLUMNS))
     df = pd.concat(frames, ignore_index=True).drop_duplicates("image_id", keep="last")
-    return df[[(out / f"{i}.png").is_file() for i in df.image_id]]
+    return df[[png_path(out, i).is_file() for i in df.image_id]]
 
 
 def _read_done(out: Path, size: int) -> pd.DataFrame:

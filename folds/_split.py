@@ -20,7 +20,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from folds._consolidate import consolidate
 from folds._validate import validate_train_csv
 from vinbig.artifacts import BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, Work, write_csv
-from vinbig.config import ConfigError
+from vinbig.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

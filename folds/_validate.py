@@ -13,14 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, SAFE_ID, TRAIN_COLUMNS, ArtifactError
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, NO_FINDING_BOX, SAFE_ID, TRAIN_COLUMNS
+from vinbig.errors import TrainCsvError
 
 MAX_REPORTED = 20
-_ALLOWED_NO_FINDING_BOX = (0.0, 0.0, 1.0, 1.0)
-
-
-class TrainCsvError(ArtifactError):
-    """train.csv is missing or malformed; the message lists every fault with its line, column and fix."""
 
 
 class _Faults:
@@ -140,7 +136,7 @@ def validate_train_csv(path: str | os.PathLike) -> pd.DataFrame:
 
     no_finding = cid_ok & (class_id == NO_FINDING)
     all_empty = np.logical_and.reduce([empty[c] for c in BOX])
-    placeholder = np.logical_and.reduce([values[c] == v for c, v in zip(BOX, _ALLOWED_NO_FINDING_BOX)])
+    placeholder = np.logical_and.reduce([values[c] == v for c, v in zip(BOX, NO_FINDING_BOX)])
     rows = np.flatnonzero(no_finding & ~all_empty & ~placeholder)
     faults.add(rows, lambda i: "x_min..y_max: a 'No finding' row (class 14) has the box "
                                f"{' '.join(repr(text[c][i]) for c in BOX)}; leave the box empty or write 0 0 1 1")

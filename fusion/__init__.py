@@ -20,10 +20,6 @@ _EXPORTS = {
     "score_oof": "fusion._stage",
     "fusion_config": "fusion._stage",
     "make_submission": "fusion._stage",
-    "prediction_strings": "fusion._submission",
-    "write_submission": "fusion._submission",
-    "validate_submission": "fusion._submission",
-    "Fault": "fusion._submission",
     "write_report": "fusion._report",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

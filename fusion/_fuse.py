@@ -20,8 +20,9 @@ import pandas as pd
 from vinbig import log
 from vinbig.artifacts import BOX, CLASS_NAMES, ArtifactError, Work, read_detector_preds, read_folds, read_meta
 from vinbig.boxes import check_wbf_args, clip
-from vinbig.config import ConfigError
-from vinbig.metric import PRED_COLUMNS, index_of
+from vinbig.errors import ConfigError
+from vinbig.artifacts import PRED_COLUMNS
+from vinbig.metric import index_of
 from vinbig.parallel import n_workers, process_map
 
 from fusion._wbf import wbf_batch

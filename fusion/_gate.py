@@ -19,8 +19,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, NO_FINDING
-from vinbig.metric import NO_FINDING_BOX, PRED_COLUMNS, index_of
+from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_BOX, PRED_COLUMNS
+from vinbig.metric import index_of
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _no_finding_rows(image_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
 
 
 def check_thresholds(low: float, high: float) -> None:
-    from vinbig.config import ConfigError
+    from vinbig.errors import ConfigError
 
     if not (0.0 <= low <= high):
         raise ConfigError(f"fusion.low {low} and fusion.high {high}: need 0 <= low <= high "

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, Work, read_meta, write_csv
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, Work, png_path, read_meta, write_csv
 from vinbig.boxes import to_png
 from vinbig.metric import Result
 
@@ -171,11 +171,11 @@ def write_report(work: Work, result: Result, preds: pd.DataFrame, truth: pd.Data
     empty = preds.iloc[:0]
     for c in range(NO_FINDING):
         ids = sorted(truth.loc[truth.class_id == c, "image_id"].unique())
-        ids = [i for i in ids if i in meta.index and (image_dir / f"{i}.png").is_file()][:per_class]
+        ids = [i for i in ids if i in meta.index and png_path(image_dir, i).is_file()][:per_class]
         slug = re.sub(r"[^a-z0-9]+", "_", CLASS_NAMES[c].lower()).strip("_")
         for image_id in ids:
             path = overlays / f"{c:02d}_{slug}_{image_id}.png"
-            written.append(draw_overlay(image_dir / f"{image_id}.png", meta.loc[image_id], t_by[image_id],
+            written.append(draw_overlay(png_path(image_dir, image_id), meta.loc[image_id], t_by[image_id],
                                         p_by.get(image_id, empty), path, f"{image_id[:12]} ({CLASS_NAMES[c]})",
                                         score_thr))
     logger.info("report in %s: %d files (%d overlays)", out, len(written), len(written) - 3)

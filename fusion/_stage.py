@@ -7,33 +7,43 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from vinbig.artifacts import ArtifactError, Work, errors_path, read_classifier_preds, read_csv
+from vinbig.artifacts import TUNED_KEYS, ArtifactError, Work, errors_path, read_classifier_preds, read_csv
 from vinbig.config import load_config
 from vinbig.log import some
 from vinbig.metric import Result, average_precision, match
 
 from fusion._fuse import check_params, fuse, load_inputs
 from fusion._gate import apply_gate, check_thresholds, image_probabilities
-from fusion._submission import prediction_strings, validate_submission, write_submission
+from vinbig.submission import prediction_strings, validate_submission, write_submission
 from fusion._tune import oof_truth
 
 logger = logging.getLogger(__name__)
-TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high")  # what 'vinbig tune' may write
+
+
+def tuned_files(work: Work, tuned: bool = True) -> list[Path]:
+    """``[WORK/fusion.yaml]`` (the values 'vinbig tune' chose) when `tuned` and it exists, else ``[]``; logged."""
+    path = work.fusion_config
+    if not tuned:
+        logger.info("ignoring %s (--ignore-tuned)", path)
+        return []
+    if not path.is_file():
+        logger.info("no %s: fusion values from the config (run 'vinbig tune' to choose them on OOF predictions)",
+                    path)
+        return []
+    try:
+        values = dict((yaml.safe_load(path.read_text()) or {}).get("fusion", {}))
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        values = {}  # load_config names the fault
+    logger.info("tuned values from %s (%s)", path, ", ".join(f"{k}={values[k]}" for k in TUNED_KEYS if k in values))
+    return [path]
 
 
 def fusion_config(work: Work, config=None, overrides=(), tuned: bool = True) -> dict:
     """The config: defaults, the file `config`, WORK/fusion.yaml (the values 'vinbig tune' chose) when `tuned`
     and it exists, then the ``section.key=value`` `overrides`."""
-    path = work.fusion_config
-    use = tuned and path.is_file()
-    cfg = load_config(config, overrides, extra=[path] if use else [])
-    if use:
-        logger.info("tuned values from %s (%s)", path, ", ".join(f"{k}={cfg['fusion'][k]}" for k in TUNED_KEYS))
-    elif tuned:
-        logger.info("no %s: fusion values from the config (run 'vinbig tune' to choose them on OOF predictions)",
-                    path)
-    return cfg
+    return load_config(config, overrides, extra=tuned_files(Work.of(work), tuned))
 
 
 def gate_probabilities(work: Work, split: str, gate: bool) -> pd.Series | None:

@@ -23,14 +23,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels
-from vinbig.metric import N_CLASSES, _ap, average_precision, index_of, match, prepare_truth
+from vinbig.artifacts import N_CLASSES, NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels
+from vinbig.metric import _ap, average_precision, index_of, match, prepare_truth
 
 from fusion._fuse import check_params, fuse, load_inputs
 from fusion._gate import apply_gate, image_probabilities
 
 logger = logging.getLogger(__name__)
-TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high")
 
 
 def oof_truth(work: Work, image_ids) -> pd.DataFrame:
@@ -80,7 +79,7 @@ def tune(work: Work, fusion_cfg: dict) -> tuple[dict, pd.DataFrame]:
     f = fusion_cfg
     grid = list(itertools.product(f["tune_iou_thr"], f["tune_skip_box_thr"], f["tune_conf_type"]))
     if not grid:
-        from vinbig.config import ConfigError
+        from vinbig.errors import ConfigError
 
         raise ConfigError("fusion.tune_iou_thr, tune_skip_box_thr and tune_conf_type must each list at least one value")
     for iou, skip, ct in grid:

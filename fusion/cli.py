@@ -1,4 +1,4 @@
-"""The `vinbig` subcommands of the fusion stage (registered by vinbig.cli): score, fuse, tune, validate, report."""
+"""The `vinbig` subcommands of the fusion stage: score, fuse, tune, validate, report."""
 
 from __future__ import annotations
 
@@ -6,29 +6,21 @@ import argparse
 import logging
 from pathlib import Path
 
+from vinbig.artifacts import Work, config_path, source_path
+from vinbig.errors import UserError
+from vinbig.options import Outcome
+
 logger = logging.getLogger("vinbig")
-FUSION_OPTIONS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high", "workers")
 
 
-def _fusion_config(args: argparse.Namespace, work, names=FUSION_OPTIONS, tuned: bool = True) -> dict:
-    """Defaults, --config, WORK/fusion.yaml (unless --ignore-tuned), --set, then the command-line options."""
-    from fusion._stage import fusion_config
+def _tuned(args: argparse.Namespace) -> list[Path]:
+    """WORK/fusion.yaml (the values 'vinbig tune' chose), read between --config and --set, unless --ignore-tuned."""
+    from fusion._stage import tuned_files
 
-    if tuned and getattr(args, "ignore_tuned", False):
-        logger.info("ignoring %s (--ignore-tuned)", work.fusion_config)
-        tuned = False
-    cfg = fusion_config(work, args.config, args.overrides, tuned)
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None:
-            cfg["fusion"][name] = value
-    return cfg
+    return tuned_files(_work(args), not getattr(args, "ignore_tuned", False))
 
 
-def _work(args: argparse.Namespace):
-    from vinbig.artifacts import Work
-    from vinbig.cli import UserError
-
+def _work(args: argparse.Namespace) -> Work:
     if not args.work.is_dir():
         raise UserError(f"--work {args.work} is not a folder; give the work folder of 'vinbig folds' and the "
                         "prediction stages")
@@ -37,9 +29,6 @@ def _work(args: argparse.Namespace):
 
 def _sample(args: argparse.Namespace, work) -> Path:
     """--sample, else DATA/sample_submission.csv of --data, else the source recorded by 'vinbig images'."""
-    from vinbig.artifacts import source_path
-    from vinbig.cli import UserError
-
     if getattr(args, "sample", None) is not None:
         return args.sample
     if getattr(args, "data", None) is not None:
@@ -61,7 +50,7 @@ def _report_faults(faults, name: str, limit: int = 50) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_score(args: argparse.Namespace, cfg: dict) -> int:
     from vinbig.metric import score_files
 
     result = score_files(args.truth, args.submission)
@@ -72,15 +61,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fuse(args: argparse.Namespace) -> int:
+def cmd_fuse(args: argparse.Namespace, cfg: dict) -> Outcome:
     from fusion._stage import make_submission, score_oof
-    from fusion._submission import prediction_strings, write_submission
-    from vinbig.artifacts import config_path
-    from vinbig.config import save_config
+    from vinbig.submission import prediction_strings, write_submission
 
     work = _work(args)
-    cfg = _fusion_config(args, work)
-    save_config(cfg, config_path(work.root, "fusion"), ["fusion"])
+    saved = config_path(work.root, "fusion")
     f = cfg["fusion"]
     if args.split == "oof":
         result, final, _ = score_oof(work, f)
@@ -88,25 +74,21 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if getattr(args, "out", None) is not None:
             write_submission(prediction_strings(final, final["image_id"].unique()), args.out)
             logger.info("wrote the fused out-of-fold predictions to %s", args.out)
-        return 0
+        return Outcome(0, saved)
     out, faults = make_submission(work, f, _sample(args, work), getattr(args, "out", None) or work.submission)
     if faults:
         _report_faults(faults, str(out))
         logger.error("%s fails validation with %d faults: a bug in the fusion stage, please report it", out,
                      len(faults))
-        return 1
+        return Outcome(1, saved)
     logger.info("%s passes 'vinbig validate'", out)
-    return 0
+    return Outcome(0, saved)
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
+def cmd_tune(args: argparse.Namespace, cfg: dict) -> Outcome:
     from fusion._tune import format_tables, tune, write_tuned
-    from vinbig.artifacts import config_path
-    from vinbig.config import save_config
 
     work = _work(args)
-    cfg = _fusion_config(args, work, ("workers",), tuned=False)
-    save_config(cfg, config_path(work.root, "tune"), ["fusion"])
     f = cfg["fusion"]
     best, table = tune(work, f)
     print(format_tables(table))
@@ -118,12 +100,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     path = write_tuned(work.fusion_config, best, before)
     print(f"best: {', '.join(f'{k}={v}' for k, v in best['values'].items())}: OOF mAP {best['map']:.4f}"
           + (f" (config values: {before:.4f})" if before is not None else "") + f"; written to {path}")
-    return 0
+    return Outcome(0, config_path(work.root, "tune"))
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from fusion._submission import validate_submission
-    from vinbig.cli import UserError
+def cmd_validate(args: argparse.Namespace, cfg: dict) -> int:
+    from vinbig.submission import validate_submission
 
     meta = getattr(args, "meta", None)
     for path, what in ((args.sample, "--sample"), (meta, "--meta")):
@@ -139,44 +120,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
     from fusion._report import write_report
     from fusion._stage import score_oof
-    from vinbig.artifacts import config_path
-    from vinbig.config import save_config
 
     work = _work(args)
-    cfg = _fusion_config(args, work)
     out = getattr(args, "out", None) or work.report
     f = cfg["fusion"]
     result, final, truth = score_oof(work, f, curves=True)
     print(result.format())
     write_report(work, result, final, truth, out, f["report_images"], f["report_score_thr"])
-    save_config(cfg, config_path(out, "fusion"), ["fusion"])
-    return 0
+    return Outcome(0, config_path(out, "fusion"))
 
 
 # --------------------------------------------------------------------------- parsers
 
 
-def _fusion_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("fusion values (override the config and WORK/fusion.yaml)")
-    g.add_argument("--iou-thr", type=float, dest="iou_thr", help="WBF IoU threshold (config fusion.iou_thr)")
-    g.add_argument("--skip-box-thr", type=float, dest="skip_box_thr",
-                   help="boxes scoring below this are dropped before WBF (config fusion.skip_box_thr)")
-    g.add_argument("--conf-type", dest="conf_type", help="WBF score of a fused box (config fusion.conf_type)")
-    g.add_argument("--low", type=float, help="gate: below this P(abnormal) only '14 1 0 0 1 1' (config fusion.low)")
-    g.add_argument("--high", type=float, help="gate: from this P(abnormal) boxes alone (config fusion.high)")
-    g.add_argument("--workers", type=int, help="processes, 0 = one per core (config fusion.workers)")
-    g.add_argument("--ignore-tuned", action="store_true", dest="ignore_tuned",
+def _ignore_tuned(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ignore-tuned", action="store_true", dest="ignore_tuned",
                    help="do not read WORK/fusion.yaml (the values 'vinbig tune' chose)")
 
 
 def register(add) -> None:
-    """Add this stage's subcommands with ``add(name, func, help, description)``."""
+    """Add this stage's subcommands with ``add(name, func, help, description, sections)``."""
 
-    def command(*args) -> argparse.ArgumentParser:
-        p = add(*args)
+    def command(*args, **kwargs) -> argparse.ArgumentParser:
+        p = add(*args, **kwargs)
         p.argument_default = argparse.SUPPRESS  # options not given stay unset; --help shows no "(default: None)"
         return p
 
@@ -197,7 +166,8 @@ def register(add) -> None:
                 "gate with WORK/preds/classifier_SPLIT.csv when it exists. --split oof scores the result against "
                 "WORK/labels.csv and prints the per-class table; --split test writes the submission (one row per "
                 "image of the sample submission, in its order) and validates it. Values: config, then "
-                "WORK/fusion.yaml (from 'vinbig tune'), then --set and the options below.")
+                "WORK/fusion.yaml (from 'vinbig tune'), then --set and the options below.", sections=["fusion"],
+                extra=_tuned)
     p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
     p.add_argument("--split", required=True, choices=("oof", "test"), help="which predictions to fuse")
     p.add_argument("--sample", type=Path, metavar="CSV",
@@ -210,15 +180,15 @@ def register(add) -> None:
     p.add_argument("--out", type=Path, metavar="SUB.csv",
                    help="submission to write (default WORK/submission.csv); with --split oof, where to write the "
                         "fused out-of-fold predictions in submission format (default: not written)")
-    _fusion_options(p)
+    _ignore_tuned(p)
 
     p = command("tune", cmd_tune, "choose WBF and gate values on the out-of-fold predictions",
                 "Fuse the out-of-fold predictions with every WBF setting of the grid (config fusion.tune_iou_thr x "
                 "tune_skip_box_thr x tune_conf_type), score every gate pair (tune_low x tune_high) on top of each with "
                 "the metric, print the table of what was tried and write the best values to WORK/fusion.yaml, which "
-                "'vinbig fuse' and 'vinbig report' then use. Without classifier predictions only WBF is tuned.")
+                "'vinbig fuse' and 'vinbig report' then use. Without classifier predictions only WBF is tuned.",
+                sections=["fusion"])
     p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
-    p.add_argument("--workers", type=int, help="processes, 0 = one per core (config fusion.workers)")
 
     p = command("validate", cmd_validate, "check a submission file, naming the line of every fault",
                 "Check a submission against the sample submission: header, every image exactly once and in the "
@@ -235,7 +205,7 @@ def register(add) -> None:
     p = command("report", cmd_report, "pictures of the out-of-fold predictions: AP, PR curves, box overlays",
                 "Fuse and gate the out-of-fold predictions as 'vinbig fuse --split oof' does and write to "
                 "WORK/report/: per_class_ap.png, pr_curves.png, metrics.csv and overlays/ (true boxes solid, "
-                "predicted boxes dashed, on the PNGs of a few images per class).")
+                "predicted boxes dashed, on the PNGs of a few images per class).", sections=["fusion"], extra=_tuned)
     p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default WORK/report)")
-    _fusion_options(p)
+    _ignore_tuned(p)

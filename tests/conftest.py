@@ -98,7 +98,7 @@ class SynthWork:
 def synth_work(tmp_path_factory) -> SynthWork:
     """30 train and 6 test images (half of them abnormal), PNGs of 128 px, 3 folds. Shared: do not write in it;
     tests that write stage outputs take `work_copy`."""
-    from vinbig.cli import main
+    from vinbig.app.cli import main
 
     root = tmp_path_factory.mktemp("synth")
     data, work = root / "data", root / "work"

@@ -16,7 +16,7 @@ from classifier import (SUMMARY_COLUMNS, abnormal_targets, create_model, gate_op
                         train_fold)
 from classifier._data import EpochSampler, train_transform
 from vinbig.artifacts import CLASSIFIER_PRED_COLUMNS, ArtifactError, Work, read_classifier_preds, read_meta
-from vinbig.cli import main
+from vinbig.app.cli import main
 from vinbig.config import ConfigError, load_config
 
 from conftest import own_work
@@ -212,7 +212,7 @@ def test_a_trained_fold_is_kept_unless_overwrite_is_given(trained, work_copy, ca
 def test_torchrun_two_processes_write_one_set_of_outputs(work_copy):
     work = work_copy.work
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "vinbig.cli", "train-classifier", "--work", str(work), "--fold", "0", "--epochs", "1", *TINY]
+               "-m", "vinbig", "train-classifier", "--work", str(work), "--fold", "0", "--epochs", "1", *TINY]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("cpu x 2 process(es)") == 1  # only rank 0 logs

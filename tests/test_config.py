@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vinbig.cli import build_parser, main
+from vinbig.app.cli import build_parser, main
 from vinbig.config import ConfigError, default_config_path, load_config, parse_override, save_config
 
 

@@ -7,10 +7,10 @@ import re
 import pandas as pd
 import pytest
 
-from fusion import validate_submission
-from vinbig.cli import main
+from vinbig.submission import validate_submission
+from vinbig.app.cli import main
 from vinbig.config import load_config
-from vinbig.demo import demo_config_path
+from vinbig.app.demo import demo_config_path
 
 # the demo config, shrunk to seconds: 3 folds of 10 images, 64 px models, one epoch each
 TINY = ["synth.n_train=30", "synth.n_test=5", "synth.size=128", "synth.workers=1", "images.size=128",

@@ -402,7 +402,7 @@ def test_make_folds_writes_nothing_for_a_bad_file(tmp_path):
 
 
 def test_command_line(tmp_path):
-    from vinbig.cli import main
+    from vinbig.app.cli import main
 
     path = write_train(tmp_path, random_train(30, seed=2))
     assert main(["folds", "--train-csv", str(path), "--out", str(tmp_path / "work"), "--n-folds", "3", "-q"]) == 0

@@ -22,13 +22,13 @@ from vinbig.artifacts import (
     read_meta,
     write_csv,
 )
-from vinbig.cli import main
+from vinbig.app.cli import main
 from vinbig.config import load_config
 from vinbig.metric import evaluate
 
 from fusion import apply_gate, fuse, gate_scores, image_probabilities, load_inputs, wbf
 from fusion._fuse import set_weight
-from fusion._submission import validate_submission
+from vinbig.submission import validate_submission
 from fusion._tune import oof_truth
 
 # --------------------------------------------------------------------------- hand-made prediction files

@@ -19,7 +19,7 @@ import pytest
 from conftest import RG1, gradient, read_png
 from folds import convert_images
 from vinbig.artifacts import ERROR_COLUMNS, META_COLUMNS
-from vinbig.cli import main
+from vinbig.app.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,7 +177,7 @@ HANGING_RUN = textwrap.dedent("""
             time.sleep(600)
         return real(self, data)
     Path.write_bytes = write_bytes
-    from vinbig.cli import main
+    from vinbig.app.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 

@@ -8,15 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vinbig.cli import main
-from vinbig.metric import (
-    SubmissionFormatError,
-    average_precision,
-    evaluate,
-    match,
-    parse_prediction_strings,
-    prepare_truth,
-)
+from vinbig.app.cli import main
+from vinbig.errors import SubmissionFormatError
+from vinbig.metric import average_precision, evaluate, match, prepare_truth
+from vinbig.submission import parse_prediction_strings
 
 T_COLS = ["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
 P_COLS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]

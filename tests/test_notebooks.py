@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from vinbig.artifacts import DETECTOR_PRED_COLUMNS
-from vinbig.cli import main
+from vinbig.app.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -144,7 +144,7 @@ def test_the_next_session_trains_the_rest_tunes_reports_and_exports(trained):
 
 @pytest.mark.slow
 def test_inference_from_the_export_alone_writes_a_valid_submission(trained, tmp_path):
-    from fusion import validate_submission
+    from vinbig.submission import validate_submission
 
     working = tmp_path / "working"
     nb = execute("kaggle_inference.ipynb", working, DATA=trained.data, WHEELS=tmp_path / "input" / "no-wheels",
@@ -218,7 +218,7 @@ def test_export_keeps_the_layout_and_removes_what_an_earlier_export_left(tmp_pat
 
 
 def test_copy_work_skips_what_is_there_and_the_detector_datasets(tmp_path):
-    from vinbig.kaggle import copy_work
+    from vinbig.app.kaggle import copy_work
 
     src = fake_work(tmp_path / "a")
     (src / "detector/data/fold0").mkdir(parents=True)
@@ -255,14 +255,14 @@ def test_the_wheel_builds_offline_and_an_installed_vinbig_finds_its_configs(tmp_
     names = set(zipfile.ZipFile(wheel).namelist())
     for package in ("vinbig", "folds", "detector", "classifier", "fusion"):
         assert f"{package}/__init__.py" in names, package
-    assert {"vinbig/configs/default.yaml", "vinbig/configs/demo.yaml", "vinbig/kaggle.py"} <= names
+    assert {"vinbig/configs/default.yaml", "vinbig/configs/demo.yaml", "vinbig/app/kaggle.py"} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "vinbig = vinbig.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "vinbig = vinbig.app.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-index", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, text=True)
-    code = ("from vinbig.config import default_config_path; from vinbig.demo import demo_config_path; "
+    code = ("from vinbig.config import default_config_path; from vinbig.app.demo import demo_config_path; "
             "print(default_config_path()); print(demo_config_path())")
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True,

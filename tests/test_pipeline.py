@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from vinbig.artifacts import FOLD_COLUMNS, LABEL_COLUMNS, META_COLUMNS, NO_FINDING
-from vinbig.cli import main
+from vinbig.app.cli import main
 
 
 def test_synth_output_passes_images_and_folds(tmp_path):

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from vinbig.cli import build_parser
+from vinbig.app.cli import build_parser
 from vinbig.config import default_config_path
 
 ROOT = Path(__file__).resolve().parent.parent

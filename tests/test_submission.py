@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from vinbig.cli import main
+from vinbig.app.cli import main
 
-from fusion import prediction_strings, validate_submission
+from vinbig.submission import prediction_strings, validate_submission
 
 IDS = ("aaa", "bbb", "ccc")
 GOOD = {"aaa": "14 1 0 0 1 1", "bbb": "3 0.9 10 20 110 220.5 0 0.05 1 1 50 50",

@@ -185,7 +185,7 @@ def test_bone_is_bright_after_photometric_interpretation(data, headers):
 
 
 def median_box(class_id: int, height: int, width: int) -> tuple:
-    """The median box of DATA.md for a class, scaled to the image."""
+    """The median box of docs/competition.md (Classes and boxes) for a class, scaled to the image."""
     _, w, h, cx, cy, *_ = CLASSES[class_id]
     return (class_id, (cx - w / 2) / REF_W * width, (cy - h / 2) / REF_H * height,
             (cx + w / 2) / REF_W * width, (cy + h / 2) / REF_H * height)

@@ -1,9 +1,13 @@
 """vinbig: chest X-ray abnormality detection for the VinBigData competition.
 
-Shared pieces used by every stage: the command line (`vinbig.cli`), the config (`vinbig.config`),
-the stage contract (`vinbig.artifacts`), DICOM reading (`vinbig.dicom`), box geometry
-(`vinbig.boxes`), the competition metric (`vinbig.metric`) and the synthetic dataset (`vinbig.synth`).
-The stages are the packages `folds`, `detector`, `classifier` and `fusion`.
+Three layers (README, "Code map"):
+
+* the foundation, this package's modules: errors (`vinbig.errors`), the config and its declaration
+  (`vinbig.config`, `vinbig.options`), the stage contract (`vinbig.artifacts`), the submission format
+  (`vinbig.submission`), the metric (`vinbig.metric`), box geometry (`vinbig.boxes`), DICOM reading
+  (`vinbig.dicom`) and the synthetic dataset (`vinbig.synth`);
+* the stage packages `folds`, `detector`, `classifier` and `fusion`, which import only the foundation;
+* the application, `vinbig.app`: the command line, the demo and the Kaggle export, which drive the stages.
 """
 
 __version__ = "0.1.0"

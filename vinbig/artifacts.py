@@ -29,6 +29,8 @@ from typing import Iterator, Sequence
 
 import pandas as pd
 
+from vinbig.errors import ArtifactError
+
 # The competition's class order: YOLO `names`, submission class ids and labels.csv all use it.
 CLASS_NAMES: tuple[str, ...] = (
     "Aortic enlargement",
@@ -48,12 +50,18 @@ CLASS_NAMES: tuple[str, ...] = (
     "No finding",
 )
 NO_FINDING = 14
+N_CLASSES = len(CLASS_NAMES)
 BOX = ("x_min", "y_min", "x_max", "y_max")
+# "No finding" as a box: the submission's `14 conf 0 0 1 1`; a class-14 truth row with an empty box means it
+NO_FINDING_BOX = (0.0, 0.0, 1.0, 1.0)
 
 # Kaggle inputs
 TRAIN_COLUMNS = ("image_id", "class_name", "class_id", "rad_id", *BOX)
 SUBMISSION_COLUMNS = ("image_id", "PredictionString")
 NO_FINDING_PREDICTION = "14 1 0 0 1 1"
+# what the metric reads: truth boxes (labels.csv qualifies) and predicted boxes (a parsed submission)
+TRUTH_COLUMNS = ("image_id", "class_id", *BOX)
+PRED_COLUMNS = ("image_id", "class_id", "score", *BOX)
 
 # Stage outputs
 META_COLUMNS = (
@@ -78,13 +86,11 @@ DETECTOR_PRED_COLUMNS = ("image_id", "fold", "tta", "class_id", "score", *BOX)
 # WORK/preds/classifier_{split}.csv: P(abnormal); for the test split, fold -1 is the mean over folds.
 CLASSIFIER_PRED_COLUMNS = ("image_id", "fold", "p_abnormal")
 SPLITS = ("oof", "test")
+# WORK/fusion.yaml: the fusion keys 'vinbig tune' chooses
+TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high")
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DICOM_SUFFIXES = (".dicom", ".dcm")
-
-
-class ArtifactError(RuntimeError):
-    """A stage input is missing or malformed; the message names the file and how to make it."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,17 @@ class Work:
     def __init__(self, root: str | os.PathLike):
         object.__setattr__(self, "root", Path(root))
 
+    @classmethod
+    def of(cls, work: "Work | str | os.PathLike") -> "Work":
+        """`work` as a Work: every stage function takes a Work or the folder's path."""
+        return work if isinstance(work, Work) else cls(work)
+
     def images(self, split: str) -> Path:
         return self.root / "images" / split
+
+    def png(self, split: str, image_id: str) -> Path:
+        """The converted image ``WORK/images/{split}/{image_id}.png``."""
+        return png_path(self.images(split), image_id)
 
     @property
     def labels(self) -> Path:
@@ -133,6 +148,10 @@ class Work:
         """``WORK/detector/data/fold{k}``: the ultralytics dataset (links and labels) of one fold."""
         return self.detector / "data" / f"fold{fold}"
 
+    def data_yaml(self, fold: int) -> Path:
+        """The ultralytics ``data.yaml`` of fold `fold`'s dataset."""
+        return self.detector_data(fold) / "data.yaml"
+
     def detector_preds(self, split: str) -> Path:
         return self.preds / f"detector_{split}.parquet"
 
@@ -151,6 +170,33 @@ class Work:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+
+# --------------------------------------------------------------------------- how each file is made
+
+
+def images_command(image_dir: str | os.PathLike) -> str:
+    """The command that converts the DICOMs of an image folder (``.../images/train`` is made from DATA/train)."""
+    d = Path(image_dir)
+    return f"vinbig images --src DATA/{d.name} --out {d}"
+
+
+def folds_command(work: Work) -> str:
+    return f"vinbig folds --train-csv DATA/train.csv --out {work.root}"
+
+
+def train_command(work: Work, stage: str, fold: int) -> str:
+    """``vinbig train-detector`` or ``train-classifier`` of one fold."""
+    return f"vinbig train-{stage} --work {work.root} --fold {fold}"
+
+
+def predict_command(work: Work, stage: str, split: str) -> str:
+    return f"vinbig predict-{stage} --work {work.root} --split {split}"
+
+
+def png_path(image_dir: str | os.PathLike, image_id: str) -> Path:
+    """``<image_dir>/<image_id>.png``: an image converted by ``vinbig images``."""
+    return Path(image_dir) / f"{image_id}.png"
 
 
 def meta_path(image_dir: str | os.PathLike) -> Path:
@@ -221,19 +267,15 @@ def read_csv(path: str | os.PathLike, columns: Sequence[str], made_by: str, **kw
 
 
 def read_meta(image_dir: str | os.PathLike) -> pd.DataFrame:
-    d = Path(image_dir)
-    return read_csv(meta_path(d), META_COLUMNS, f"vinbig images --src DATA/{d.name} --out {d}",
-                    dtype={"image_id": str})
+    return read_csv(meta_path(image_dir), META_COLUMNS, images_command(image_dir), dtype={"image_id": str})
 
 
 def read_labels(work: Work) -> pd.DataFrame:
-    return read_csv(work.labels, LABEL_COLUMNS, f"vinbig folds --train-csv DATA/train.csv --out {work.root}",
-                    dtype={"image_id": str})
+    return read_csv(work.labels, LABEL_COLUMNS, folds_command(work), dtype={"image_id": str})
 
 
 def read_folds(work: Work) -> pd.DataFrame:
-    return read_csv(work.folds, FOLD_COLUMNS, f"vinbig folds --train-csv DATA/train.csv --out {work.root}",
-                    dtype={"image_id": str})
+    return read_csv(work.folds, FOLD_COLUMNS, folds_command(work), dtype={"image_id": str})
 
 
 def fold_ids(table: pd.DataFrame) -> list[int]:
@@ -241,10 +283,21 @@ def fold_ids(table: pd.DataFrame) -> list[int]:
     return sorted(int(k) for k in table["fold"].unique())
 
 
+def check_fold(work: Work, folds: int | Sequence[int], table: pd.DataFrame | None = None) -> list[int]:
+    """The folds of folds.csv (or of `table`), after checking that each of `folds` is one of them."""
+    known = fold_ids(read_folds(work) if table is None else table)
+    unknown = sorted(set([folds] if isinstance(folds, int) else folds) - set(known))
+    if unknown:
+        which = "fold {} is" if len(unknown) == 1 else "folds {} are"
+        raise ArtifactError(f"{which.format(', '.join(map(str, unknown)))} not in {work.folds}, whose folds are "
+                            f"{known}; give --fold {known[0]}..{known[-1]}")
+    return known
+
+
 def read_detector_preds(work: Work, split: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The detector's predictions for `split` (all columns, or `columns`), image_id as str."""
     path = work.detector_preds(split)
-    made_by = f"vinbig predict-detector --work {work.root} --split {split}"
+    made_by = predict_command(work, "detector", split)
     if not path.is_file():
         raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
     import pyarrow.parquet as pq
@@ -263,5 +316,5 @@ def read_detector_preds(work: Work, split: str, columns: Sequence[str] | None = 
 
 
 def read_classifier_preds(work: Work, split: str) -> pd.DataFrame:
-    return read_csv(work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS,
-                    f"vinbig predict-classifier --work {work.root} --split {split}", dtype={"image_id": str})
+    return read_csv(work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS, predict_command(work, "classifier", split),
+                    dtype={"image_id": str})

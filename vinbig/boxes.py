@@ -45,13 +45,26 @@ def clip(boxes, width, height) -> np.ndarray:
     return np.clip(boxes, 0.0, hi)
 
 
+def iou(a, b) -> np.ndarray:
+    """IoU of boxes `a` (..., 4) and `b` (..., 4), broadcast: ``iou(a, b)`` row by row, ``iou(a[:, None], b[None])``
+    every pair. 0 where the union is empty (degenerate boxes)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = inter / union
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 # weighted boxes fusion (ensemble-boxes, and fusion._wbf's port of it): the fused box's score
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
 
 def check_wbf_args(section: str, iou_thr: float, skip_box_thr: float, conf_type: str) -> None:
     """Reject WBF values of the config `section` (folds, fusion) with the key and a valid example."""
-    from vinbig.config import ConfigError
+    from vinbig.errors import ConfigError
 
     if not 0.0 <= float(iou_thr) < 1.0:
         raise ConfigError(f"{section}.iou_thr is {iou_thr}; use a value in [0, 1), e.g. 0.4")

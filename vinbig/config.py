@@ -8,17 +8,41 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
+import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
+from vinbig.errors import ConfigError
+
 _REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# a key of configs/default.yaml: `  key: default  # (type) meaning`
+_KEY_LINE = re.compile(r"^  (\w+):\s*(.*?)\s+# \(([^)]*)\)\s*(.*)$")
+_SECTION_LINE = re.compile(r"^(\w+):\s*$")
 
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or a value of the wrong type."""
+@dataclass(frozen=True)
+class Setting:
+    """One key of configs/default.yaml, as its line declares it: the one place a setting is written."""
+
+    section: str
+    key: str
+    default: Any  # the value of default.yaml
+    text: str  # the default as written there
+    type: str  # e.g. int, float, bool, list[float], str|int|list|null
+    meaning: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def is_list(self) -> bool:
+        return self.type.startswith("list")
 
 
 def packaged_config(name: str) -> Path:
@@ -30,6 +54,27 @@ def packaged_config(name: str) -> Path:
 def default_config_path() -> Path:
     """The commented default config, `configs/default.yaml`."""
     return packaged_config("default.yaml")
+
+
+@functools.lru_cache(maxsize=4)
+def _settings(path: Path) -> tuple[Setting, ...]:
+    defaults = _read_yaml(path)
+    out, section = [], None
+    for line in path.read_text().splitlines():
+        m = _SECTION_LINE.match(line)
+        if m:
+            section = m.group(1)
+            continue
+        m = _KEY_LINE.match(line)
+        if m and section:
+            key, text, kind, meaning = m.groups()
+            out.append(Setting(section, key, defaults[section][key], text, kind.strip(), meaning.strip()))
+    return tuple(out)
+
+
+def settings(section: str | None = None) -> list[Setting]:
+    """The settings declared in configs/default.yaml (of one section), in file order."""
+    return [s for s in _settings(default_config_path()) if section is None or s.section == section]
 
 
 def _read_yaml(path: Path) -> dict:

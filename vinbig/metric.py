@@ -1,6 +1,6 @@
 """The competition metric: PASCAL VOC 2010 mean average precision at IoU > 0.4 over the 15 classes.
 
-Definition (DATA.md):
+Definition (docs/competition.md, Metric):
 
 * Boxes are ``x_min y_min x_max y_max`` in original pixels. "No finding" (class 14) is the box
   ``0 0 1 1``; a class-14 truth row with an empty box means that box, and an image counts one
@@ -26,24 +26,17 @@ own image.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, SUBMISSION_COLUMNS, ArtifactError
+from vinbig.artifacts import (BOX, CLASS_NAMES, N_CLASSES, NO_FINDING, NO_FINDING_BOX, TRUTH_COLUMNS,
+                              ArtifactError)
+from vinbig.boxes import iou
 
 IOU_THRESHOLD = 0.4
-N_CLASSES = len(CLASS_NAMES)
-TRUTH_COLUMNS = ("image_id", "class_id", *BOX)
-PRED_COLUMNS = ("image_id", "class_id", "score", *BOX)
-NO_FINDING_BOX = (0.0, 0.0, 1.0, 1.0)
-
-
-class SubmissionFormatError(ArtifactError):
-    """A PredictionString cannot be parsed; the message names the line (run `vinbig validate`)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -81,61 +74,6 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     return truth
 
 
-def parse_prediction_strings(image_ids, strings) -> pd.DataFrame:
-    """Submission rows -> one row per box (PRED_COLUMNS), in submission order.
-
-    Raises SubmissionFormatError naming the (1-based, header = line 1) line of a malformed string.
-    """
-    image_ids = np.asarray(image_ids, dtype=object).astype(str)
-    texts = [s if isinstance(s, str) else "" for s in strings]
-    counts = np.fromiter((len(s.split()) for s in texts), dtype=np.int64, count=len(texts))
-    bad = np.flatnonzero(counts % 6)
-    if len(bad):
-        raise SubmissionFormatError(f"line {bad[0] + 2} ({image_ids[bad[0]]}): {counts[bad[0]]} numbers, not a "
-                                    "multiple of 6 (class conf x_min y_min x_max y_max); run 'vinbig validate'")
-    with warnings.catch_warnings():  # numpy warns when the text stops being numbers; the count says so too
-        warnings.simplefilter("ignore")
-        try:
-            values = np.fromstring(" ".join(texts), sep=" ") if counts.sum() else np.zeros(0)
-        except ValueError:  # numpy >= 2.3 raises where older ones warned
-            values = np.zeros(0)
-    if len(values) != counts.sum():
-        for i, s in enumerate(texts):
-            try:
-                [float(t) for t in s.split()]
-            except ValueError:
-                raise SubmissionFormatError(f"line {i + 2} ({image_ids[i]}): a value is not a number; "
-                                            "run 'vinbig validate'") from None
-        raise SubmissionFormatError("a PredictionString could not be read; run 'vinbig validate'")
-    values = values.reshape(-1, 6)
-    cls = values[:, 0]
-    bad = np.flatnonzero((cls != np.round(cls)) | (cls < 0) | (cls >= N_CLASSES))
-    if len(bad):
-        row = int(np.repeat(np.arange(len(texts)), counts // 6)[bad[0]])
-        raise SubmissionFormatError(f"line {row + 2} ({image_ids[row]}): class id {cls[bad[0]]:g} is not an integer "
-                                    f"in 0..{N_CLASSES - 1}; run 'vinbig validate'")
-    df = pd.DataFrame(values[:, 2:], columns=list(BOX))
-    df.insert(0, "score", values[:, 1])
-    df.insert(0, "class_id", values[:, 0].astype(np.int64))
-    df.insert(0, "image_id", np.repeat(image_ids, counts // 6))
-    return df
-
-
-def read_submission(path: str | Path) -> pd.DataFrame:
-    """A submission CSV -> one row per predicted box (PRED_COLUMNS), in submission order."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"submission not found: {path}")
-    sub = pd.read_csv(path, dtype={"image_id": str, "PredictionString": str}, keep_default_na=False)
-    if list(sub.columns) != list(SUBMISSION_COLUMNS):
-        raise ArtifactError(f"{path} has the columns {list(sub.columns)}; a submission has exactly "
-                            f"{list(SUBMISSION_COLUMNS)}")
-    try:
-        return parse_prediction_strings(sub["image_id"], sub["PredictionString"])
-    except SubmissionFormatError as e:
-        raise SubmissionFormatError(f"{path}: {e}") from None
-
-
 # --------------------------------------------------------------------------- matching
 
 
@@ -157,17 +95,6 @@ class Matches:
     n_truth: np.ndarray  # (15,) truth boxes per class
     image_ids: np.ndarray  # the truth's images
     ignored: int = 0  # predicted boxes of images absent from the truth
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of boxes a (n, 4) and b (n, 4)."""
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / union
-    return np.nan_to_num(iou, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def match(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHOLD) -> Matches:
@@ -203,12 +130,12 @@ def match(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHO
         det = np.repeat(np.arange(len(p_cls)), cnt)
         starts = np.cumsum(cnt) - cnt
         pair_truth = t_order[np.repeat(lo, cnt) + np.arange(total) - np.repeat(starts, cnt)]
-        iou = _iou(p_box[det], t_box[pair_truth])
+        iou_ = iou(p_box[det], t_box[pair_truth])
         has = np.flatnonzero(cnt)
-        seg_max = np.maximum.reduceat(iou, starts[has])
+        seg_max = np.maximum.reduceat(iou_, starts[has])
         best_iou = np.zeros(len(p_cls))
         best_iou[has] = seg_max
-        at_max = np.flatnonzero(iou == best_iou[det])
+        at_max = np.flatnonzero(iou_ == best_iou[det])
         first_det, first = np.unique(det[at_max], return_index=True)  # first truth box with the best IoU
         ok = best_iou[first_det] > iou_thr
         best_truth[first_det[ok]] = pair_truth[at_max[first[ok]]]
@@ -299,4 +226,6 @@ def evaluate(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRE
 
 def score_files(truth_csv: str | Path, submission_csv: str | Path) -> Result:
     """`vinbig score`: the metric of a submission file against a truth box table."""
+    from vinbig.submission import read_submission
+
     return average_precision(match(read_truth(truth_csv), read_submission(submission_csv)))

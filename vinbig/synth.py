@@ -1,4 +1,4 @@
-"""A synthetic dataset in the layout of the Kaggle competition, shaped by the facts in DATA.md.
+"""A synthetic dataset in the layout of the Kaggle competition, shaped by the facts in docs/competition.md (The real data).
 
 ``make_dataset(out)`` writes::
 
@@ -32,7 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from vinbig.artifacts import (CLASS_NAMES, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
                               TRAIN_COLUMNS, atomic_path, write_csv)
-from vinbig.config import ConfigError
+from vinbig.errors import ConfigError
 from vinbig.log import progress
 from vinbig.parallel import n_workers, process_map
 
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 RENDER_MAX = 768  # anatomy and lesions are drawn with a long side of at most this, then resized
-REF_W, REF_H = 2600.0, 2850.0  # the image size that DATA.md's pixel figures refer to
+REF_W, REF_H = 2600.0, 2850.0  # the image size the per-class pixel figures are taken at (a modelling choice: docs/competition.md, Classes and boxes)
 
 # Readers R1..R17 weighted like their rows in the real train.csv: R8, R9 and R10 did most of the work.
 READERS = tuple(f"R{k}" for k in range(1, 18))
@@ -48,7 +48,7 @@ _ROWS = dict(zip([r for r in READERS if r not in ("R8", "R9", "R10")], np.linspa
              R8=12198, R9=15708, R10=13292)
 READER_P = np.array([_ROWS[r] for r in READERS]) / sum(_ROWS.values())
 
-# Per class, from DATA.md: images with the class (sampling weight), median box w, h and centre x, y in px
+# Per class, from docs/competition.md (Classes and boxes): images with the class (sampling weight), median box w, h and centre x, y in px
 # of a ~2600 x 2850 image; then the log-normal sigma of the box size, the sd of the centre (fraction of
 # the image) and whether the lesion may sit in either lung (mirrored about the midline).
 CLASSES = {
@@ -292,7 +292,7 @@ def render_image(rng: np.random.Generator, height: int, width: int, lesions=()) 
 
 
 def sample_lesion(rng, class_id: int, height: int, width: int) -> tuple:
-    """A latent lesion ``(class_id, x_min, y_min, x_max, y_max)`` placed and sized after DATA.md."""
+    """A latent lesion ``(class_id, x_min, y_min, x_max, y_max)`` placed and sized after docs/competition.md (Classes and boxes)."""
     _, w, h, cx, cy, size_sigma, pos_sd, lung = CLASSES[class_id]
     cx, cy = cx / REF_W + rng.normal(0, pos_sd), cy / REF_H + rng.normal(0, pos_sd * 1.2)
     if lung:

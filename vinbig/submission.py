@@ -1,6 +1,7 @@
-"""The submission file: writing it from predicted boxes, and checking one (`vinbig validate`).
+"""The submission file, in one place: reading it into boxes (the metric's input), writing it from predicted
+boxes, and checking one (`vinbig validate`).
 
-Format (DATA.md): ``image_id,PredictionString``, one row per image of the sample submission, in
+Format (docs/competition.md, Submission format): ``image_id,PredictionString``, one row per image of the sample submission, in
 its order; a PredictionString is groups of ``class conf x_min y_min x_max y_max``, boxes in
 original pixels; "No finding" is ``14 conf 0 0 1 1``.
 
@@ -14,16 +15,80 @@ import csv
 import io
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS, read_csv, write_csv
-from vinbig.metric import N_CLASSES, NO_FINDING_BOX, index_of
+from vinbig.artifacts import (BOX, N_CLASSES, NO_FINDING, NO_FINDING_BOX, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
+                              ArtifactError, read_csv, write_csv)
+from vinbig.metric import index_of
+from vinbig.errors import SubmissionFormatError
 
 MAX_FAULTS_PER_ROW = 3
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def parse_prediction_strings(image_ids, strings) -> pd.DataFrame:
+    """Submission rows -> one row per box (PRED_COLUMNS), in submission order.
+
+    Raises SubmissionFormatError naming the (1-based, header = line 1) line of a malformed string.
+    """
+    image_ids = np.asarray(image_ids, dtype=object).astype(str)
+    texts = [s if isinstance(s, str) else "" for s in strings]
+    counts = np.fromiter((len(s.split()) for s in texts), dtype=np.int64, count=len(texts))
+    bad = np.flatnonzero(counts % 6)
+    if len(bad):
+        raise SubmissionFormatError(f"line {bad[0] + 2} ({image_ids[bad[0]]}): {counts[bad[0]]} numbers, not a "
+                                    "multiple of 6 (class conf x_min y_min x_max y_max); run 'vinbig validate'")
+    with warnings.catch_warnings():  # numpy warns when the text stops being numbers; the count says so too
+        warnings.simplefilter("ignore")
+        try:
+            values = np.fromstring(" ".join(texts), sep=" ") if counts.sum() else np.zeros(0)
+        except ValueError:  # numpy >= 2.3 raises where older ones warned
+            values = np.zeros(0)
+    if len(values) != counts.sum():
+        for i, s in enumerate(texts):
+            try:
+                [float(t) for t in s.split()]
+            except ValueError:
+                raise SubmissionFormatError(f"line {i + 2} ({image_ids[i]}): a value is not a number; "
+                                            "run 'vinbig validate'") from None
+        raise SubmissionFormatError("a PredictionString could not be read; run 'vinbig validate'")
+    values = values.reshape(-1, 6)
+    cls = values[:, 0]
+    bad = np.flatnonzero((cls != np.round(cls)) | (cls < 0) | (cls >= N_CLASSES))
+    if len(bad):
+        row = int(np.repeat(np.arange(len(texts)), counts // 6)[bad[0]])
+        raise SubmissionFormatError(f"line {row + 2} ({image_ids[row]}): class id {cls[bad[0]]:g} is not an integer "
+                                    f"in 0..{N_CLASSES - 1}; run 'vinbig validate'")
+    df = pd.DataFrame(values[:, 2:], columns=list(BOX))
+    df.insert(0, "score", values[:, 1])
+    df.insert(0, "class_id", values[:, 0].astype(np.int64))
+    df.insert(0, "image_id", np.repeat(image_ids, counts // 6))
+    return df
+
+
+def read_submission(path: str | Path) -> pd.DataFrame:
+    """A submission CSV -> one row per predicted box (PRED_COLUMNS), in submission order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"submission not found: {path}")
+    sub = pd.read_csv(path, dtype={"image_id": str, "PredictionString": str}, keep_default_na=False)
+    if list(sub.columns) != list(SUBMISSION_COLUMNS):
+        raise ArtifactError(f"{path} has the columns {list(sub.columns)}; a submission has exactly "
+                            f"{list(SUBMISSION_COLUMNS)}")
+    try:
+        return parse_prediction_strings(sub["image_id"], sub["PredictionString"])
+    except SubmissionFormatError as e:
+        raise SubmissionFormatError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def prediction_strings(boxes: pd.DataFrame, image_ids) -> pd.DataFrame:

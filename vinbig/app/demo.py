@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from vinbig.config import packaged_config
+from vinbig.errors import UserError
 
 logger = logging.getLogger("vinbig")
 
@@ -41,7 +42,7 @@ class Demo:
 
     def stage(self, name: str, *commands: list[str]) -> None:
         """Run `commands` (vinbig argument lists) as the stage `name`; a failure stops the demo."""
-        from vinbig.cli import main
+        from vinbig.app.cli import main
 
         t0 = time.perf_counter()
         for argv in commands:
@@ -101,8 +102,8 @@ def summary(d: Demo, config: Path, overrides: list[str]) -> dict:
     import pandas as pd
 
     from fusion import fusion_config, score_oof
-    from vinbig.artifacts import NO_FINDING, Work
-    from vinbig.metric import BOX, NO_FINDING_BOX, evaluate
+    from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_BOX, Work
+    from vinbig.metric import evaluate
 
     work = Work(d.work)
     result, _, truth = score_oof(work, fusion_config(work, config, overrides)["fusion"])
@@ -136,9 +137,7 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from vinbig.cli import UserError
-
+def cmd_demo(args: argparse.Namespace, cfg: dict) -> int:
     try:
         run_demo(args.out, args.config, args.overrides, -1 if args.quiet else args.verbose)
     except DemoError as e:

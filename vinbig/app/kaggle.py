@@ -21,6 +21,9 @@ import os
 import shutil
 from pathlib import Path
 
+from vinbig.artifacts import Work
+from vinbig.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 EXPORT_CONFIG = "config.yaml"
@@ -36,18 +39,10 @@ def _size(n: float) -> str:
         n /= 1000
 
 
-def _work(work):
-    from vinbig.artifacts import Work
-
-    return work if isinstance(work, Work) else Work(work)
-
-
 def work_folds(work) -> list[int]:
     """The folds of ``WORK/folds.csv``; an error names the file and the command that makes it."""
     from vinbig.artifacts import fold_ids, read_folds
-    from vinbig.cli import UserError
-
-    work = _work(work)
+    work = Work.of(work)
     if not work.folds.is_file():
         raise UserError(f"{work.folds} not found: {work.root} is not a work folder with folds; give the --work of "
                         f"'vinbig folds' and 'vinbig train-detector', or run 'vinbig folds --train-csv "
@@ -57,7 +52,7 @@ def work_folds(work) -> list[int]:
 
 def model_paths(work, stage: str) -> dict[int, Path]:
     """``{fold: path}`` of the best.pt every fold of folds.csv has or needs, for "detector" or "classifier"."""
-    work = _work(work)
+    work = Work.of(work)
     return {k: work.checkpoint(stage, k) for k in work_folds(work)}
 
 
@@ -68,9 +63,7 @@ def missing_models(work, stage: str) -> list[int]:
 
 def export_files(work, classifier: bool = True) -> list[str]:
     """The files of `work` an export holds (relative paths, config.yaml aside), after checking every fold is trained."""
-    from vinbig.cli import UserError
-
-    work = _work(work)
+    work = Work.of(work)
     root = work.root
     detectors = model_paths(work, "detector")
     for k, path in detectors.items():
@@ -108,7 +101,7 @@ def _warn_if_sizes_differ(work, cfg: dict) -> None:
 
     from vinbig.artifacts import config_path
 
-    work = _work(work)
+    work = Work.of(work)
     saved = [(config_path(work.images("train"), "images"), "images", "size")]
     saved += [(config_path(work.fold_dir("detector", k), "detector"), "detector", "imgsz") for k in work_folds(work)]
     for path, section, key in saved:
@@ -129,10 +122,9 @@ def export(work, out, cfg: dict, classifier: bool = True) -> dict:
     hold are removed (inference would otherwise use them). Returns ``{"files": [...], "bytes": n, "out": path}``.
     """
     from vinbig.artifacts import atomic_path
-    from vinbig.cli import UserError
     from vinbig.config import save_config
 
-    work, out = _work(work), Path(out)
+    work, out = Work.of(work), Path(out)
     if not work.root.is_dir():
         raise UserError(f"--work {work.root} is not a folder; give the work folder the folds were trained in")
     if out.resolve() == work.root.resolve():
@@ -203,10 +195,7 @@ def copy_work(src, dst) -> dict:
 # --------------------------------------------------------------------------- command line
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from vinbig.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+def cmd_export(args: argparse.Namespace, cfg: dict) -> int:
     export(args.work, args.out, cfg, classifier=not args.no_classifier)
     return 0
 

@@ -1,0 +1,29 @@
+"""`vinbig synth`: a synthetic dataset in the Kaggle layout (the generator is :mod:`vinbig.synth`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from vinbig.artifacts import config_path
+from vinbig.options import Outcome
+
+logger = logging.getLogger("vinbig")
+
+
+def cmd_synth(args: argparse.Namespace, cfg: dict) -> Outcome:
+    from vinbig.synth import make_dataset
+
+    summary = make_dataset(args.out, **cfg["synth"])
+    logger.info("synthetic dataset in %s: %s", args.out, ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return Outcome(0, config_path(args.out, "synth"))
+
+
+def register(add) -> None:
+    p = add("synth", cmd_synth, "write a synthetic dataset in the Kaggle layout",
+            "Write train/*.dicom, test/*.dicom, train.csv and sample_submission.csv in the layout of the "
+            "Kaggle competition: chest-like radiographs with class-specific lesions, three readers per image, "
+            "mixed photometry, bit depths, VOI tags and JPEG 2000 compression. Deterministic for a seed.",
+            sections=["synth"])
+    p.add_argument("--out", required=True, type=Path, metavar="DATA", help="dataset folder to write")

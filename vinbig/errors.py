@@ -1,0 +1,28 @@
+"""Every error a stage raises for the user to fix. The command line prints them without a traceback
+(exit code 2); library callers catch :class:`VinbigError` or one of its kinds."""
+
+from __future__ import annotations
+
+
+class VinbigError(RuntimeError):
+    """An error the user can fix; its message names the file, row or value and the fix."""
+
+
+class UserError(VinbigError):
+    """A command-line argument or a combination of them cannot work (a fold that is not there, a missing folder)."""
+
+
+class ConfigError(VinbigError, ValueError):
+    """A config file or override names an unknown key or a value of the wrong type or range."""
+
+
+class ArtifactError(VinbigError):
+    """A stage input is missing or malformed; the message names the file and how to make it."""
+
+
+class TrainCsvError(ArtifactError):
+    """train.csv is not in the competition's format; the message lists the faulty rows and columns."""
+
+
+class SubmissionFormatError(ArtifactError):
+    """A PredictionString cannot be parsed; the message names the line (run `vinbig validate`)."""

@@ -1,0 +1,103 @@
+"""Command-line options made from the config's declaration, so that a setting is written once.
+
+Every key of ``configs/default.yaml`` (``key: default  # (type) meaning``) becomes an option of each command
+that uses its section: ``detector.predict_batch`` is ``--predict-batch`` of ``train-detector`` and
+``predict-detector``, with the meaning as its help. A command's resolved config is: the defaults, ``--config``,
+files a command adds (``WORK/fusion.yaml``), ``--set``, then the options given. A command returns an
+:class:`Outcome` that says where that config is saved, beside the outputs it made.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from vinbig.config import Setting, load_config, merge, settings
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: its exit code and where its resolved config belongs (None: not saved).
+
+    The config is saved only when the command returns, beside the outputs it made: a command that fails
+    leaves the config of the earlier outputs in place.
+    """
+
+    code: int = 0
+    config: Path | None = None
+
+
+def _scalar(kind: str, text: str) -> Any:
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind == "str":
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YAML value: {e}") from None
+
+
+def parse_value(setting: Setting, text: str) -> Any:
+    """An option's text as the setting's type: ``R8,R9`` or ``[R8, R9]`` for a list, YAML for the rest."""
+    bracketed = text.lstrip().startswith(("[", "{"))
+    if setting.is_list and not bracketed:
+        item = setting.type[5:-1] if setting.type.endswith("]") else ""
+        return [_scalar(item, t.strip()) for t in text.split(",") if t.strip()]
+    if "list" in setting.type and "," in text and not bracketed:  # e.g. the device: 0,1
+        return [_scalar("", t.strip()) for t in text.split(",") if t.strip()]
+    try:
+        return _scalar(setting.type, text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {setting.type}") from None
+
+
+def add_settings(parser: argparse.ArgumentParser, section: str, aliases: Mapping[str, str] = {}) -> None:
+    """An option for every key of `section` (``--key-name``, dest ``section.key``; bools get ``--no-key``).
+
+    `aliases` maps an extra flag to a key, e.g. ``{"--batch": "predict_batch"}``; the key whose own flag an
+    alias takes is then set with ``--set`` only.
+    """
+    group = parser.add_argument_group(
+        f"{section} settings", f"the config's {section} section (README, Configuration): an option given here "
+        "overrides --config and --set")
+    taken = set(aliases)
+    for s in settings(section):
+        flags = [f for f, key in aliases.items() if key == s.key]
+        if s.flag not in taken:
+            flags.insert(0, s.flag)
+        if not flags:
+            continue
+        help = f"{s.meaning} ({s.type}; default {s.text})".replace("%", "%%")
+        if s.type == "bool":
+            group.add_argument(*flags, dest=f"{section}.{s.key}", action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help)
+        else:
+            parse: Callable[[str], Any] = lambda text, s=s: parse_value(s, text)
+            group.add_argument(*flags, dest=f"{section}.{s.key}", type=parse, metavar=s.key.upper(),
+                               default=argparse.SUPPRESS, help=help)
+
+
+def given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config keys given as options: ``{section: {key: value}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        section, dot, key = dest.partition(".")
+        if dot:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def resolve(args: argparse.Namespace, extra: Iterable[Path] = ()) -> dict:
+    """Defaults, ``--config``, the files `extra`, ``--set``, then the options given on the command line."""
+    cfg = load_config(args.config, args.overrides, extra)
+    for section, values in given(args).items():
+        for key, value in values.items():
+            cfg = merge(cfg, {section: {key: value}}, f"--{key.replace('_', '-')}")
+    return cfg

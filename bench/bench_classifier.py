@@ -79,7 +79,7 @@ def main() -> int:
                    "--set", "classifier.lr=0.003", "--set", "classifier.drop_path_rate=0",
                    "--set", "classifier.workers=0", *NO_AUGMENTATION, "-q"]) == 0
     trained = time.perf_counter() - start
-    summary = pd.read_csv(work.fold_dir("classifier", 0) / "summary.csv")
+    summary = pd.read_csv(work.classifier_summary(0))
     baseline = pixel_baseline(work)
 
     n_val = int((pd.read_csv(work.folds)["fold"] == 0).sum())

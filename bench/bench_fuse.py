@@ -187,14 +187,15 @@ def main() -> None:
             f = load_config()["fusion"]
             f["workers"] = args.workers
             t = time.perf_counter()
-            best, table = tune(work, f)
+            best = tune(work, f)
+            table = best.table
             sec = time.perf_counter() - t
             per_setting = table.groupby(["iou_thr", "skip_box_thr", "conf_type"])[["fuse_s", "score_s"]].first()
             print(f"vinbig tune on {args.tune} OOF images x 2 sets x {args.boxes} boxes: {sec:.0f} s for "
                   f"{len(per_setting)} WBF settings x {len(table) // len(per_setting)} gate pairs (per setting: fusing "
                   f"{per_setting.fuse_s.mean():.1f} s, gate grid {per_setting.score_s.mean():.1f} s); linear estimate "
                   f"for 15,000 images: {sec * 15000 / args.tune / 60:.1f} min")
-            print(f"best {best['values']} mAP {best['map']:.4f}")
+            print(f"best {best.values} mAP {best.map:.4f}")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def main() -> None:
     stage_out = root / "png_stage"
     start = time.perf_counter()
     summary = convert_images(src, stage_out, size=args.size, workers=0)
-    stage = summary["converted"] / (time.perf_counter() - start)
+    stage = summary.converted / (time.perf_counter() - start)
 
     print(f"{len(files)} DICOMs, median {rows:.0f} x {cols:.0f} (rows x columns), 12 bits, uncompressed; "
           f"PNG long side {args.size}; {os.cpu_count()} CPU cores")

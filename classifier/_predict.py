@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -84,13 +86,23 @@ def _loader(paths: list[Path], imgsz: int, cfg: dict, device: torch.device) -> D
                       num_workers=cfg["workers"], pin_memory=device.type == "cuda", worker_init_fn=worker_init)
 
 
-def predict(work: str | Path, split: str, cfg: dict, tta: str | None = None) -> dict:
+@dataclass(frozen=True)
+class ClassifierPredictions:
+    """The csv written and its rows; for "oof" also the AUC (overall, per fold) and the gate's operating point."""
+
+    path: Path
+    preds: pd.DataFrame
+    auc: float | None = None
+    fold_auc: dict | None = None
+    gate: dict | None = None
+
+
+def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | None = None) -> ClassifierPredictions:
     """Score `split` ("oof" or "test") with the best.pt of every fold and write ``work.classifier_preds(split)``.
 
-    `cfg` is the ``classifier`` config section. Returns ``{"path", "preds", "auc", "fold_auc", "gate"}``
-    (the last three for "oof" only).
+    `cfg` is the ``classifier`` config section.
     """
-    work = Work(work)
+    work = Work.of(work)
     tta = tta or cfg["tta"]
     if split not in SPLITS:
         raise ConfigError(f"split {split!r} is not one of {list(SPLITS)}")
@@ -128,10 +140,10 @@ def predict(work: str | Path, split: str, cfg: dict, tta: str | None = None) -> 
     preds = preds.sort_values(["fold", "image_id"], kind="stable").reset_index(drop=True)
     path = write_csv(preds, work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS)
     logger.info("wrote %d rows to %s", len(preds), path)
-    result = {"path": path, "preds": preds}
     if split == "oof":
-        result.update(report_oof(preds.merge(table[["image_id", "abnormal"]], on="image_id"), cfg["gate_miss"]))
-    return result
+        return ClassifierPredictions(path, preds, **report_oof(preds.merge(table[["image_id", "abnormal"]],
+                                                                           on="image_id"), cfg["gate_miss"]))
+    return ClassifierPredictions(path, preds)
 
 
 def report_oof(oof: pd.DataFrame, max_miss: float) -> dict:

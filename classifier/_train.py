@@ -29,8 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from vinbig.artifacts import Work, check_fold, read_csv, train_command, write_csv
-from vinbig.errors import UserError
-from vinbig.errors import ConfigError
+from vinbig.errors import ConfigError, UserError
 from vinbig.log import progress
 
 from classifier._data import (BALANCE, EpochSampler, PngDataset, abnormal_targets, png_paths, shard, train_transform,
@@ -73,20 +72,30 @@ def _check(cfg: dict) -> None:
             raise ConfigError(f"classifier.{key} is {cfg[key]}; it must be at least 1")
 
 
-def check_fresh(out_dir: Path, resume: bool, overwrite: bool) -> None:
+def check_fresh(work: Work, fold: int, resume: bool, overwrite: bool) -> None:
     """Refuse to start over a fold's run unless asked: trained weights are not thrown away by a rerun."""
-    if not resume and not overwrite and (out_dir / "last.pt").is_file():
-        raise UserError(f"{out_dir} already holds a run (last.pt); use --resume to continue it or --overwrite "
-                        "to start over")
+    if not resume and not overwrite and work.checkpoint("classifier", fold, "last").is_file():
+        raise UserError(f"{work.fold_dir('classifier', fold)} already holds a run (last.pt); use --resume to continue "
+                        "it or --overwrite to start over")
 
 
-def train_fold(work: str | Path, fold: int, cfg: dict, resume: bool = False, overwrite: bool = False) -> dict:
+@dataclass(frozen=True)
+class ClassifierRun:
+    """A fold's run folder (best.pt, last.pt, summary.csv) and its best validation AUC (NaN off rank 0)."""
+
+    out_dir: Path
+    epochs: int
+    best_auc: float
+    best_epoch: int  # 0-based
+
+
+def train_fold(work: Work | str | os.PathLike, fold: int, cfg: dict, resume: bool = False,
+               overwrite: bool = False) -> ClassifierRun:
     """Train fold `fold` with `cfg` (the ``classifier`` config section); under torchrun, one process of many.
 
     A fold that already holds a run is refused unless `resume` (continue it) or `overwrite` (start over).
 
-    Returns ``{"out_dir", "epochs", "best_auc", "best_epoch"}`` (the same on every process except the AUC,
-    which only rank 0 knows; the others get NaN).
+    The result is the same on every process except the AUC, which only rank 0 knows (the others get NaN).
     """
     _check(cfg)
     env = Dist.from_env()
@@ -96,14 +105,15 @@ def train_fold(work: str | Path, fold: int, cfg: dict, resume: bool = False, ove
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        check_fresh(Work(work).fold_dir("classifier", fold), resume, overwrite)
-        return _train(Work(work), fold, cfg, resume, env, device)
+        work = Work.of(work)
+        check_fresh(work, fold, resume, overwrite)
+        return _train(work, fold, cfg, resume, env, device)
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: torch.device) -> dict:
+def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: torch.device) -> ClassifierRun:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -152,7 +162,7 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     pos_weight = torch.tensor(n_neg / n_pos, device=device) if cfg["balance"] == "pos_weight" else None
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     torch.manual_seed(cfg["seed"] * 1000 + env.rank)  # augmentation and dropout differ between ranks
-    state = _State(out_dir)
+    state = _State(work, fold)
     if resume:
         state.resume(train_command(work, "classifier", fold), cfg["backbone"], model, ema,
                      optimizer, scaler)
@@ -211,16 +221,16 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
                         " (best)" if improved else "", row["lr"], row["seconds"])
         if env.world > 1:
             dist.barrier()
-    return {"out_dir": out_dir, "epochs": cfg["epochs"], "best_auc": state.best_auc if env.main else math.nan,
-            "best_epoch": state.best_epoch}
+    return ClassifierRun(out_dir, cfg["epochs"], state.best_auc if env.main else math.nan, state.best_epoch)
 
 
 class _State:
     """A fold's run folder: where training starts, the best AUC so far, summary.csv, best.pt and last.pt."""
 
-    def __init__(self, out_dir: Path):
-        self.dir = out_dir
-        self.last, self.best, self.summary = out_dir / "last.pt", out_dir / "best.pt", out_dir / "summary.csv"
+    def __init__(self, work: Work, fold: int):
+        self.dir = work.fold_dir("classifier", fold)
+        self.last, self.best = work.checkpoint("classifier", fold, "last"), work.checkpoint("classifier", fold, "best")
+        self.summary = work.classifier_summary(fold)
         self.start, self.best_auc, self.best_epoch = 0, -math.inf, -1
         self.rows: list[dict] = []
 

@@ -22,16 +22,16 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
         log.setup(-1)  # under torchrun only rank 0 reports progress
     result = train_fold(args.work, args.fold, cfg["classifier"], resume=args.resume, overwrite=args.overwrite)
     logger.info("fold %d: best validation AUC %.4f at epoch %d; best.pt, last.pt and summary.csv in %s",
-                args.fold, result["best_auc"], result["best_epoch"] + 1, result["out_dir"])
+                args.fold, result.best_auc, result.best_epoch + 1, result.out_dir)
     # saved once the run is done (or last.pt was accepted for --resume), by rank 0 only
-    return Outcome(0, config_path(result["out_dir"], "classifier") if rank0 else None)
+    return Outcome(0, config_path(result.out_dir, "classifier") if rank0 else None)
 
 
 def cmd_predict_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     from classifier import predict
 
     result = predict(args.work, args.split, cfg["classifier"])
-    logger.info("%s predictions in %s", args.split, result["path"])
+    logger.info("%s predictions in %s", args.split, result.path)
     # WORK/preds/config_classifier_{split}.yaml, beside the predictions it made
     return Outcome(0, config_path(Work(args.work).preds, f"classifier_{args.split}"))
 

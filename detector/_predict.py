@@ -9,6 +9,8 @@ when complete.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -63,9 +65,19 @@ def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd
     return meta.set_index("image_id"), todo
 
 
-def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), folds: Sequence[int] | None = None,
-            weights: str = "best", out: Path | None = None) -> Path:
-    """Write ``WORK/preds/detector_{split}.parquet`` (or `out`); return its path."""
+@dataclass(frozen=True)
+class DetectorPredictions:
+    """``path``: the parquet file written; ``boxes`` rows from ``sets`` (fold x TTA) over ``images`` images."""
+
+    path: Path
+    boxes: int
+    images: int
+    sets: int
+
+
+def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Sequence[str] = (),
+            folds: Sequence[int] | None = None, weights: str = "best", out: Path | None = None) -> DetectorPredictions:
+    """Write ``WORK/preds/detector_{split}.parquet`` (or `out`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -73,6 +85,7 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
     from ultralytics import YOLO
 
     follow_log_level()
+    work = Work.of(work)
 
     bad = sorted(set(tta) - set(TTAS))
     if bad:
@@ -110,7 +123,7 @@ def predict(work: Work, split: str, cfg: Mapping, *, tta: Sequence[str] = (), fo
         writer.write_table(_table(buffer, schema))
     logger.info("%s: %d boxes from %d fold model(s) x %d prediction set(s) (%s) on %d images -> %s", split,
                 n_boxes, len(todo), len(sets), ", ".join(sets), len({i for v in todo.values() for i in v}), out)
-    return out
+    return DetectorPredictions(out, n_boxes, len({i for v in todo.values() for i in v}), len(todo) * len(sets))
 
 
 def _fp16(device) -> dict:

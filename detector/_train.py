@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -67,9 +69,22 @@ def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
 RESUME_KEYS = ("imgsz", "batch", "device", "workers", "cache", "patience", "close_mosaic", "plots")
 
 
-def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, overwrite: bool = False,
-               resume_overrides: Mapping | None = None, callbacks: Mapping[str, Callable] | None = None) -> Path:
-    """Train fold `fold` with the detector config section `cfg`; return the run folder.
+@dataclass(frozen=True)
+class DetectorRun:
+    """A fold's ultralytics run: ``run_dir`` holds weights/best.pt, weights/last.pt, results.csv and plots."""
+
+    run_dir: Path
+    trained: bool  # False: a finished run given --resume, left as it was
+
+    @property
+    def summary(self) -> str:
+        return summarize(self.run_dir)
+
+
+def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resume: bool = False,
+               overwrite: bool = False, resume_overrides: Mapping | None = None,
+               callbacks: Mapping[str, Callable] | None = None) -> DetectorRun:
+    """Train fold `fold` with the detector config section `cfg`.
 
     `resume` continues ``weights/last.pt`` of an interrupted run with the run's own arguments, changed
     only by `resume_overrides` (keys of RESUME_KEYS); a finished run is left as it is. `callbacks` maps
@@ -81,6 +96,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
 
 
     verbose = follow_log_level()
+    work = Work.of(work)
     run_dir = work.fold_dir("detector", fold)
     last = work.checkpoint("detector", fold, "last")
     if resume:
@@ -93,7 +109,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
         if ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
             logger.info("fold %d: the run in %s is finished; nothing to resume (--overwrite starts over)",
                         fold, run_dir)
-            return run_dir
+            return DetectorRun(run_dir, False)
         _add_callbacks(model, callbacks)
         data_yaml = work.data_yaml(fold)
         logger.info("fold %d: resuming %s after epoch %d", fold, last, ckpt["epoch"] + 1)
@@ -105,7 +121,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
         changes = {k: (ultralytics_device(v) if k == "device" else v) for k, v in changes.items() if k in RESUME_KEYS}
         model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose, **changes,
                     **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
-        return run_dir
+        return DetectorRun(run_dir, True)
     if last.is_file() and not overwrite:
         raise ConfigError(
             f"{run_dir} already holds a run ({last}); use --resume to continue it or --overwrite to start over")
@@ -118,7 +134,7 @@ def train_fold(work: Work, fold: int, cfg: Mapping, *, resume: bool = False, ove
     logger.info("fold %d: training %s at %d px for %d epochs on device %s into %s", fold, cfg["model"],
                 cfg["imgsz"], cfg["epochs"], args["device"] or "auto", run_dir)
     model.train(trainer=OfflineDetectionTrainer, **args)
-    return run_dir
+    return DetectorRun(run_dir, True)
 
 
 def _add_callbacks(model, callbacks: Mapping[str, Callable] | None) -> None:

@@ -17,23 +17,23 @@ def _folds(text: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
-    from detector._train import summarize, train_fold
+    from detector._train import train_fold
 
     work = Work(args.work)
     check_fold(work, args.fold)
-    run_dir = train_fold(work, args.fold, cfg["detector"], resume=args.resume, overwrite=args.overwrite,
-                         resume_overrides=given(args).get("detector", {}))
-    logger.info("fold %d: %s", args.fold, summarize(run_dir))
+    run = train_fold(work, args.fold, cfg["detector"], resume=args.resume, overwrite=args.overwrite,
+                     resume_overrides=given(args).get("detector", {}))
+    logger.info("fold %d: %s", args.fold, run.summary)
     # a resumed run keeps the config it started with
-    return Outcome(0, None if args.resume else config_path(run_dir, "detector"))
+    return Outcome(0, None if args.resume else config_path(run.run_dir, "detector"))
 
 
 def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
     from detector._predict import predict
 
-    out = predict(Work(args.work), args.split, cfg["detector"], tta=args.tta or (), folds=args.folds,
-                  weights=args.weights)
-    return Outcome(0, config_path(out.parent, f"detector_{args.split}"))
+    result = predict(args.work, args.split, cfg["detector"], tta=args.tta or (), folds=args.folds,
+                     weights=args.weights)
+    return Outcome(0, config_path(result.path.parent, f"detector_{args.split}"))
 
 
 def register(add) -> None:

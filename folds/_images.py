@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from dataclasses import dataclass
 import warnings
 from functools import partial
 from pathlib import Path
@@ -125,12 +126,32 @@ def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
     return keep, errors
 
 
-def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "auto",
-                   percentiles=(0.5, 99.5), png_compression: int = 1, allow_errors: bool = False) -> dict:
-    """Convert every DICOM under `src` into `out`; see the module docstring. Returns a summary dict.
+@dataclass(frozen=True)
+class ImagesResult:
+    """What `vinbig images` did: PNGs, meta.csv and errors.csv in `out`."""
 
-    `allow_errors` is accepted for the config's sake; the caller decides the exit code from
-    ``summary["errors"]``.
+    out: Path
+    converted: int  # by this run
+    skipped: int  # converted before, at the same size
+    errors: int  # files that could not be converted (errors.csv)
+    images: int  # rows of meta.csv
+
+    @property
+    def meta_csv(self) -> Path:
+        return meta_path(self.out)
+
+    @property
+    def errors_csv(self) -> Path:
+        return errors_path(self.out)
+
+
+def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "auto",
+                   percentiles=(0.5, 99.5), png_compression: int = 1, allow_errors: bool = False) -> ImagesResult:
+    """Convert every DICOM under `src` into `out` (an image folder, e.g. WORK/images/train); see the module
+    docstring.
+
+    `allow_errors` is accepted for the config's sake; the caller decides the exit code from the result's
+    ``errors``.
     """
     src, out = Path(src), Path(out)
     if voi not in VOI_MODES:
@@ -189,5 +210,4 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
         logger.warning("could not convert %s: %s", row["file"], row["reason"])
     if len(errors) > 10:
         logger.warning("... and %d more, all listed in %s", len(errors) - 10, errors_path(out))
-    return {"converted": converted, "skipped": len(files) - len(todo), "errors": len(errors),
-            "images": len(meta), "meta_csv": meta_path(out), "errors_csv": errors_path(out)}
+    return ImagesResult(out, converted, len(files) - len(todo), len(errors), len(meta))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -66,10 +68,27 @@ def _class_table(labels: pd.DataFrame, folds: pd.DataFrame, n_folds: int) -> str
     return "\n".join(rows)
 
 
-def make_folds(train_csv: str | os.PathLike, work: str | os.PathLike, *, n_folds: int = 5, seed: int = 42,
+@dataclass(frozen=True)
+class FoldsResult:
+    """What `vinbig folds` wrote: WORK/labels.csv and WORK/folds.csv, and what they hold."""
+
+    labels: Path
+    folds: Path
+    images: int
+    normal: int
+    abnormal: int
+    dropped_images: int  # images of train.csv left with no reader (exclude_readers)
+    rows: int  # of train.csv
+    boxes_before: int  # reader boxes (excluded readers aside)
+    boxes_after: int  # fused boxes
+    fold_images: dict[int, int]
+    seconds: float
+
+
+def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, n_folds: int = 5, seed: int = 42,
                iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
-               reader_weights: Mapping[str, float] | None = None, exclude_readers: Iterable[str] = ()) -> dict:
-    """The `vinbig folds` stage: validate train.csv, write WORK/labels.csv and WORK/folds.csv; returns a summary.
+               reader_weights: Mapping[str, float] | None = None, exclude_readers: Iterable[str] = ()) -> FoldsResult:
+    """The `vinbig folds` stage: validate train.csv, write WORK/labels.csv and WORK/folds.csv.
 
     labels.csv holds the fused boxes (see folds._consolidate; coordinates rounded to 1/1000 px,
     scores to 6 decimals, which only removes WBF's float32 noise). folds.csv holds the images
@@ -77,7 +96,7 @@ def make_folds(train_csv: str | os.PathLike, work: str | os.PathLike, *, n_folds
     readers does not move an image to another fold.
     """
     start = time.perf_counter()
-    work = Work(work)
+    work = Work.of(work)
     train = validate_train_csv(train_csv)
     labels = consolidate(train, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
                          reader_weights=reader_weights, exclude_readers=exclude_readers)
@@ -91,22 +110,15 @@ def make_folds(train_csv: str | os.PathLike, work: str | os.PathLike, *, n_folds
 
     exclude = set(exclude_readers or ())
     normal_images = labels.loc[labels["class_id"] == NO_FINDING, "image_id"].nunique()
-    summary = {
-        "images": len(folds),
-        "normal": int(normal_images),
-        "abnormal": int(len(folds) - normal_images),
-        "dropped_images": int(train["image_id"].nunique() - len(folds)),
-        "rows": len(train),
-        "boxes_before": int(((train["class_id"] != NO_FINDING) & ~train["rad_id"].isin(exclude)).sum()),
-        "boxes_after": int((labels["class_id"] != NO_FINDING).sum()),
-        "fold_images": {int(k): int(v) for k, v in folds["fold"].value_counts().sort_index().items()},
-        "labels": str(work.labels),
-        "folds": str(work.folds),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    r = FoldsResult(
+        labels=work.labels, folds=work.folds, images=len(folds), normal=int(normal_images),
+        abnormal=int(len(folds) - normal_images), dropped_images=int(train["image_id"].nunique() - len(folds)),
+        rows=len(train), boxes_before=int(((train["class_id"] != NO_FINDING) & ~train["rad_id"].isin(exclude)).sum()),
+        boxes_after=int((labels["class_id"] != NO_FINDING).sum()),
+        fold_images={int(k): int(v) for k, v in folds["fold"].value_counts().sort_index().items()},
+        seconds=round(time.perf_counter() - start, 2))
     logger.info("%s: %d rows, %d images (%d normal, %d abnormal, %d dropped); %d reader boxes fused into %d",
-                train_csv, summary["rows"], summary["images"], summary["normal"], summary["abnormal"],
-                summary["dropped_images"], summary["boxes_before"], summary["boxes_after"])
+                train_csv, r.rows, r.images, r.normal, r.abnormal, r.dropped_images, r.boxes_before, r.boxes_after)
     logger.info("images per class and fold:\n%s", _class_table(labels, folds, n_folds))
-    logger.info("wrote %s and %s in %.1f s", work.labels, work.folds, summary["seconds"])
-    return summary
+    logger.info("wrote %s and %s in %.1f s", work.labels, work.folds, r.seconds)
+    return r

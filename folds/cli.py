@@ -15,11 +15,11 @@ logger = logging.getLogger("vinbig")
 def cmd_images(args: argparse.Namespace, cfg: dict) -> Outcome:
     from folds import convert_images
 
-    summary = convert_images(args.src, args.out, **cfg["images"])
+    result = convert_images(args.src, args.out, **cfg["images"])
     saved = config_path(args.out, "images")
-    if summary["errors"] and not cfg["images"]["allow_errors"]:
+    if result.errors and not cfg["images"]["allow_errors"]:
         logger.error("%d file(s) could not be converted, listed in %s (use --allow-errors to exit 0)",
-                     summary["errors"], summary["errors_csv"])
+                     result.errors, result.errors_csv)
         return Outcome(1, saved)
     return Outcome(0, saved)
 

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -155,9 +157,18 @@ def draw_overlay(png: Path, meta_row, truth: pd.DataFrame, preds: pd.DataFrame, 
     return out
 
 
-def write_report(work: Work, result: Result, preds: pd.DataFrame, truth: pd.DataFrame, out: Path,
-                 per_class: int = 2, score_thr: float = 0.3) -> list[Path]:
-    """All pictures and the metric table of the out-of-fold predictions into `out`."""
+class Report(NamedTuple):
+    """The report folder and the files written into it."""
+
+    out: Path
+    files: list[Path]
+
+
+def write_report(work: Work | str | os.PathLike, result: Result, preds: pd.DataFrame, truth: pd.DataFrame,
+                 out: Path | None = None, per_class: int = 2, score_thr: float = 0.3) -> Report:
+    """All pictures and the metric table of the out-of-fold predictions into `out` (default WORK/report)."""
+    work = Work.of(work)
+    out = Path(out or work.report)
     out.mkdir(parents=True, exist_ok=True)
     written = [write_csv(result.table(), out / "metrics.csv", list(result.table().columns)),
                plot_ap(result, out / "per_class_ap.png"), plot_pr(result, out / "pr_curves.png")]
@@ -179,4 +190,4 @@ def write_report(work: Work, result: Result, preds: pd.DataFrame, truth: pd.Data
                                         p_by.get(image_id, empty), path, f"{image_id[:12]} ({CLASS_NAMES[c]})",
                                         score_thr))
     logger.info("report in %s: %d files (%d overlays)", out, len(written), len(written) - 3)
-    return written
+    return Report(out, written)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import TUNED_KEYS, ArtifactError, Work, errors_path, read_classifier_preds, read_csv
+from vinbig.artifacts import TUNED_KEYS, ArtifactError, Work, errors_path, images_command, meta_path, read_classifier_preds, read_csv
 from vinbig.config import load_config
 from vinbig.log import some
 from vinbig.metric import Result, average_precision, match
@@ -61,12 +63,33 @@ def gate_probabilities(work: Work, split: str, gate: bool) -> pd.Series | None:
     return p
 
 
-def predict(work: Work, split: str, f: dict, image_ids=None) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
-    """Fuse and gate `split` with the fusion section `f`.
+class Fused(NamedTuple):
+    """The images of a split, their final predictions (PRED_COLUMNS, every image at least one row) and a mask
+    of the images that had no detector box at all."""
 
-    Returns the image ids, their final predictions (PRED_COLUMNS, every image at least one row) and a
-    mask of the images that had no detector box at all.
-    """
+    image_ids: np.ndarray
+    preds: pd.DataFrame
+    no_boxes: np.ndarray
+
+
+class OofScore(NamedTuple):
+    """Fused, gated out-of-fold predictions scored against labels.csv."""
+
+    result: Result
+    preds: pd.DataFrame
+    truth: pd.DataFrame
+
+
+class Submission(NamedTuple):
+    """The submission written and the validator's faults (none when it is valid)."""
+
+    path: Path
+    faults: list
+
+
+def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None) -> Fused:
+    """Fuse and gate `split` with the fusion section `f`."""
+    work = Work.of(work)
     check_params(f["iou_thr"], f["skip_box_thr"], f["conf_type"], f["engine"], f["weights"])
     check_thresholds(f["low"], f["high"])
     inp = load_inputs(work, split, image_ids, f["weights"])
@@ -83,14 +106,15 @@ def predict(work: Work, split: str, f: dict, image_ids=None) -> tuple[np.ndarray
                            int(missing.sum()), some(inp.image_ids[missing]))
         logger.info("gate thresholds low %g, high %g", f["low"], f["high"])
     final = apply_gate(fused, inp.image_ids, p, f["low"], f["high"])
-    return inp.image_ids, final, np.diff(inp.offsets) == 0
+    return Fused(inp.image_ids, final, np.diff(inp.offsets) == 0)
 
 
-def score_oof(work: Work, f: dict, curves: bool = False) -> tuple[Result, pd.DataFrame, pd.DataFrame]:
-    """Fused, gated out-of-fold predictions scored against labels.csv: (result, predictions, truth)."""
+def score_oof(work: Work | str | os.PathLike, f: dict, curves: bool = False) -> OofScore:
+    """Fused, gated out-of-fold predictions scored against labels.csv."""
+    work = Work.of(work)
     image_ids, final, _ = predict(work, "oof", f)
     truth = oof_truth(work, image_ids)
-    return average_precision(match(truth, final), curves=curves), final, truth  # oof_truth prepared the truth
+    return OofScore(average_precision(match(truth, final), curves=curves), final, truth)  # truth prepared
 
 
 def failed_images(work: Work) -> list[str]:
@@ -98,11 +122,14 @@ def failed_images(work: Work) -> list[str]:
     path = errors_path(work.images("test"))
     if not path.is_file():
         return []
-    return read_csv(path, ["image_id"], "vinbig images", dtype={"image_id": str})["image_id"].tolist()
+    return read_csv(path, ["image_id"], images_command(work.images("test")), dtype={"image_id": str})["image_id"].tolist()
 
 
-def make_submission(work: Work, f: dict, sample: Path, out: Path) -> tuple[Path, list]:
-    """Write the test submission for every image of `sample`, in its order; returns (path, validator faults)."""
+def make_submission(work: Work | str | os.PathLike, f: dict, sample: Path, out: Path | None = None) -> Submission:
+    """Write the test submission (default WORK/submission.csv) for every image of `sample`, in its order, and
+    validate it."""
+    work = Work.of(work)
+    out = Path(out or work.submission)
     if not Path(sample).is_file():
         raise ArtifactError(f"sample submission not found at {sample}; give --sample DATA/sample_submission.csv")
     image_ids = read_csv(sample, ["image_id"], "the competition's sample_submission.csv (give --sample)",
@@ -121,6 +148,5 @@ def make_submission(work: Work, f: dict, sample: Path, out: Path) -> tuple[Path,
     sub = prediction_strings(final, image_ids)
     write_submission(sub, out)
     logger.info("wrote %s: %d images, %d predicted groups", out, len(sub), len(final))
-    meta = work.images("test") / "meta.csv"
-    faults = validate_submission(out, sample, meta if meta.is_file() else None)
-    return out, faults
+    meta = meta_path(work.images("test"))
+    return Submission(out, validate_submission(out, sample, meta if meta.is_file() else None))

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -74,9 +76,21 @@ def gate_scores(truth: pd.DataFrame, fused: pd.DataFrame, image_ids, p: pd.Serie
     return pd.DataFrame(rows)
 
 
-def tune(work: Work, fusion_cfg: dict) -> tuple[dict, pd.DataFrame]:
-    """Try the grid of `fusion_cfg` (``tune_*`` keys); returns the best values and the table of trials."""
+class Tuning(NamedTuple):
+    """What `vinbig tune` found: the best ``values`` (TUNED_KEYS) and their OOF ``map``; ``before``: the mAP of
+    the config's own values when the grid holds them; ``table``: every trial."""
+
+    values: dict
+    map: float
+    n_images: int
+    before: float | None
+    table: pd.DataFrame
+
+
+def tune(work: Work | str | os.PathLike, fusion_cfg: dict) -> Tuning:
+    """Try the grid of `fusion_cfg` (``tune_*`` keys) on the out-of-fold predictions of `work`."""
     f = fusion_cfg
+    work = Work.of(work)
     grid = list(itertools.product(f["tune_iou_thr"], f["tune_skip_box_thr"], f["tune_conf_type"]))
     if not grid:
         from vinbig.errors import ConfigError
@@ -125,7 +139,11 @@ def tune(work: Work, fusion_cfg: dict) -> tuple[dict, pd.DataFrame]:
     if p is not None:
         values.update(low=float(best.low), high=float(best.high))
     logger.info("tuning took %.1f s", time.perf_counter() - start)
-    return {"values": values, "map": float(best["map"]), "n_images": len(inp.image_ids)}, table
+    same = (table.iou_thr == f["iou_thr"]) & (table.skip_box_thr == f["skip_box_thr"]) & (table.conf_type == f["conf_type"])
+    if table["low"].notna().all():
+        same &= (table.low == f["low"]) & (table.high == f["high"])
+    before = float(table.loc[same, "map"].iloc[0]) if same.any() else None
+    return Tuning(values, float(best["map"]), len(inp.image_ids), before, table)
 
 
 def format_tables(table: pd.DataFrame) -> str:
@@ -150,12 +168,12 @@ def format_tables(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_tuned(path: Path, result: dict, before: float | None = None) -> Path:
+def write_tuned(path: Path, result: Tuning) -> Path:
     """Write the best values as a config file of one section, ``fusion:``, atomically."""
-    header = (f"# written by 'vinbig tune': out-of-fold mAP@0.4 {result['map']:.4f} on {result['n_images']} images"
-              + (f" (the config's own values: {before:.4f})" if before is not None else "")
+    header = (f"# written by 'vinbig tune': out-of-fold mAP@0.4 {result.map:.4f} on {result.n_images} images"
+              + (f" (the config's own values: {result.before:.4f})" if result.before is not None else "")
               + ".\n# 'vinbig fuse' and 'vinbig report' read these values over the config; --set still wins.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(header + yaml.safe_dump({"fusion": result["values"]}, sort_keys=False))
+        tmp.write_text(header + yaml.safe_dump({"fusion": result.values}, sort_keys=False))
     return path

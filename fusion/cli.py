@@ -75,7 +75,7 @@ def cmd_fuse(args: argparse.Namespace, cfg: dict) -> Outcome:
             write_submission(prediction_strings(final, final["image_id"].unique()), args.out)
             logger.info("wrote the fused out-of-fold predictions to %s", args.out)
         return Outcome(0, saved)
-    out, faults = make_submission(work, f, _sample(args, work), getattr(args, "out", None) or work.submission)
+    out, faults = make_submission(work, f, _sample(args, work), getattr(args, "out", None))
     if faults:
         _report_faults(faults, str(out))
         logger.error("%s fails validation with %d faults: a bug in the fusion stage, please report it", out,
@@ -90,16 +90,11 @@ def cmd_tune(args: argparse.Namespace, cfg: dict) -> Outcome:
 
     work = _work(args)
     f = cfg["fusion"]
-    best, table = tune(work, f)
-    print(format_tables(table))
-    same = ((table.iou_thr == f["iou_thr"]) & (table.skip_box_thr == f["skip_box_thr"])
-            & (table.conf_type == f["conf_type"]))
-    if table["low"].notna().all():
-        same &= (table.low == f["low"]) & (table.high == f["high"])
-    before = float(table.loc[same, "map"].iloc[0]) if same.any() else None
-    path = write_tuned(work.fusion_config, best, before)
-    print(f"best: {', '.join(f'{k}={v}' for k, v in best['values'].items())}: OOF mAP {best['map']:.4f}"
-          + (f" (config values: {before:.4f})" if before is not None else "") + f"; written to {path}")
+    best = tune(work, f)
+    print(format_tables(best.table))
+    path = write_tuned(work.fusion_config, best)
+    print(f"best: {', '.join(f'{k}={v}' for k, v in best.values.items())}: OOF mAP {best.map:.4f}"
+          + (f" (config values: {best.before:.4f})" if best.before is not None else "") + f"; written to {path}")
     return Outcome(0, config_path(work.root, "tune"))
 
 

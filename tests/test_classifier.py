@@ -34,7 +34,7 @@ def tiny_cfg(**overrides) -> dict:
 
 
 def summary(work, fold: int) -> pd.DataFrame:
-    return pd.read_csv(Work(work).fold_dir("classifier", fold) / "summary.csv")
+    return pd.read_csv(Work(work).classifier_summary(fold))
 
 
 def no_partial_files(root) -> bool:
@@ -159,7 +159,7 @@ def test_loss_falls(work_copy, balance):
     result = train_fold(work_copy.work, 1, cfg)
     loss = summary(work_copy.work, 1)["train_loss"]
     assert loss.iloc[-1] < 0.75 * loss.iloc[0], loss.tolist()
-    assert result["epochs"] == 5 and 0 <= result["best_epoch"] < 5
+    assert result.epochs == 5 and 0 <= result.best_epoch < 5
 
 
 @pytest.mark.parametrize("fold", [0, 1, 2])

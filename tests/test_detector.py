@@ -200,7 +200,7 @@ def test_fonts_come_from_this_machine_and_the_amp_check_needs_no_weights(tmp_pat
 def test_a_model_that_cannot_be_used_says_what_to_do(model, words):
     from detector._train import resolve_model
 
-    with pytest.raises(match=words):
+    with pytest.raises(ConfigError, match=words):
         resolve_model(model)
 
 
@@ -213,7 +213,7 @@ def test_train_args_map_the_config_to_ultralytics(tmp_path):
     assert args["device"] == "0,1" and args["cls"] == 1.5 and args["name"] == "fold2"
     assert args["project"] == str((tmp_path / "detector").resolve()) and Path(args["data"]).is_absolute()
     assert args["hsv_h"] == args["hsv_s"] == 0.0 and args["epochs"] == cfg["epochs"]
-    with pytest.raises(match="must not set"):
+    with pytest.raises(ConfigError, match="must not set"):
         train_args({**cfg, "extra": {"data": "x.yaml"}}, tmp_path / "d.yaml", tmp_path / "fold0")
 
 

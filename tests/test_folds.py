@@ -377,10 +377,10 @@ def test_make_folds_end_to_end(tmp_path, caplog):
     assert folds["fold"].between(0, 3).all()
     pd.testing.assert_frame_equal(folds, split_folds(train, n_folds=4, seed=1))
     normal = train.groupby("image_id")["class_id"].min().eq(NO_FINDING).sum()
-    assert summary["images"] == 120 and summary["normal"] == normal and summary["abnormal"] == 120 - normal
-    assert summary["boxes_before"] == (train["class_id"] != NO_FINDING).sum()
-    assert summary["boxes_after"] == (labels["class_id"] != NO_FINDING).sum()
-    assert sum(summary["fold_images"].values()) == 120
+    assert summary.images == 120 and summary.normal == normal and summary.abnormal == 120 - normal
+    assert summary.boxes_before == (train["class_id"] != NO_FINDING).sum()
+    assert summary.boxes_after == (labels["class_id"] != NO_FINDING).sum()
+    assert sum(summary.fold_images.values()) == 120
     assert "images per class and fold" in caplog.text and "Pulmonary fibrosis" in caplog.text
     assert not list(work.root.glob(".*partial"))
 
@@ -391,7 +391,7 @@ def test_make_folds_drops_images_of_excluded_readers(tmp_path):
     summary = make_folds(path, tmp_path / "work", n_folds=3, exclude_readers=["R99"])
     folds = read_folds(Work(tmp_path / "work"))
     assert "only_r99" not in set(folds["image_id"])
-    assert summary["dropped_images"] == 1 and summary["images"] == 40
+    assert summary.dropped_images == 1 and summary.images == 40
 
 
 def test_make_folds_writes_nothing_for_a_bad_file(tmp_path):

@@ -71,7 +71,7 @@ def test_resize_keeps_aspect_ratio_and_records_png_size(rg1_dir, tmp_path):
     out = tmp_path / "out"
     summary = convert_images(rg1_dir, out, size=512, workers=1)
     meta = pd.read_csv(out / "meta.csv").set_index("image_id")
-    assert summary["converted"] >= 4
+    assert summary.converted >= 4
     assert (meta.loc["RG1_UNCR", "png_width"], meta.loc["RG1_UNCR", "png_height"]) == (482, 512)
     assert read_png(out / "RG1_UNCR.png").shape == (512, 482)
 
@@ -143,10 +143,10 @@ def test_rerun_skips_done_images_and_redoes_them_at_a_new_size(dicom_factory, tm
     first = convert_images(src, out, size=32, workers=1)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     second = convert_images(src, out, size=32, workers=1)
-    assert (first["converted"], second["converted"], second["skipped"]) == (3, 0, 3)
+    assert (first.converted, second.converted, second.skipped) == (3, 0, 3)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == mtimes
     third = convert_images(src, out, size=40, workers=1)
-    assert third["converted"] == 3
+    assert third.converted == 3
     assert read_png(out / "im0.png").shape == (40, 33)
 
 
@@ -206,7 +206,7 @@ def test_kill_mid_write_leaves_no_partial_png_and_rerun_converts_the_rest(dicom_
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
 
     summary = convert_images(src, out, size=32, workers=1)
-    assert (summary["skipped"], summary["converted"], summary["errors"]) == (3, 3, 0)
+    assert (summary.skipped, summary.converted, summary.errors) == (3, 3, 0)
     assert not list(out.glob("*.partial")) and not list(out.glob(".*.partial"))
     assert {k: v for k, v in ((p.name, p.stat().st_mtime_ns) for p in out.glob("*.png")) if k in before} == before
     meta = pd.read_csv(out / "meta.csv")

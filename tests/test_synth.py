@@ -23,7 +23,7 @@ def data(tmp_path_factory) -> Path:
     """A small dataset written by two processes."""
     out = tmp_path_factory.mktemp("synth") / "data"
     summary = make_dataset(out, workers=2, **SMALL)
-    assert summary["train"] == 24 and summary["test"] == 8
+    assert summary.train == 24 and summary.test == 8
     return out
 
 

@@ -144,6 +144,10 @@ class Work:
         run = self.fold_dir(stage, fold)
         return (run / "weights" if stage == "detector" else run) / f"{which}.pt"
 
+    def classifier_summary(self, fold: int) -> Path:
+        """``classifier/fold{k}/summary.csv``: one row per training epoch."""
+        return self.fold_dir("classifier", fold) / "summary.csv"
+
     def detector_data(self, fold: int) -> Path:
         """``WORK/detector/data/fold{k}``: the ultralytics dataset (links and labels) of one fold."""
         return self.detector / "data" / f"fold{fold}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -399,9 +400,23 @@ def _make_one(job) -> dict:
             "boxes": sum("x_min" in r for r in rows), "compressed": compressed}
 
 
+@dataclass(frozen=True)
+class SynthResult:
+    """What `vinbig synth` wrote into `out`: image counts, reader boxes, JPEG 2000 files."""
+
+    out: Path
+    train: int
+    test: int
+    boxes: int
+    compressed: int
+
+    def __str__(self) -> str:
+        return f"train {self.train}, test {self.test}, boxes {self.boxes}, compressed {self.compressed}"
+
+
 def make_dataset(out, *, n_train: int = 60, n_test: int = 20, seed: int = 0, size: int = 512,
-                 abnormal_fraction: float = 0.3, compressed_fraction: float = 0.25, workers: int = 0) -> dict:
-    """Write the synthetic dataset to `out` (see the module docstring); return a summary dict."""
+                 abnormal_fraction: float = 0.3, compressed_fraction: float = 0.25, workers: int = 0) -> SynthResult:
+    """Write the synthetic dataset to `out` (see the module docstring)."""
     if n_train < 0 or n_test < 0 or size < 64 or workers < 0:  # JPEG 2000 needs 32+ px per side
         raise ConfigError(f"synth needs n_train, n_test >= 0, size >= 64 and workers >= 0 "
                           f"(got {n_train}, {n_test}, {size}, {workers}); fix synth.* or the options")
@@ -428,5 +443,5 @@ def make_dataset(out, *, n_train: int = 60, n_test: int = 20, seed: int = 0, siz
         if stale:
             logger.warning("%s holds %d .dicom file(s) that this run did not write (another seed or n?); "
                            "delete the folder and rerun for a clean dataset", out / split, len(stale))
-    return {"train": len(train), "test": len(test), "boxes": int(sum(r["boxes"] for r in results)),
-            "compressed": int(sum(r["compressed"] for r in results))}
+    return SynthResult(out, len(train), len(test), int(sum(r["boxes"] for r in results)),
+                       int(sum(r["compressed"] for r in results)))

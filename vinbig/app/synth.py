@@ -15,8 +15,8 @@ logger = logging.getLogger("vinbig")
 def cmd_synth(args: argparse.Namespace, cfg: dict) -> Outcome:
     from vinbig.synth import make_dataset
 
-    summary = make_dataset(args.out, **cfg["synth"])
-    logger.info("synthetic dataset in %s: %s", args.out, ", ".join(f"{k} {v}" for k, v in summary.items()))
+    result = make_dataset(args.out, **cfg["synth"])
+    logger.info("synthetic dataset in %s: %s", result.out, result)
     return Outcome(0, config_path(args.out, "synth"))
 
 

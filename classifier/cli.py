@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 
 from vinbig.artifacts import Work, config_path
-from vinbig.options import Outcome
+from vinbig.options import Outcome, predict_arguments, train_arguments
 
 logger = logging.getLogger("vinbig")
 
@@ -44,15 +43,11 @@ def register(add) -> None:
             "epoch), best.pt (best validation AUC), last.pt and config_classifier.yaml. Several GPUs: "
             "torchrun --nproc_per_node N -m vinbig train-classifier ... (classifier.batch is per GPU).",
             sections=["classifier"])
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
-    p.add_argument("--fold", required=True, type=int, metavar="K", help="the fold to validate on")
-    p.add_argument("--resume", action="store_true", help="continue from last.pt at its epoch + 1")
-    p.add_argument("--overwrite", action="store_true", help="start over even if WORK/classifier/foldK holds a run")
+    train_arguments(p, "classifier")
 
     p = add("predict-classifier", cmd_predict_classifier, "score out-of-fold or test images with the fold models",
             "oof: each fold's best.pt scores its validation images, and the OOF AUC and the gate's operating "
             "point are reported. test: every fold's best.pt scores every image of WORK/images/test; rows "
             "with fold -1 hold the mean over folds. Writes WORK/preds/classifier_{split}.csv "
             "(image_id,fold,p_abnormal).", sections=["classifier"])
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
-    p.add_argument("--split", required=True, choices=("oof", "test"), help="which images to score")
+    predict_arguments(p)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from vinbig.artifacts import Work, check_fold, config_path
-from vinbig.options import Outcome, given
+from vinbig.options import Outcome, given, predict_arguments, train_arguments
 
 logger = logging.getLogger("vinbig")
 
@@ -45,10 +44,7 @@ def register(add) -> None:
             "nothing is downloaded. Outputs: WORK/detector/foldK/ (weights/best.pt, weights/last.pt, "
             "results.csv, args.yaml, plots). Several GPUs: --device 0,1 (DDP). One fold per job spreads "
             "folds over machines.", sections=["detector"])
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder (vinbig images and folds done)")
-    p.add_argument("--fold", required=True, type=int, metavar="K", help="validation fold; trains on the others")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in WORK/detector/foldK")
-    p.add_argument("--overwrite", action="store_true", help="start over even if WORK/detector/foldK holds a run")
+    train_arguments(p, "detector")
 
     p = add("predict-detector", cmd_predict, "predict boxes with the fold detectors",
             "oof: each fold's model predicts its own validation images; test: every fold's model predicts "
@@ -57,8 +53,7 @@ def register(add) -> None:
             "WORK/preds/detector_{oof,test}.parquet: image_id, fold, tta, class_id, score, x_min, y_min, "
             "x_max, y_max in original DICOM pixels, clipped to the image.", sections=["detector"],
             aliases={"--batch": "predict_batch"})
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder with trained folds")
-    p.add_argument("--split", required=True, choices=["oof", "test"], help="which images to predict")
+    predict_arguments(p)
     p.add_argument("--tta", action="append", choices=["hflip"],
                    help="test-time augmentation: hflip adds the mirrored image's boxes as their own set")
     p.add_argument("--folds", type=_folds, metavar="0,1,2", help="only these folds (default: all of folds.csv)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vinbig.artifacts import Work, config_path, source_path
 from vinbig.errors import UserError
-from vinbig.options import Outcome
+from vinbig.options import Outcome, work_argument
 
 logger = logging.getLogger("vinbig")
 
@@ -163,7 +163,7 @@ def register(add) -> None:
                 "image of the sample submission, in its order) and validates it. Values: config, then "
                 "WORK/fusion.yaml (from 'vinbig tune'), then --set and the options below.", sections=["fusion"],
                 extra=_tuned)
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
+    work_argument(p)
     p.add_argument("--split", required=True, choices=("oof", "test"), help="which predictions to fuse")
     p.add_argument("--sample", type=Path, metavar="CSV",
                    help="sample_submission.csv giving the test images and their order (default: "
@@ -183,7 +183,7 @@ def register(add) -> None:
                 "the metric, print the table of what was tried and write the best values to WORK/fusion.yaml, which "
                 "'vinbig fuse' and 'vinbig report' then use. Without classifier predictions only WBF is tuned.",
                 sections=["fusion"])
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
+    work_argument(p)
 
     p = command("validate", cmd_validate, "check a submission file, naming the line of every fault",
                 "Check a submission against the sample submission: header, every image exactly once and in the "
@@ -201,6 +201,6 @@ def register(add) -> None:
                 "Fuse and gate the out-of-fold predictions as 'vinbig fuse --split oof' does and write to "
                 "WORK/report/: per_class_ap.png, pr_curves.png, metrics.csv and overlays/ (true boxes solid, "
                 "predicted boxes dashed, on the PNGs of a few images per class).", sections=["fusion"], extra=_tuned)
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder")
+    work_argument(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default WORK/report)")
     _ignore_tuned(p)

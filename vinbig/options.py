@@ -101,3 +101,28 @@ def resolve(args: argparse.Namespace, extra: Iterable[Path] = ()) -> dict:
         for key, value in values.items():
             cfg = merge(cfg, {section: {key: value}}, f"--{key.replace('_', '-')}")
     return cfg
+
+
+# --------------------------------------------------------------------------- arguments several commands share
+
+
+def work_argument(parser: argparse.ArgumentParser, help: str = "work folder") -> None:
+    parser.add_argument("--work", required=True, type=Path, metavar="WORK", help=help)
+
+
+def train_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
+    """``--work --fold K [--resume | --overwrite]`` of ``train-detector`` and ``train-classifier``."""
+    work_argument(parser, "work folder (vinbig images and folds done)")
+    parser.add_argument("--fold", required=True, type=int, metavar="K", help="validation fold; trains on the others")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue the interrupted run in WORK/{stage}/foldK from its last.pt (a finished run "
+                             "is left as it is)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"start over even if WORK/{stage}/foldK holds a run")
+
+
+def predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--work --split oof|test`` of ``predict-detector`` and ``predict-classifier``."""
+    work_argument(parser, "work folder with trained folds")
+    parser.add_argument("--split", required=True, choices=("oof", "test"),
+                        help="oof: each fold's model on its validation images; test: every fold's on every test image")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from vinbig.artifacts import Work
 from vinbig.errors import UserError
+from vinbig.options import work_argument
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def register(add) -> None:
             "--set): give the --config and --set of training, so that inference converts and predicts at the "
             "training sizes. config.yaml is written last; a folder without it is an incomplete export. Upload DIR "
             "as a Kaggle dataset and give it to notebooks/kaggle_inference.ipynb as MODELS.")
-    p.add_argument("--work", required=True, type=Path, metavar="WORK", help="work folder with every fold trained")
+    work_argument(p, "work folder with every fold trained")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (created if missing)")
     p.add_argument("--no-classifier", action="store_true", dest="no_classifier",
                    help="leave the classifiers out (the 'No finding' gate then stays off at inference)")

@@ -12,18 +12,14 @@ from vinbig.app.cli import main
 from vinbig.config import load_config
 from vinbig.app.demo import demo_config_path
 
-# the demo config, shrunk to seconds: 3 folds of 10 images, 64 px models, one epoch each
-TINY = ["synth.n_train=30", "synth.n_test=5", "synth.size=128", "synth.workers=1", "images.size=128",
-        "images.workers=1", "folds.n_folds=3", "detector.imgsz=64", "detector.epochs=1", "detector.workers=0",
-        "detector.device=cpu", "detector.conf=0.000001", "classifier.imgsz=64", "classifier.epochs=1",
-        "classifier.device=cpu", "fusion.tune_iou_thr=[0.4]", "fusion.tune_conf_type=[avg]",
-        "fusion.tune_skip_box_thr=[0.0]", "fusion.report_images=1", "fusion.workers=1"]
+from tiny import N_FOLDS, SYNTH, TINY, set_args
+
 STAGES = ["synthetic data", "convert images", "folds", "train detectors", "train classifiers", "predict",
           "tune fusion", "submission", "report", "total"]
 
 
 def _demo(out, capsys) -> str:
-    assert main(["demo", "--out", str(out), "-q"] + [a for s in TINY for a in ("--set", s)]) == 0
+    assert main(["demo", "--out", str(out), "-q", *set_args(SYNTH + TINY)]) == 0
     return capsys.readouterr().out
 
 
@@ -39,7 +35,8 @@ def test_demo_runs_every_stage_and_a_rerun_skips_the_training(tmp_path, capsys):
     # a valid submission with every test image of the sample submission, in its order
     sample = pd.read_csv(data / "sample_submission.csv")
     sub = pd.read_csv(work / "submission.csv")
-    assert list(sub.image_id) == list(sample.image_id) and len(sub) == 5
+    n_test = load_config(overrides=SYNTH)["synth"]["n_test"]
+    assert list(sub.image_id) == list(sample.image_id) and len(sub) == n_test
     assert validate_submission(work / "submission.csv", data / "sample_submission.csv",
                                work / "images" / "test" / "meta.csv") == []
     # the report, the tuned fusion values, every fold of both stages
@@ -47,7 +44,7 @@ def test_demo_runs_every_stage_and_a_rerun_skips_the_training(tmp_path, capsys):
         assert (work / "report" / name).stat().st_size > 0
     assert list((work / "report" / "overlays").glob("*.png"))
     assert (work / "fusion.yaml").is_file()
-    for k in range(3):
+    for k in range(N_FOLDS):
         assert (work / "detector" / f"fold{k}" / "weights" / "best.pt").is_file()
         assert (work / "classifier" / f"fold{k}" / "best.pt").is_file()
 

@@ -1,4 +1,5 @@
-"""The Kaggle notebooks, run as on Kaggle on a tiny synthetic dataset; `vinbig export`; the wheel they install.
+"""The Kaggle notebooks: the commands they call, a run as on Kaggle on the tiny synthetic dataset (tests/tiny.py's
+config), and the wheel they install. `vinbig export` and `copy_work` alone: tests/test_export.py.
 
 The training notebook runs twice, one fold per session, the second continuing the first's work folder, as a
 user does within Kaggle's session limit; the inference notebook then predicts the test images from the export
@@ -7,6 +8,7 @@ alone, in a fresh work folder. Parameters are injected the papermill way: a cell
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -21,22 +23,11 @@ import pytest
 import yaml
 
 from vinbig.artifacts import DETECTOR_PRED_COLUMNS
-from vinbig.app.cli import main
+
+from tiny import N_FOLDS, TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-
-# tiny sizes: the whole job in seconds on a CPU; the fusion grid is one WBF setting and two gates
-TINY_SET = [
-    "images.size=128", "images.workers=1", "folds.n_folds=2",
-    "detector.model=yolov8n.yaml", "detector.imgsz=64", "detector.epochs=1", "detector.batch=8",
-    "detector.device=cpu", "detector.workers=0", "detector.plots=false", "detector.conf=0.000001",
-    "classifier.backbone=test_efficientnet", "classifier.imgsz=64", "classifier.epochs=1", "classifier.batch=8",
-    "classifier.workers=0", "classifier.device=cpu", "classifier.predict_batch=16",
-    "fusion.tune_iou_thr=[0.4]", "fusion.tune_skip_box_thr=[0.0]", "fusion.tune_conf_type=[avg]",
-    "fusion.tune_low=[0.0,0.1]", "fusion.tune_high=[0.9]", "fusion.workers=1", "fusion.report_images=1",
-]
-
 
 def execute(name: str, cwd: Path, **params) -> nbformat.NotebookNode:
     """Run notebooks/`name` in a python3 kernel in `cwd` with `params` set after its parameters cell."""
@@ -72,13 +63,13 @@ class Kaggle:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Kaggle:
-    """The training notebook in two sessions: fold 0, then fold 1 on top of the first session's WORK."""
+def trained(synth_work, tmp_path_factory) -> Kaggle:
+    """The training notebook in two sessions: fold 0, then fold 1 on top of the first session's WORK, on the session's
+    synthetic dataset (read only, as /kaggle/input is)."""
+    assert N_FOLDS == 2, "two sessions of one fold each"
     root = tmp_path_factory.mktemp("kaggle")
-    data = root / "input" / "competition"
-    assert main(["synth", "--out", str(data), "--n-train", "24", "--n-test", "4", "--size", "160", "--workers", "1",
-                 "--set", "synth.abnormal_fraction=0.5", "-q"]) == 0
-    common = dict(DATA=data, WHEELS=root / "input" / "no-wheels", SET=TINY_SET, TTA="hflip")
+    data = synth_work.data
+    common = dict(DATA=data, WHEELS=root / "input" / "no-wheels", SET=TINY, TTA="hflip")
     first = root / "session0" / "working"
     first_nb = execute("kaggle_train.ipynb", first, WORK=first / "work", EXPORT=first / "vinbig-models",
                        FOLDS=[0], **common)
@@ -104,8 +95,61 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell(path):
     assert tagged[0] < 4, "the parameters cell comes near the top"
 
 
-def test_both_kaggle_notebooks_are_there():
-    assert {p.name for p in NOTEBOOKS} >= {"kaggle_train.ipynb", "kaggle_inference.ipynb"}
+def _argument(node: ast.expr) -> list[str]:
+    """A `run(...)` argument as the command line gets it: a literal as written; `*[...]` its literal flags (`*TTA_ARGS`:
+    none); a computed value (WORK, f"{DATA}/test", k) a placeholder the parser accepts: its first literal, or "0"."""
+    if isinstance(node, ast.Constant):
+        return [str(node.value)]
+    literals = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    if isinstance(node, ast.Starred):
+        return literals
+    return [literals[0] if literals else "0"]
+
+
+def vinbig_calls(path: Path) -> list[list[str]]:
+    """The argument lists of every vinbig command a notebook runs (its `run(COMMAND, ...)` helper)."""
+    calls = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "code":
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "run":
+                    calls.append([a for arg in node.args for a in _argument(arg)])
+    return calls
+
+
+NOTEBOOK_COMMANDS = {
+    "kaggle_train.ipynb": {"images", "folds", "train-detector", "train-classifier", "predict-detector",
+                           "predict-classifier", "tune", "report", "export"},
+    "kaggle_inference.ipynb": {"images", "predict-detector", "predict-classifier", "fuse"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_COMMANDS))
+def test_the_kaggle_notebooks_call_commands_and_names_vinbig_has(name):
+    """A notebook's cells stop at the first command the CLI no longer takes: every `run(...)` parses (with the
+    notebook's --config and --set), every name it imports from vinbig exists, and the inference notebook reads the
+    config file 'vinbig export' writes."""
+    import importlib
+
+    from vinbig.app.cli import build_parser
+    from vinbig.app.kaggle import EXPORT_CONFIG
+
+    path = ROOT / "notebooks" / name
+    calls = vinbig_calls(path)
+    assert {argv[0] for argv in calls} == NOTEBOOK_COMMANDS[name]
+    for argv in calls:
+        try:
+            build_parser().parse_args(argv + ["--config", "c.yaml", "--set", "images.size=128"])
+        except SystemExit:
+            pytest.fail(f"{name}: vinbig {' '.join(argv)} is not a valid command line (see the error above)")
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "vinbig":
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{name}: from {node.module} import {alias.name}"
+    if name == "kaggle_inference.ipynb":
+        assert f'Path(MODELS, "{EXPORT_CONFIG}")' in source
 
 
 # --------------------------------------------------------------------------- the notebooks on Kaggle
@@ -164,75 +208,6 @@ def test_inference_from_the_export_alone_writes_a_valid_submission(trained, tmp_
     assert set(classifier.fold) == {-1, 0, 1}  # the gate was on
     png = pd.read_csv(working / "work" / "images" / "test" / "meta.csv")
     assert (png[["png_width", "png_height"]].max(axis=1) == 128).all()  # converted at the training size
-
-
-# --------------------------------------------------------------------------- vinbig export
-
-
-def fake_work(root: Path, detectors=(0, 1), classifiers=(), folds=(0, 1)) -> Path:
-    """A work folder with folds.csv over `folds` and placeholder best.pt files for the folds named."""
-    work = root / "work"
-    work.mkdir(parents=True)
-    pd.DataFrame({"image_id": [f"img{k}" for k in folds], "fold": list(folds)}).to_csv(work / "folds.csv", index=False)
-    for k in detectors:
-        (work / f"detector/fold{k}/weights").mkdir(parents=True)
-        (work / f"detector/fold{k}/weights/best.pt").write_bytes(b"detector %d" % k)
-    for k in classifiers:
-        (work / f"classifier/fold{k}").mkdir(parents=True)
-        (work / f"classifier/fold{k}/best.pt").write_bytes(b"classifier %d" % k)
-    return work
-
-
-@pytest.mark.parametrize("setup, words", [
-    (lambda root: (root / "work").mkdir(), ["work/folds.csv not found", "vinbig folds"]),
-    (lambda root: fake_work(root, detectors=(0,)), ["detector/fold1/weights/best.pt not found",
-                                                     "vinbig train-detector --work", "--fold 1"]),
-    (lambda root: fake_work(root, classifiers=(1,)), ["classifier/fold0/best.pt not found",
-                                                      "train-classifier", "--no-classifier"]),
-])
-def test_export_names_the_missing_file_and_the_command_that_makes_it(tmp_path, caplog, setup, words):
-    setup(tmp_path)
-    out = tmp_path / "models"
-    assert main(["export", "--work", str(tmp_path / "work"), "--out", str(out)]) == 2
-    for w in words:
-        assert w in caplog.text
-    assert not (out / "config.yaml").exists()
-
-
-def test_export_keeps_the_layout_and_removes_what_an_earlier_export_left(tmp_path):
-    out = tmp_path / "models"
-    stale = out / "detector/fold7/weights/best.pt"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old")
-    (out / "dataset-metadata.json").write_text("{}")  # what the user put there stays
-    work = fake_work(tmp_path, classifiers=(0, 1))
-    assert main(["export", "--work", str(work), "--out", str(out), "--set", "detector.imgsz=320", "-q"]) == 0
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["classifier/fold0/best.pt", "classifier/fold1/best.pt", "config.yaml", "dataset-metadata.json",
-                     "detector/fold0/weights/best.pt", "detector/fold1/weights/best.pt", "folds.csv"]
-    assert (out / "classifier/fold1/best.pt").read_bytes() == b"classifier 1"
-    assert yaml.safe_load((out / "config.yaml").read_text())["detector"]["imgsz"] == 320
-
-    assert main(["export", "--work", str(work), "--out", str(out), "--no-classifier", "-q"]) == 0
-    assert not list(out.glob("classifier/fold*/best.pt"))  # inference would otherwise use them
-
-
-def test_copy_work_skips_what_is_there_and_the_detector_datasets(tmp_path):
-    from vinbig.app.kaggle import copy_work
-
-    src = fake_work(tmp_path / "a")
-    (src / "detector/data/fold0").mkdir(parents=True)
-    (src / "detector/data/fold0/data.yaml").write_text("path: .\n")
-    (src / "folds.csv").chmod(0o444)  # an attached dataset is read-only
-    dst = tmp_path / "b" / "work"
-    assert copy_work(src, dst)["copied"] == 3  # folds.csv and two best.pt
-    assert (dst / "folds.csv").stat().st_mode & 0o200  # the copy is writable
-    assert (dst / "detector/fold1/weights/best.pt").read_bytes() == b"detector 1"
-    assert not (dst / "detector/data").exists()
-    assert copy_work(src, dst)["copied"] == 0
-    (src / "folds.csv").chmod(0o644)
-    (src / "folds.csv").write_text("image_id,fold\nimg0,0\n")
-    assert copy_work(src, dst)["copied"] == 1 and (dst / "folds.csv").read_text() == "image_id,fold\nimg0,0\n"
 
 
 # --------------------------------------------------------------------------- the wheel the notebooks install

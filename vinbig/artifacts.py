@@ -279,7 +279,14 @@ def read_labels(work: Work) -> pd.DataFrame:
 
 
 def read_folds(work: Work) -> pd.DataFrame:
-    return read_csv(work.folds, FOLD_COLUMNS, folds_command(work), dtype={"image_id": str})
+    df = read_csv(work.folds, FOLD_COLUMNS, folds_command(work), dtype={"image_id": str})
+    if df.empty:
+        raise ArtifactError(f"{work.folds} holds no images; run '{folds_command(work)}' again")
+    if not pd.api.types.is_integer_dtype(df["fold"]):
+        bad = sorted(set(df.loc[pd.to_numeric(df["fold"], errors="coerce").isna(), "fold"].astype(str)))[:5]
+        raise ArtifactError(f"{work.folds}: the fold column holds values that are not whole numbers ({bad}); run "
+                            f"'{folds_command(work)}' again")
+    return df
 
 
 def fold_ids(table: pd.DataFrame) -> list[int]:
@@ -290,6 +297,8 @@ def fold_ids(table: pd.DataFrame) -> list[int]:
 def check_fold(work: Work, folds: int | Sequence[int], table: pd.DataFrame | None = None) -> list[int]:
     """The folds of folds.csv (or of `table`), after checking that each of `folds` is one of them."""
     known = fold_ids(read_folds(work) if table is None else table)
+    if not known:
+        raise ArtifactError(f"{work.folds} holds no images; run '{folds_command(work)}' again")
     unknown = sorted(set([folds] if isinstance(folds, int) else folds) - set(known))
     if unknown:
         which = "fold {} is" if len(unknown) == 1 else "folds {} are"

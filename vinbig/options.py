@@ -47,15 +47,16 @@ def _scalar(kind: str, text: str) -> Any:
 def parse_value(setting: Setting, text: str) -> Any:
     """An option's text as the setting's type: ``R8,R9`` or ``[R8, R9]`` for a list, YAML for the rest."""
     bracketed = text.lstrip().startswith(("[", "{"))
-    if setting.is_list and not bracketed:
-        item = setting.type[5:-1] if setting.type.endswith("]") else ""
-        return [_scalar(item, t.strip()) for t in text.split(",") if t.strip()]
-    if "list" in setting.type and "," in text and not bracketed:  # e.g. the device: 0,1
-        return [_scalar("", t.strip()) for t in text.split(",") if t.strip()]
     try:
+        if setting.is_list and not bracketed:
+            item = setting.type[5:-1] if setting.type.endswith("]") else ""
+            return [_scalar(item, t.strip()) for t in text.split(",") if t.strip()]
+        if "list" in setting.type and "," in text and not bracketed:  # e.g. the device: 0,1
+            return [_scalar("", t.strip()) for t in text.split(",") if t.strip()]
         return _scalar(setting.type, text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a {setting.type}") from None
+        article = "an" if setting.type[:1] in "aeiou" else "a"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {article} {setting.type}") from None
 
 
 def add_settings(parser: argparse.ArgumentParser, section: str, aliases: Mapping[str, str] = {}) -> None:

@@ -87,7 +87,8 @@ class FoldsResult:
 
 def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, n_folds: int = 5, seed: int = 42,
                iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
-               reader_weights: Mapping[str, float] | None = None, exclude_readers: Iterable[str] = ()) -> FoldsResult:
+               reader_weights: Mapping[str, float] | None = None, exclude_readers: Iterable[str] = (),
+               outside_boxes: str = "error") -> FoldsResult:
     """The `vinbig folds` stage: validate train.csv, write WORK/labels.csv and WORK/folds.csv.
 
     labels.csv holds the fused boxes (see folds._consolidate; coordinates rounded to 1/1000 px,

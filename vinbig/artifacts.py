@@ -241,6 +241,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Check, before long work starts, that the file `path` (or the folder, with `folder`) can be written: its
+    folder is made if missing and a probe file is written there and removed. Raises ArtifactError naming the path
+    and the cause."""
+    path = Path(path)
+    where = path if folder else path.parent
+    try:
+        if path.is_dir() and not folder:
+            raise IsADirectoryError(21, "it is a folder", str(path))
+        if where.exists() and not where.is_dir():
+            raise NotADirectoryError(20, "a file stands where the folder should be", str(where))
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".{path.name}.{os.getpid()}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ArtifactError(f"cannot write {path}: {e.strerror or e} ({e.filename or where}); choose another "
+                            "output path or fix its permissions") from None
+    return path
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: Sequence[str]) -> Path:
     """Write `df` with exactly `columns`, atomically."""
     path = Path(path)

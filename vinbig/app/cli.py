@@ -102,6 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VinbigError as e:
         logger.error("%s", e)
         return 2
+    except OSError as e:  # a read-only folder, a full disk, a file where a folder should be
+        where = f" {e.filename}" if e.filename else ""
+        logger.error("cannot read or write%s: %s; check the path, its permissions and the free disk space",
+                     where, e.strerror or e)
+        return 2
     except KeyboardInterrupt:
         logger.error("interrupted; rerun the same command to continue")
         return 130

@@ -48,7 +48,7 @@ kept = $(if $(wildcard $(1)/.trained),@echo "make: $(1) was trained before $(2) 
 # meta.csv is written even when some DICOMs failed (vinbig images exits 1): it records what was converted
 .PRECIOUS: $(TRAIN_IMAGES) $(TEST_IMAGES)
 .PHONY: help venv test demo synth images folds train train-detector train-classifier predict predict-detector \
-        predict-classifier tune submission report kaggle-wheels kaggle-models bench clean
+        predict-classifier tune submission report kaggle-wheels kaggle-models readme bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -156,6 +156,9 @@ kaggle-wheels: venv ## the wheels dataset: vinbig and its dependencies but torch
 
 kaggle-models: venv ## the weights dataset: WORK's trained folds, folds.csv, fusion.yaml, config in KAGGLE_MODELS
 	$(VINBIG) export --work $(WORK) --out $(KAGGLE_MODELS) $(ARGS)
+
+readme: venv ## rewrite the README's configuration tables from configs/default.yaml
+	$(BIN)/python tests/test_readme.py
 
 bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand)
 	$(BIN)/python bench/bench_images.py

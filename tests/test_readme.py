@@ -43,8 +43,8 @@ def config_tables(path: Path = None) -> str:
 
 def test_readme_lists_every_config_key_with_its_default():
     tables = config_tables()
-    assert tables in README, ("the README's configuration tables differ from configs/default.yaml; paste the "
-                              "output of tests/test_readme.py's config_tables() into its Configuration section")
+    assert tables in README, ("the README's configuration tables differ from configs/default.yaml; run "
+                              "'make readme' to rewrite them")
 
 
 def test_readme_names_every_make_target_and_command():
@@ -60,3 +60,18 @@ def test_make_help_lists_the_targets_the_issue_names():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for target in ("demo", "test", "folds", "train", "predict", "submission", "report"):
         assert re.search(rf"make {target}\s", out), target
+
+
+def write_config_tables(readme: Path = ROOT / "README.md") -> bool:
+    """Rewrite the README's configuration tables from configs/default.yaml (`make readme`); True if it changed."""
+    text = readme.read_text()
+    start = text.index("<details><summary><code>synth</code>")
+    end = text.index("</details>", text.rindex("<details><summary><code>", 0, text.index("## Commands"))) + len("</details>")
+    new = text[:start] + config_tables() + text[end:]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print("README.md configuration tables", "rewritten" if write_config_tables() else "already up to date")

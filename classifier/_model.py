@@ -148,29 +148,51 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
-    """A checkpoint written by train-classifier; an error names the file and the command that makes it."""
+    """A checkpoint written by train-classifier; an error names the file and the fix.
+
+    `made_by` is the command that trains the fold (``vinbig train-classifier --work W --fold K``): a missing
+    file is made by it, a damaged one (truncated by a full disk or a killed copy, or another kind of file) by
+    it with ``--overwrite``, since the fold's run cannot go on from a file that cannot be read.
+    """
     from vinbig.artifacts import ArtifactError
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
+    again = f"train the fold again with '{made_by} --overwrite'"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged or foreign file
-        raise ArtifactError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
-                            f"run '{made_by}' again") from None
+    except Exception as e:  # a damaged or foreign file: torch, zip and pickle raise many types
+        raise ArtifactError(f"{path} is not a readable checkpoint (truncated, damaged or another kind of file: "
+                            f"{_cause(e)}); {again}") from None
     if not isinstance(ckpt, dict) or not {"model", "backbone", "imgsz"} <= set(ckpt):
-        raise ArtifactError(f"{path} is not a train-classifier checkpoint; run '{made_by}' again")
+        raise ArtifactError(f"{path} is not a train-classifier checkpoint (it lacks the keys model, backbone and "
+                            f"imgsz); {again}")
     return ckpt
+
+
+def _cause(e: BaseException) -> str:
+    """`e` in one short sentence: torch's messages go on for a paragraph."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(". ")[0].rstrip(".")
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def load_classifier(path: str | os.PathLike, device: torch.device,
                     made_by: str = "vinbig train-classifier") -> tuple[nn.Module, int]:
     """The model of a best.pt or last.pt, in eval mode on `device`, and the image size it was trained at."""
+    from vinbig.artifacts import ArtifactError
+
     ckpt = load_checkpoint(path, made_by)
     model = create_model(ckpt["backbone"])
     state = ckpt.get("model_ema") or ckpt["model"]
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # tensors that do not fit the checkpoint's own backbone: a damaged file
+        raise ArtifactError(f"{path}: its weights do not fit its backbone '{ckpt['backbone']}' ({_cause(e)}); "
+                            f"train the fold again with '{made_by} --overwrite'") from None
     model.to(device).eval()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -18,13 +19,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, fold_ids, read_folds, train_command,
-                             read_meta, write_csv)
+from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, check_writable, fold_ids,
+                             predict_command, read_folds, read_meta, train_command, write_csv)
 from vinbig.errors import ConfigError
 from vinbig.log import progress
 
 from classifier._data import PngDataset, abnormal_targets, png_paths, worker_init
-from classifier._model import Prepare, load_classifier, resolve_device
+from classifier._model import Prepare, load_checkpoint, load_classifier, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class ClassifierPredictions:
 def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | None = None) -> ClassifierPredictions:
     """Score `split` ("oof" or "test") with the best.pt of every fold and write ``work.classifier_preds(split)``.
 
-    `cfg` is the ``classifier`` config section.
+    `cfg` is the ``classifier`` config section. Before any model runs, every checkpoint is read and the output
+    checked to be writable; a damaged checkpoint or a failed write is an error naming the file and the fix.
     """
     work = Work.of(work)
     tta = tta or cfg["tta"]
@@ -118,6 +120,11 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
         commands = "; ".join(f"'{train_command(work, 'classifier', k)}'" for k in missing)
         raise ArtifactError(f"no trained classifier for fold(s) {missing}: {ckpts[missing[0]]} not found; "
                             f"run {commands}")
+
+    out, made_by = work.classifier_preds(split), predict_command(work, "classifier", split)
+    check_output(out, made_by)  # before any model runs
+    for k in folds:  # every checkpoint readable before the first one scores an image
+        load_checkpoint(ckpts[k], train_command(work, "classifier", k))
 
     if split == "test":
         test_dir = work.images("test")
@@ -138,12 +145,28 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
         mean = preds.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)
         preds = pd.concat([preds, mean], ignore_index=True)
     preds = preds.sort_values(["fold", "image_id"], kind="stable").reset_index(drop=True)
-    path = write_csv(preds, work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS)
+    try:
+        path = write_csv(preds, out, CLASSIFIER_PRED_COLUMNS)
+    except OSError as e:  # a full disk, a lost permission: the file is left as it was (write_csv is atomic)
+        fix = "free space on its disk" if e.errno == errno.ENOSPC else "check its folder's permissions and free space"
+        raise ArtifactError(f"cannot write {out}: {e.strerror or e}; the file was left as it was: {fix}, then run "
+                            f"'{made_by}' again") from None
     logger.info("wrote %d rows to %s", len(preds), path)
     if split == "oof":
         return ClassifierPredictions(path, preds, **report_oof(preds.merge(table[["image_id", "abnormal"]],
                                                                            on="image_id"), cfg["gate_miss"]))
     return ClassifierPredictions(path, preds)
+
+
+def check_output(out: Path, made_by: str) -> None:
+    """`out` can be written: its folder made, no file in the folder's way (checked before any model runs)."""
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ArtifactError(f"cannot write {out}: {folder} is a file, where a folder should be; move or "
+                                    f"rename it, then run '{made_by}' again")
+            break
+    check_writable(out)
 
 
 def report_oof(oof: pd.DataFrame, max_miss: float) -> dict:

@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import CLASS_NAMES, NO_FINDING, Work, check_fold, png_path, read_folds, read_labels, read_meta
+from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, Work, check_fold, folds_command, meta_path, png_path,
+                              read_folds, read_labels, read_meta)
 from vinbig.boxes import clip
+from vinbig.errors import ArtifactError, ConfigError
 from vinbig.log import some
 
 logger = logging.getLogger(__name__)
@@ -61,21 +63,75 @@ def label_text(class_ids, boxes, width: float, height: float) -> str:
                    for c, row in zip(class_ids, xywhn))
 
 
-def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
-    """The finding boxes of labels.csv, clipped to their image; boxes under one pixel wide or high dropped."""
-    boxes = labels[labels.class_id != NO_FINDING].merge(meta[["image_id", "width", "height"]], on="image_id")
-    xyxy = clip(boxes[["x_min", "y_min", "x_max", "y_max"]].to_numpy(), boxes.width.to_numpy(),
-                boxes.height.to_numpy())
-    boxes.loc[:, ["x_min", "y_min", "x_max", "y_max"]] = xyxy
+OUTSIDE_BOXES = ("error", "clip", "drop")  # folds.outside_boxes: what a box beyond its image becomes
+_SLACK = 1e-3  # px: labels.csv is rounded to 1/1000 px, so an edge this far out is on the image
+_LISTED = 20  # boxes an error message lists
+
+
+def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame, outside_boxes: str = "error",
+                   work: Work | None = None) -> pd.DataFrame:
+    """The finding boxes of labels.csv (`labels` as read: its index is the row), within their image.
+
+    A box beyond its image (the width and height of meta.csv) is an error that lists such boxes by image and
+    line of labels.csv (``outside_boxes="error"``), or it is moved to the image's edge (``"clip"``) or left
+    out (``"drop"``) with a warning naming the images. Boxes under one pixel wide or high once clipped are
+    left out with a warning too. `work` names the files and the command in the messages.
+    """
+    if outside_boxes not in OUTSIDE_BOXES:
+        raise ConfigError(f"folds.outside_boxes is {outside_boxes!r}; choose one of {list(OUTSIDE_BOXES)}")
+    boxes = labels[labels.class_id != NO_FINDING]
+    line = pd.Series(boxes.index + 2, index=boxes.index)  # the header is line 1
+    boxes = boxes.assign(line=line).merge(meta[["image_id", "width", "height"]], on="image_id")
+    xyxy = boxes[list(BOX)].to_numpy(dtype=np.float64)
+    w, h = boxes.width.to_numpy(np.float64), boxes.height.to_numpy(np.float64)
+    outside = ((xyxy[:, 0] < -_SLACK) | (xyxy[:, 1] < -_SLACK) | (xyxy[:, 2] > w + _SLACK) | (xyxy[:, 3] > h + _SLACK))
+    source = str(work.labels) if work else "labels.csv"
+    if outside.any():
+        beyond = boxes[outside]
+        if outside_boxes == "error":
+            raise ArtifactError(_outside_message(beyond, work))
+        where = some([f"{i} (line {n})" for i, n in zip(beyond.image_id, beyond.line)], 5)
+        if outside_boxes == "drop":
+            logger.warning("%d box(es) of %s lie beyond their image and are left out (folds.outside_boxes=drop): %s",
+                           len(beyond), source, where)
+            boxes, xyxy, w, h = boxes[~outside], xyxy[~outside], w[~outside], h[~outside]
+        else:
+            logger.warning("%d box(es) of %s lie beyond their image and are clipped to its edge "
+                           "(folds.outside_boxes=clip): %s", len(beyond), source, where)
+    xyxy = clip(xyxy, w, h)
+    boxes = boxes.assign(**{c: xyxy[:, i] for i, c in enumerate(BOX)})
     keep = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)
     if (~keep).any():
-        logger.warning("%d box(es) of labels.csv are under one pixel once clipped to the image; left out",
-                       int((~keep).sum()))
-    return boxes[keep]
+        small = boxes[~keep]
+        logger.warning("%d box(es) of %s are under one pixel wide or high once clipped to their image; left out: %s",
+                       len(small), source, some([f"{i} (line {n})" for i, n in zip(small.image_id, small.line)], 5))
+    return boxes[keep].drop(columns="line")
 
 
-def fold_dataset(work: Work, fold: int) -> Path:
-    """Write (or reuse, when its inputs are unchanged) the dataset of `fold`; return its data.yaml."""
+def _outside_message(beyond: pd.DataFrame, work: Work | None) -> str:
+    """The error for boxes beyond their image: each box (the first _LISTED), its image, line and size, and the fixes."""
+    listed = "; ".join(
+        f"{r.image_id} line {r.line}: ({_px(r.x_min)}, {_px(r.y_min)}, {_px(r.x_max)}, {_px(r.y_max)}) on "
+        f"{int(r.width)} x {int(r.height)} px" for r in beyond.head(_LISTED).itertuples())
+    more = f"; and {len(beyond) - _LISTED} more" if len(beyond) > _LISTED else ""
+    source, sizes = (work.labels, meta_path(work.images("train"))) if work else ("labels.csv", "meta.csv")
+    rerun = folds_command(work) if work else "vinbig folds"
+    return (f"{source}: {len(beyond)} box(es) lie beyond their image (x_min, y_min, x_max, y_max on the width x "
+            f"height of {sizes}): {listed}{more}. Fix them in train.csv and rerun '{rerun}', or choose what "
+            "happens to them: --set folds.outside_boxes=clip (moved to the image's edge) or "
+            "--set folds.outside_boxes=drop (left out)")
+
+
+def _px(v: float) -> str:
+    return f"{v:g}"
+
+
+def fold_dataset(work: Work, fold: int, outside_boxes: str = "error") -> Path:
+    """Write (or reuse, when its inputs are unchanged) the dataset of `fold`; return its data.yaml.
+
+    `outside_boxes` (the config's folds.outside_boxes): what a box of labels.csv beyond its image becomes; see
+    training_boxes.
+    """
     image_dir = work.images("train")
     meta = read_meta(image_dir)
     labels = read_labels(work)
@@ -86,7 +142,7 @@ def fold_dataset(work: Work, fold: int) -> Path:
         logger.warning("%d image(s) of folds.csv have no PNG in %s (failed conversion?), left out: %s",
                        len(missing), image_dir, some(missing))
     folds = folds[folds.image_id.isin(meta.image_id)]
-    boxes = training_boxes(labels[labels.image_id.isin(folds.image_id)], meta)
+    boxes = training_boxes(labels[labels.image_id.isin(folds.image_id)], meta, outside_boxes, work)
 
     out = work.detector_data(fold)
     stamp = _fingerprint(fold, folds, boxes, meta, image_dir)

@@ -9,6 +9,9 @@ Importing this module is enough, and it must happen before anything imports ultr
   is pointed at a font on this machine (matplotlib's bundled DejaVu Sans when nothing better is here).
 - ``check_amp`` would download yolo26n.pt to compare FP32 and AMP outputs; it runs the same
   comparison on the model being trained instead.
+- a checkpoint is loaded by :func:`load_yolo` from its absolute path: ultralytics re-downloads a damaged
+  file only when it is named bare like one of its own assets (``yolov8n.pt``); an unreadable file is an
+  error naming it and the fix, not ultralytics' advice to download ``yolo26n.pt``.
 - ``add_integration_callbacks`` would attach the Ultralytics Platform callbacks (which upload when an
   API key is set, whatever ``YOLO_OFFLINE`` says) and Comet, ClearML, DVC or MLflow when installed;
   no integration is attached.
@@ -29,6 +32,8 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 import torch  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+
+from vinbig.errors import ArtifactError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +85,32 @@ def _first_tensor(out) -> torch.Tensor:
     while isinstance(out, (tuple, list)):
         out = out[0]
     return out
+
+
+def load_yolo(path: str | os.PathLike, fix: str, error: type[Exception] = ArtifactError, what: str = ""):
+    """``YOLO(path)`` for the local checkpoint `path`; nothing is downloaded.
+
+    A truncated, damaged or foreign file raises `error`: "<what><path> is not a readable ultralytics checkpoint
+    (<cause>); <fix>".
+    """
+    from ultralytics import YOLO
+
+    path = Path(path).expanduser().resolve()  # a path, never a bare asset name ultralytics would fetch
+    try:
+        return YOLO(str(path))
+    except Exception as e:  # torch, zip and pickle raise many types for a damaged file; ultralytics wraps some
+        raise error(f"{what}{path} is not a readable ultralytics checkpoint (truncated, damaged or another kind of "
+                    f"file: {_cause(e)}); {fix}") from None
+
+
+def _cause(e: BaseException) -> str:
+    """The original error behind ultralytics' wrapper, in one short sentence."""
+    root = e.__cause__ or e
+    text = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    text = text.split(". ")[0].rstrip(".")
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
 def follow_log_level() -> bool:

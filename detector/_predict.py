@@ -8,6 +8,8 @@ when complete.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -19,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from vinbig import log
-from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold, fold_ids,
-                              images_command, png_path, read_folds, read_meta, train_command)
+from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold, check_writable,
+                              fold_ids, images_command, png_path, predict_command, read_folds, read_meta,
+                              train_command)
 from vinbig.boxes import clip, to_original
 from vinbig.devices import Device, parse_device
 
@@ -77,12 +80,14 @@ class DetectorPredictions:
 
 def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Sequence[str] = (),
             folds: Sequence[int] | None = None, weights: str = "best", out: Path | None = None) -> DetectorPredictions:
-    """Write ``WORK/preds/detector_{split}.parquet`` (or `out`)."""
+    """Write ``WORK/preds/detector_{split}.parquet`` (or `out`).
+
+    Before any model runs, every fold's checkpoint is loaded and the output is checked to be writable; a
+    damaged checkpoint or an output that cannot be written is an error naming the file and the fix.
+    """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from detector._offline import follow_log_level  # first: ultralytics offline
-    from ultralytics import YOLO
 
     follow_log_level()
     work = Work.of(work)
@@ -92,9 +97,11 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
         raise ValueError(f"unknown TTA {bad}; choose from {list(TTAS[1:])}")
     sets = list(dict.fromkeys(["none", *tta]))  # each set once: a repeated one would count twice in fusion
     meta, todo = plan(work, split, folds)
-    models = {k: weights_path(work, k, weights) for k in todo}  # all present before any work starts
+    paths = {k: weights_path(work, k, weights) for k in todo}  # all present before any work starts
     out = Path(out or work.detector_preds(split))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made_by = predict_command(work, "detector", split)
+    check_output(out, made_by)
+    models = {k: load_fold_model(work, k, weights, path) for k, path in paths.items()}  # all readable
     types = {"image_id": pa.string(), "fold": pa.int16(), "tta": pa.string(), "class_id": pa.int16()}
     schema = pa.schema([(c, types.get(c, pa.float32())) for c in DETECTOR_PRED_COLUMNS])  # score, boxes: float32
     device = parse_device(cfg["device"], "detector.device")
@@ -104,26 +111,80 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
     args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
                 device=device.ultralytics)
     args.update(_fp16(args["device"]))
-    n_boxes = 0
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    image_dir = work.images("train" if split == "oof" else "test")
+    counted = {"boxes": 0}
+
+    def row_groups() -> Iterator:
         buffer: list[pd.DataFrame] = []
         for fold, ids in todo.items():
-            model = YOLO(str(models[fold]))
+            model = models.pop(fold)  # released once its fold is done
             bar = log.progress(total=len(ids), desc=f"{split} fold {fold}", unit="img")
             for chunk in _chunks(ids, cfg["predict_batch"]):
-                rows = _predict_chunk(model, work.images("train" if split == "oof" else "test"), chunk,
-                                      meta, fold, sets, args)
+                rows = _predict_chunk(model, image_dir, chunk, meta, fold, sets, args)
                 buffer.append(rows)
-                n_boxes += len(rows)
+                counted["boxes"] += len(rows)
                 if sum(len(b) for b in buffer) >= _ROW_GROUP:
-                    writer.write_table(_table(buffer, schema))
+                    yield _table(buffer, schema)
                     buffer = []
                 bar.update(len(chunk))
             bar.close()
-        writer.write_table(_table(buffer, schema))
+        yield _table(buffer, schema)
+
+    write_parquet(out, row_groups(), schema, made_by)
+    n_boxes, n_images = counted["boxes"], len({i for v in todo.values() for i in v})
     logger.info("%s: %d boxes from %d fold model(s) x %d prediction set(s) (%s) on %d images -> %s", split,
-                n_boxes, len(todo), len(sets), ", ".join(sets), len({i for v in todo.values() for i in v}), out)
-    return DetectorPredictions(out, n_boxes, len({i for v in todo.values() for i in v}), len(todo) * len(sets))
+                n_boxes, len(todo), len(sets), ", ".join(sets), n_images, out)
+    return DetectorPredictions(out, n_boxes, n_images, len(todo) * len(sets))
+
+
+def load_fold_model(work: Work, fold: int, weights: str, path: Path):
+    """The ultralytics model of `path`, fold `fold`'s `weights` checkpoint; a damaged file names the fixes."""
+    from detector._offline import load_yolo
+
+    other = "last" if weights == "best" else "best"
+    return load_yolo(path, f"predict with each fold's {other}.pt (--weights {other}) or train fold {fold} again: "
+                           f"'{train_command(work, 'detector', fold)} --overwrite'")
+
+
+def check_output(out: Path, made_by: str) -> None:
+    """Before any model runs: `out` can be written (its folder made, no file in the folder's way)."""
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ArtifactError(f"cannot write {out}: {folder} is a file, where a folder should be; move or "
+                                    f"rename it, then run '{made_by}' again")
+            break
+    check_writable(out)
+
+
+def write_parquet(out: Path, tables: Iterable, schema, made_by: str) -> Path:
+    """Write the row groups `tables` to `out` as they come, through a partial file that replaces `out` when
+    complete. A failed write (a full disk, a lost permission) is an ArtifactError naming `out` and its cause."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(out) as tmp:
+        writer = _writing(out, made_by, pq.ParquetWriter, tmp, schema)
+        try:
+            for table in tables:
+                _writing(out, made_by, writer.write_table, table)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.close()
+            raise
+        _writing(out, made_by, writer.close)
+    return out
+
+
+def _writing(out: Path, made_by: str, fn, *args):
+    """``fn(*args)``, a write to `out`: an OSError becomes one ArtifactError naming the file, the cause and the fix."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        cause = os.strerror(e.errno) if e.errno else str(e).strip().splitlines()[0]
+        fix = ("free space on its disk" if e.errno == errno.ENOSPC or "No space left" in str(e)
+               else "check its folder's permissions and free disk space")
+        raise ArtifactError(f"cannot write {out}: {cause}; the file was left as it was: {fix}, then run "
+                            f"'{made_by}' again") from None
 
 
 def _fp16(device) -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from vinbig.artifacts import Work
+from vinbig.artifacts import Work, train_command
 from vinbig.devices import parse_device
 from vinbig.errors import ConfigError
 
@@ -83,17 +83,18 @@ class DetectorRun:
 
 def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resume: bool = False,
                overwrite: bool = False, resume_overrides: Mapping | None = None,
-               callbacks: Mapping[str, Callable] | None = None) -> DetectorRun:
+               callbacks: Mapping[str, Callable] | None = None, outside_boxes: str = "error") -> DetectorRun:
     """Train fold `fold` with the detector config section `cfg`.
 
     `resume` continues ``weights/last.pt`` of an interrupted run with the run's own arguments, changed
     only by `resume_overrides` (keys of RESUME_KEYS); a finished run is left as it is. `callbacks` maps
-    ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the trainer.
+    ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the trainer. `outside_boxes`
+    (folds.outside_boxes: error, clip or drop) says what a box of labels.csv beyond its image becomes.
+    A damaged last.pt (or .pt given as detector.model) is an error naming the file and the fix.
     """
     from detector._dataset import fold_dataset
-    from detector._offline import OfflineDetectionTrainer, follow_log_level  # first: ultralytics offline
+    from detector._offline import OfflineDetectionTrainer, follow_log_level, load_yolo  # first: ultralytics offline
     from ultralytics import YOLO
-
 
     verbose = follow_log_level()
     work = Work.of(work)
@@ -102,7 +103,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     if resume:
         if not last.is_file():
             raise ConfigError(f"--resume: no {last} to resume from; train without --resume first")
-        model = YOLO(str(last))
+        model = load_yolo(last, f"the run cannot continue from it: start fold {fold} over with "
+                                f"'{train_command(work, 'detector', fold)} --overwrite'")
         ckpt = model.ckpt or {}
         # A finished run's last.pt has no optimizer and epoch -1; given one, ultralytics would start a new
         # training on its default dataset (coco8, a download) instead of refusing.
@@ -127,8 +129,12 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
             f"{run_dir} already holds a run ({last}); use --resume to continue it or --overwrite to start over")
 
     model_path = resolve_model(cfg["model"])
-    data_yaml = fold_dataset(work, fold)
-    model = YOLO(model_path)
+    if model_path.endswith(".pt"):
+        model = load_yolo(model_path, "give another .pt file or an architecture yaml (e.g. yolov8s.yaml)",
+                          ConfigError, "detector.model: ")
+    else:
+        model = YOLO(model_path)
+    data_yaml = fold_dataset(work, fold, outside_boxes)
     _add_callbacks(model, callbacks)
     args = {"verbose": verbose, **train_args(cfg, data_yaml, run_dir)}
     logger.info("fold %d: training %s at %d px for %d epochs on device %s into %s", fold, cfg["model"],

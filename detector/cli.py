@@ -20,8 +20,9 @@ def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
 
     work = Work(args.work)
     check_fold(work, args.fold)
+    # folds.outside_boxes (--set folds.outside_boxes=clip): what a box of labels.csv beyond its image becomes
     run = train_fold(work, args.fold, cfg["detector"], resume=args.resume, overwrite=args.overwrite,
-                     resume_overrides=given(args).get("detector", {}))
+                     resume_overrides=given(args).get("detector", {}), outside_boxes=cfg["folds"]["outside_boxes"])
     logger.info("fold %d: %s", args.fold, run.summary)
     # a resumed run keeps the config it started with
     return Outcome(0, None if args.resume else config_path(run.run_dir, "detector"))
@@ -40,10 +41,12 @@ def register(add) -> None:
     p = add("train-detector", cmd_train, "train one fold's YOLOv8 detector (ultralytics)",
             "Write the ultralytics dataset of fold K (WORK/detector/data/foldK: linked PNGs, YOLO labels, "
             "data.yaml) and train a YOLOv8 on the other folds, validating on fold K, with the config's "
-            "detector section. The model is an architecture yaml trained from scratch or a local .pt file; "
-            "nothing is downloaded. Outputs: WORK/detector/foldK/ (weights/best.pt, weights/last.pt, "
-            "results.csv, args.yaml, plots). Several GPUs: --device 0,1 (DDP). One fold per job spreads "
-            "folds over machines.", sections=["detector"])
+            "detector section. A box of labels.csv beyond its image stops the command with a list of them, "
+            "unless --set folds.outside_boxes=clip (moved to the edge) or drop (left out). The model is an "
+            "architecture yaml trained from scratch or a local .pt file; nothing is downloaded. Outputs: "
+            "WORK/detector/foldK/ (weights/best.pt, weights/last.pt, results.csv, args.yaml, plots). Several "
+            "GPUs: --device 0,1 (DDP). One fold per job spreads folds over machines.", sections=["detector"],
+            reads=["folds"])
     train_arguments(p, "detector")
 
     p = add("predict-detector", cmd_predict, "predict boxes with the fold detectors",

@@ -299,3 +299,85 @@ def test_gate_operating_point(pos, neg, max_miss, threshold, missed, caught):
     assert gate["threshold"] == threshold
     assert (gate["abnormal_missed"], gate["normal_caught"]) == (missed, caught)
     assert gate["miss_rate"] <= max_miss and gate["normal_share"] == caught / len(neg)
+
+
+# --------------------------------------------------------------------------- faults: outputs and checkpoints
+
+
+def hand_made_checkpoint(path) -> None:
+    """A best.pt as train-classifier writes one, of an untrained model: no training needed to predict with it."""
+    from classifier._model import save_checkpoint
+
+    save_checkpoint({"model": create_model("test_efficientnet").state_dict(), "backbone": "test_efficientnet",
+                     "imgsz": 64, "epoch": 0, "auc": 0.5}, path)
+
+
+def damage(path, how: str):
+    """Cut `path` to half its bytes (a copy killed midway, a full disk) or replace it by random bytes."""
+    data = path.read_bytes() if path.is_file() else b""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:len(data) // 2] if how == "truncated" else np.random.default_rng(0).bytes(4096))
+    return path
+
+
+def errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.fixture
+def scored(monkeypatch) -> list:
+    """Each fold model's scoring run, recorded."""
+    import classifier._predict
+
+    calls, real = [], classifier._predict.infer
+    monkeypatch.setattr(classifier._predict, "infer", lambda *a, **kw: calls.append(kw.get("desc")) or real(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("fault", ["preds_is_a_file", "full_disk"])
+def test_predict_checks_its_output_before_any_model_runs_and_a_failed_write_is_one_line(work_copy, caplog,
+                                                                                        monkeypatch, scored, fault):
+    import errno
+
+    work = Work(work_copy.work)
+    for k in range(3):
+        hand_made_checkpoint(work.checkpoint("classifier", k))
+    out = work.classifier_preds("test")
+    if fault == "preds_is_a_file":
+        work.preds.write_text("not a folder")
+    else:
+        def full_disk(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    assert main(["predict-classifier", "--work", str(work.root), "--split", "test", *TINY, "-q"]) == 2
+    [message] = errors(caplog)
+    if fault == "preds_is_a_file":
+        assert message.startswith(f"cannot write {out}: {work.preds} is a file, where a folder should be; move or "
+                                  "rename it")
+        assert scored == [] and work.preds.read_text() == "not a folder"
+    else:
+        assert message == (f"cannot write {out}: No space left on device; the file was left as it was: free space "
+                           f"on its disk, then run 'vinbig predict-classifier --work {work.root} --split test' again")
+        assert len(scored) == 3 and not out.exists() and no_partial_files(work.root)
+
+
+@pytest.mark.parametrize("how", ["truncated", "random"])
+def test_a_damaged_checkpoint_names_the_file_and_the_fix(work_copy, caplog, scored, how):
+    work = Work(work_copy.work)
+    for k in range(3):
+        hand_made_checkpoint(work.checkpoint("classifier", k))
+    best = damage(work.checkpoint("classifier", 1), how)
+    assert main(["predict-classifier", "--work", str(work.root), "--split", "test", *TINY, "-q"]) == 2
+    [message] = errors(caplog)
+    assert message.startswith(f"{best} is not a readable checkpoint (truncated, damaged or another kind of file: ")
+    assert message.endswith(f"train the fold again with 'vinbig train-classifier --work {work.root} --fold 1 "
+                            "--overwrite'")
+    assert scored == [] and not work.classifier_preds("test").exists()  # no fold scored before the check
+
+    caplog.clear()
+    last = damage(work.checkpoint("classifier", 0, "last"), how)  # torn when the run was killed
+    assert main(["train-classifier", "--work", str(work.root), "--fold", "0", "--resume", *TINY, "-q"]) == 2
+    [message] = errors(caplog)
+    assert message.startswith(f"{last} is not a readable checkpoint")
+    assert message.endswith(f"'vinbig train-classifier --work {work.root} --fold 0 --overwrite'")

@@ -242,6 +242,9 @@ def test_train_and_predict_every_fold_with_the_network_blocked(work_copy, tmp_pa
         for name in ("weights/best.pt", "weights/last.pt", "results.csv", "args.yaml", "config_detector.yaml"):
             assert (run / name).is_file(), name
     assert (w.fold_dir("detector", 0) / "results.png").is_file()  # plots drawn with a local font
+    saved = yaml.safe_load((w.fold_dir("detector", 1) / "config_detector.yaml").read_text())
+    assert set(saved) == {"detector", "folds"} and saved["detector"]["plots"] is False
+    assert saved["folds"]["outside_boxes"] == "error"  # what the dataset did with boxes beyond their image
 
     folds = pd.read_csv(w.folds, dtype={"image_id": str}).set_index("image_id").fold
     for split, sets in (("oof", {"none", "hflip"}), ("test", {"none"})):
@@ -313,3 +316,164 @@ def test_train_refuses_a_fold_that_does_not_exist_and_predict_names_the_missing_
     assert main(["predict-detector", "--work", work, "--split", "test", "-q"]) == 2
     assert "no detector weights for fold 0" in caplog.text and "vinbig train-detector" in caplog.text
     assert not Work(work).detector_preds("test").exists()
+
+
+# --------------------------------------------------------------------------- faults: outputs, checkpoints, boxes
+
+
+def hand_made_checkpoint(path: Path) -> Path:
+    """An untrained YOLOv8n of the 14 findings, saved as ultralytics saves a finished run: loads and predicts in
+    a second, where training one would take minutes on a CPU."""
+    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
+    from ultralytics.nn.tasks import DetectionModel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = DetectionModel("yolov8n.yaml", nc=14, verbose=False).half()
+    torch.save({"model": model, "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
+    return path
+
+
+def damage(path: Path, how: str) -> Path:
+    """Cut `path` to half its bytes (a copy killed midway, a full disk) or replace it by random bytes."""
+    data = path.read_bytes() if path.is_file() else b""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:len(data) // 2] if how == "truncated" else np.random.default_rng(0).bytes(4096))
+    return path
+
+
+def errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+PREDICT_TEST = ["--split", "test", "--imgsz", "64", "--conf", "1e-6", "--device", "cpu", "-q"]
+
+
+@pytest.mark.parametrize("fault", ["preds_is_a_file", "full_disk"])
+def test_predict_checks_its_output_before_any_model_runs_and_a_failed_write_is_one_line(work_copy, caplog,
+                                                                                        monkeypatch, fault):
+    import errno
+
+    import pyarrow.parquet as pq
+    import ultralytics
+    from vinbig.app.cli import main
+
+    work = Work(work_copy.work)
+    for k in range(3):
+        hand_made_checkpoint(work.checkpoint("detector", k))
+    loaded = []
+    real_yolo = ultralytics.YOLO
+    monkeypatch.setattr(ultralytics, "YOLO", lambda *a, **kw: loaded.append(a) or real_yolo(*a, **kw))
+    out = work.detector_preds("test")
+    if fault == "preds_is_a_file":
+        work.preds.write_text("not a folder")
+    else:
+        def full_disk(self, table, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(pq.ParquetWriter, "write_table", full_disk)
+
+    assert main(["predict-detector", "--work", str(work.root), *PREDICT_TEST]) == 2
+    [message] = errors(caplog)
+    if fault == "preds_is_a_file":
+        assert message.startswith(f"cannot write {out}: {work.preds} is a file, where a folder should be; move or "
+                                  "rename it")
+        assert loaded == [] and work.preds.read_text() == "not a folder"
+    else:
+        assert message.startswith(f"cannot write {out}: No space left on device; the file was left as it was: "
+                                  "free space on its disk, then run 'vinbig predict-detector")
+        assert len(loaded) == 3  # the models ran; the write failed
+        assert not out.exists() and not list(work.preds.glob(".*partial"))
+
+
+@pytest.mark.parametrize("how", ["truncated", "random"])
+def test_a_damaged_checkpoint_names_the_file_and_the_fix_without_the_network(work_copy, caplog, monkeypatch, how):
+    import socket
+
+    from vinbig.app.cli import main
+
+    attempts = []
+
+    def blocked(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network access blocked by the test")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, blocked)
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+
+    work = Work(work_copy.work)
+    for k in range(3):
+        hand_made_checkpoint(work.checkpoint("detector", k))
+    best = damage(work.checkpoint("detector", 1), how)
+    assert main(["predict-detector", "--work", str(work.root), *PREDICT_TEST]) == 2
+    [message] = errors(caplog)
+    assert message.startswith(f"{best.resolve()} is not a readable ultralytics checkpoint (truncated, damaged or "
+                              "another kind of file: ")
+    assert message.endswith(f"predict with each fold's last.pt (--weights last) or train fold 1 again: "
+                            f"'vinbig train-detector --work {work.root} --fold 1 --overwrite'")
+    assert not work.detector_preds("test").exists()
+
+    caplog.clear()
+    last = damage(hand_made_checkpoint(work.checkpoint("detector", 2, "last")), how)  # torn by a killed run
+    assert main(["train-detector", "--work", str(work.root), "--fold", "2", "--resume", *TINY]) == 2
+    [message] = errors(caplog)
+    assert message.startswith(f"{last.resolve()} is not a readable ultralytics checkpoint")
+    assert message.endswith(f"the run cannot continue from it: start fold 2 over with "
+                            f"'vinbig train-detector --work {work.root} --fold 2 --overwrite'")
+    assert "yolo26n" not in caplog.text and attempts == []
+
+
+def test_a_box_beyond_its_image_is_an_error_unless_the_config_says_clip_or_drop(work_copy, caplog, monkeypatch):
+    from ultralytics.engine.model import Model
+    from vinbig.app.cli import main
+
+    trained = []
+    monkeypatch.setattr(Model, "train", lambda self, **kwargs: trained.append(kwargs))  # the dataset is the point
+    work = Work(work_copy.work)
+    meta = pd.read_csv(work.images("train") / "meta.csv", dtype={"image_id": str}).set_index("image_id")
+    labels = pd.read_csv(work.labels, dtype={"image_id": str})
+    findings = labels.index[labels.class_id != NO_FINDING]
+    wide, away = findings[0], findings[-1]  # two images: one box too wide, one wholly right of its image
+    assert labels.image_id[wide] != labels.image_id[away]
+    w_wide, h_wide = meta.loc[labels.image_id[wide], ["width", "height"]]
+    w_away = meta.loc[labels.image_id[away], "width"]
+    labels.loc[wide, "x_max"] = 5000
+    labels.loc[away, ["x_min", "x_max"]] = [w_away + 10, w_away + 50]
+    labels.to_csv(work.labels, index=False)
+    train = ["train-detector", "--work", str(work.root), "--fold", "0", *TINY]
+
+    assert main(train) == 2  # the default: an error listing them, before any training
+    [message] = errors(caplog)
+    assert f"{work.labels}: 2 box(es) lie beyond their image" in message
+    assert (f"{labels.image_id[wide]} line {wide + 2}: ({labels.x_min[wide]:g}, {labels.y_min[wide]:g}, 5000, "
+            f"{labels.y_max[wide]:g}) on {w_wide} x {h_wide} px") in message
+    assert f"{labels.image_id[away]} line {away + 2}: ({w_away + 10}, " in message
+    assert ("Fix them in train.csv and rerun 'vinbig folds --train-csv DATA/train.csv" in message
+            and "--set folds.outside_boxes=clip" in message and "--set folds.outside_boxes=drop" in message)
+    assert trained == [] and not work.detector_data(0).exists()
+
+    caplog.clear()
+    assert main([*train, "--set", "folds.outside_boxes=clip"]) == 0
+    assert len(trained) == 1
+    assert ("2 box(es) of" in caplog.text and "lie beyond their image and are clipped to its edge "
+            "(folds.outside_boxes=clip)" in caplog.text and f"{labels.image_id[wide]} (line {wide + 2})" in caplog.text)
+    assert ("1 box(es) of" in caplog.text and "under one pixel wide or high once clipped to their image; left out: "
+            f"{labels.image_id[away]} (line {away + 2})" in caplog.text)  # wholly outside: nothing left of it
+    root = work.detector_data(0)
+    clipped = {image_id: (root / "labels" / subset / f"{image_id}.txt").read_text().splitlines()
+               for subset in ("train", "val") for image_id in labels.image_id[[wide, away]]
+               if (root / "labels" / subset / f"{image_id}.txt").is_file()}
+    n_wide = int((labels.image_id[findings] == labels.image_id[wide]).sum())
+    assert len(clipped[labels.image_id[wide]]) == n_wide  # kept, its right edge on the image's
+    right_edges = [float(cx) + float(w) / 2 for _, cx, _, w, _ in (line.split() for line in
+                                                                   clipped[labels.image_id[wide]])]
+    assert max(right_edges) == pytest.approx(1.0, abs=1e-5)
+    stamp = (root / "source.sha1").read_text()
+
+    caplog.clear()
+    fold_dataset(work, 0, "drop")
+    assert "2 box(es) of" in caplog.text and "are left out (folds.outside_boxes=drop)" in caplog.text
+    text = next((root / "labels" / s / f"{labels.image_id[wide]}.txt") for s in ("train", "val")
+                if (root / "labels" / s / f"{labels.image_id[wide]}.txt").is_file()).read_text()
+    assert len(text.splitlines()) == n_wide - 1
+    assert (root / "source.sha1").read_text() != stamp  # other labels: the dataset was written again

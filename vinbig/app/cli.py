@@ -66,15 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable, help: str, description: str, sections: Sequence[str] = (),
-            aliases: dict[str, str] | None = None,
+            aliases: dict[str, str] | None = None, reads: Sequence[str] = (),
             extra: Callable[[argparse.Namespace], Iterable[Path]] | None = None) -> argparse.ArgumentParser:
         """A subcommand calling ``func(args, cfg)`` with an option for every key of `sections` (`aliases`: more
-        flags, e.g. ``{"--batch": "predict_batch"}``); `extra(args)` names config files read before ``--set``."""
+        flags, e.g. ``{"--batch": "predict_batch"}``); `reads`: other sections it uses, saved with its config but
+        set with ``--set`` only; `extra(args)` names config files read before ``--set``."""
         p = sub.add_parser(name, parents=[common], help=help, description=description,
                            formatter_class=_HelpFormatter)
         for section in sections:
             add_settings(p, section, aliases or {})
-        p.set_defaults(func=func, sections=tuple(sections), extra=extra)
+        p.set_defaults(func=func, sections=tuple(sections), saves=(*sections, *reads), extra=extra)
         return p
 
     for module in COMMAND_MODULES:
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(outcome, Outcome):
         outcome = Outcome(int(outcome or 0))
     if outcome.config is not None:
-        save_config(cfg, outcome.config, args.sections or None)
+        save_config(cfg, outcome.config, args.saves or None)
     return outcome.code
 
 

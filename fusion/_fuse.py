@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from vinbig import log
-from vinbig.artifacts import BOX, CLASS_NAMES, ArtifactError, Work, read_detector_preds, read_folds, read_meta
+from vinbig.artifacts import (BOX, CLASS_NAMES, ArtifactError, Work, meta_path, predict_command, read_detector_preds,
+                              read_folds, read_meta)
 from vinbig.boxes import check_wbf_args, clip
 from vinbig.errors import ConfigError
 from vinbig.artifacts import PRED_COLUMNS
@@ -78,6 +79,39 @@ def check_params(iou_thr: float, skip_box_thr: float, conf_type: str, engine: st
                           "weights numbers above 0")
 
 
+def usable_rows(work: Work, split: str, preds: pd.DataFrame, known: np.ndarray) -> np.ndarray:
+    """Which rows of the detector's predictions fusion can use (bool per row); one warning counts the others by
+    kind and names a few of their images: a NaN or infinite value, a score outside [0, 1], an inverted box
+    (x_max < x_min or y_max < y_min), an image not in meta.csv (`known` is False). Each bad row counts once,
+    under the first kind it has. Raises ArtifactError when more than half of the rows are bad: the file is
+    damaged or was made for other images."""
+    n = len(preds)
+    box = preds[list(BOX)].to_numpy(np.float64)
+    score = preds["score"].to_numpy(np.float64)
+    finite = np.isfinite(box).all(axis=1) & np.isfinite(score)
+    masks = {"with a NaN or infinite value": ~finite}
+    masks["with a score outside [0, 1]"] = finite & ((score < 0) | (score > 1))
+    masks["inverted (x_max < x_min or y_max < y_min)"] = finite & ((box[:, 2] < box[:, 0]) | (box[:, 3] < box[:, 1]))
+    masks[f"of images not in {meta_path(work.images('train' if split == 'oof' else 'test'))}"] = ~known
+    bad = np.zeros(n, dtype=bool)
+    kinds = []
+    for kind, mask in masks.items():
+        mask = mask & ~bad
+        if mask.any():
+            kinds.append(f"{int(mask.sum())} {kind} ({log.some(pd.unique(preds['image_id'].to_numpy()[mask]), 3)})")
+            bad |= mask
+    if not bad.any():
+        return ~bad
+    path, made_by = work.detector_preds(split), predict_command(work, "detector", split)
+    n_bad = int(bad.sum())
+    if 2 * n_bad > n:
+        raise ArtifactError(f"{path}: {n_bad} of {n} boxes are bad: {'; '.join(kinds)}. The file is damaged or was "
+                            f"made for other images; run '{made_by}' again")
+    logger.warning("%s: %d of %d boxes are bad and left out: %s; if that is unexpected, run '%s' again", path, n_bad,
+                   n, "; ".join(kinds), made_by)
+    return ~bad
+
+
 def load_inputs(work: Work, split: str, image_ids=None, weights: dict | None = None) -> FusionInput:
     """Read the detector's predictions of `split` and arrange them for fusion.
 
@@ -91,6 +125,10 @@ def load_inputs(work: Work, split: str, image_ids=None, weights: dict | None = N
     if bad.any():
         raise ArtifactError(f"{work.detector_preds(split)} has class ids outside 0..{len(CLASS_NAMES) - 1} "
                             f"({sorted(set(preds.class_id[bad]))[:5]}); run 'vinbig predict-detector' again")
+    meta_row = index_of(preds["image_id"], meta.index)  # -1: an image meta.csv does not know
+    good = usable_rows(work, split, preds, meta_row >= 0)
+    if not good.all():
+        preds, meta_row = preds[good].reset_index(drop=True), meta_row[good]
     fold_of = None
     if split == "oof":
         folds = read_folds(work).set_index("image_id")["fold"]
@@ -116,14 +154,8 @@ def load_inputs(work: Work, split: str, image_ids=None, weights: dict | None = N
     set_codes, set_keys = pd.factorize(preds["fold"].to_numpy(np.int64) * n_tta + tta_codes, sort=False)
     sets = [f"{k // n_tta}/{tta_names[k % n_tta]}" for k in set_keys]  # "FOLD/TTA", in file order
     set_fold = np.array([int(s.split("/", 1)[0]) for s in sets])
-    img = index_of(preds["image_id"], image_ids)
+    img = index_of(meta.index, image_ids)[meta_row]  # boxes of images not in meta.csv are gone (usable_rows)
     no_meta = np.isnan(size[:, 0])
-    if no_meta.any():
-        missing = image_ids[no_meta]
-        has_boxes = np.isin(np.flatnonzero(no_meta), img)
-        if has_boxes.any():
-            logger.warning("%d images with predictions are not in meta.csv (no size to normalize by) and get no "
-                           "boxes: %s", int(has_boxes.sum()), ", ".join(missing[has_boxes][:10]))
     n_outside = int((img < 0).sum())
     if n_outside:
         logger.info("%d predicted boxes belong to images outside the ones predicted here; ignored", n_outside)

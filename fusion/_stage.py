@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import TUNED_KEYS, ArtifactError, Work, errors_path, images_command, meta_path, read_classifier_preds, read_csv
+from vinbig.artifacts import (TUNED_KEYS, ArtifactError, Work, check_writable, errors_path, images_command, meta_path,
+                              read_classifier_preds, read_csv)
 from vinbig.config import load_config
 from vinbig.log import some
 from vinbig.metric import Result, average_precision, match
 
 from fusion._fuse import check_params, fuse, load_inputs
 from fusion._gate import apply_gate, check_thresholds, image_probabilities
-from vinbig.submission import prediction_strings, validate_submission, write_submission
+from vinbig.submission import prediction_strings, read_sample, validate_submission, write_submission
 from fusion._tune import oof_truth
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,15 @@ class Submission(NamedTuple):
     faults: list
 
 
+def write_fused(sub: pd.DataFrame, out: Path) -> Path:
+    """Write submission rows to `out` atomically; a write error (a full disk) is one ArtifactError naming `out`."""
+    try:
+        return write_submission(sub, out)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {out}: {e.strerror or e}; free disk space or choose another --out "
+                            "(nothing was left half-written)") from None
+
+
 def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None) -> Fused:
     """Fuse and gate `split` with the fusion section `f`."""
     work = Work.of(work)
@@ -127,15 +137,13 @@ def failed_images(work: Work) -> list[str]:
 
 def make_submission(work: Work | str | os.PathLike, f: dict, sample: Path, out: Path | None = None) -> Submission:
     """Write the test submission (default WORK/submission.csv) for every image of `sample`, in its order, and
-    validate it."""
+    validate it. That `out` can be written is checked before the fusion starts."""
     work = Work.of(work)
     out = Path(out or work.submission)
     if not Path(sample).is_file():
         raise ArtifactError(f"sample submission not found at {sample}; give --sample DATA/sample_submission.csv")
-    image_ids = read_csv(sample, ["image_id"], "the competition's sample_submission.csv (give --sample)",
-                         dtype={"image_id": str})["image_id"].to_numpy()
-    if len(set(image_ids)) != len(image_ids):
-        raise ArtifactError(f"{sample} lists some images twice; use the competition's sample_submission.csv")
+    image_ids = np.asarray(read_sample(sample), dtype=object)
+    check_writable(out)
     image_ids, final, no_preds = predict(work, "test", f, image_ids)
     failed = set(failed_images(work)) & set(image_ids)
     if failed:
@@ -146,7 +154,7 @@ def make_submission(work: Work | str | os.PathLike, f: dict, sample: Path, out: 
         logger.warning("%d test images have no detector predictions and get '14 1 0 0 1 1': %s", len(other),
                        some(other))
     sub = prediction_strings(final, image_ids)
-    write_submission(sub, out)
+    write_fused(sub, out)
     logger.info("wrote %s: %d images, %d predicted groups", out, len(sub), len(final))
     meta = meta_path(work.images("test"))
     return Submission(out, validate_submission(out, sample, meta if meta.is_file() else None))

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from vinbig.artifacts import Work, config_path, source_path
+from vinbig.artifacts import Work, check_writable, config_path, source_path
 from vinbig.errors import UserError
 from vinbig.options import Outcome, work_argument
 
@@ -62,20 +62,24 @@ def cmd_score(args: argparse.Namespace, cfg: dict) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace, cfg: dict) -> Outcome:
-    from fusion._stage import make_submission, score_oof
-    from vinbig.submission import prediction_strings, write_submission
+    from fusion._stage import make_submission, score_oof, write_fused
+    from vinbig.submission import prediction_strings
 
     work = _work(args)
     saved = config_path(work.root, "fusion")
     f = cfg["fusion"]
+    out = getattr(args, "out", None)
+    for path in (saved, out):  # before the fusion: a read-only WORK, an --out that is a folder or under a file
+        if path is not None:
+            check_writable(path)
     if args.split == "oof":
         result, final, _ = score_oof(work, f)
         print(result.format())
-        if getattr(args, "out", None) is not None:
-            write_submission(prediction_strings(final, final["image_id"].unique()), args.out)
-            logger.info("wrote the fused out-of-fold predictions to %s", args.out)
+        if out is not None:
+            write_fused(prediction_strings(final, final["image_id"].unique()), out)
+            logger.info("wrote the fused out-of-fold predictions to %s", out)
         return Outcome(0, saved)
-    out, faults = make_submission(work, f, _sample(args, work), getattr(args, "out", None))
+    out, faults = make_submission(work, f, _sample(args, work), out)
     if faults:
         _report_faults(faults, str(out))
         logger.error("%s fails validation with %d faults: a bug in the fusion stage, please report it", out,
@@ -90,6 +94,7 @@ def cmd_tune(args: argparse.Namespace, cfg: dict) -> Outcome:
 
     work = _work(args)
     f = cfg["fusion"]
+    check_writable(work.fusion_config)  # before the grid, which can take long
     best = tune(work, f)
     print(format_tables(best.table))
     path = write_tuned(work.fusion_config, best)
@@ -121,6 +126,7 @@ def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
 
     work = _work(args)
     out = getattr(args, "out", None) or work.report
+    check_writable(out, folder=True)
     f = cfg["fusion"]
     result, final, truth = score_oof(work, f, curves=True)
     print(result.format())
@@ -148,7 +154,9 @@ def register(add) -> None:
                 "PASCAL VOC 2010 mAP at IoU > 0.4 over the 15 classes (No finding = box 0 0 1 1) of a submission "
                 "file against a truth box table. Detections are ranked by confidence, ties in submission order; "
                 "truth images missing from the submission count as unpredicted; classes absent from the truth are "
-                "listed and left out of the mean. Prints a per-class table (AP, truth boxes, predictions).")
+                "listed and left out of the mean. Prints a per-class table (AP, truth boxes, predictions). An "
+                "unreadable file or a value that is not a finite number is refused (exit 2) with its file and line; "
+                "class-14 boxes other than 0 0 1 1 are scored by IoU, as Kaggle does, with a warning.")
     p.add_argument("--truth", required=True, type=Path, metavar="TRUTH.csv",
                    help="image_id,class_id,x_min,y_min,x_max,y_max (WORK/labels.csv qualifies); class-14 boxes "
                         "may be empty")
@@ -186,9 +194,9 @@ def register(add) -> None:
     work_argument(p)
 
     p = command("validate", cmd_validate, "check a submission file, naming the line of every fault",
-                "Check a submission against the sample submission: header, every image exactly once and in the "
-                "sample's order, groups of 6 numbers, class ids 0..14, confidences in [0, 1], x_min < x_max and "
-                "y_min < y_max, class 14 only with the box 0 0 1 1, and with --meta boxes inside the original "
+                "Check a submission against the sample submission: header, every image exactly once (rows in another "
+                "order than the sample's, which Kaggle accepts, get a warning), groups of 6 numbers, class ids "
+                "0..14, confidences in [0, 1], x_min < x_max and y_min < y_max, class 14 only with the box 0 0 1 1, and with --meta boxes inside the original "
                 "image. Prints FILE:LINE: IMAGE: problem for each fault; exits 1 when there is one.")
     p.add_argument("submission", type=Path, metavar="SUB.csv", help="the submission to check")
     p.add_argument("--sample", required=True, type=Path, metavar="CSV", help="the competition's sample_submission.csv")

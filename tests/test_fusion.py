@@ -406,6 +406,81 @@ def test_empty_inputs_are_scored_or_refused_with_a_reason(work_copy, tmp_path, c
     assert "holds no truth rows" in caplog.text
 
 
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+def test_fuse_checks_that_the_output_can_be_written_before_fusing(work_copy, tmp_path, caplog, monkeypatch, where):
+    import fusion._stage
+
+    work = Work(work_copy.work)
+    make_detector_preds(work, "test")
+    (tmp_path / "file.txt").write_text("x")
+    out = tmp_path / "file.txt" / "sub.csv" if where == "under a file" else tmp_path / "folder"
+    out.mkdir(exist_ok=True) if where == "a folder" else None
+
+    def no_fusion(*args, **kwargs):
+        raise AssertionError("the fusion started before the output was checked")
+
+    monkeypatch.setattr(fusion._stage, "fuse", no_fusion)
+    assert main(["fuse", "--work", str(work.root), "--split", "test", "--data", str(work_copy.data),
+                 "--out", str(out)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"cannot write {out}: "), errors
+    assert ("it is a folder" if where == "a folder" else "a file stands where the folder should be") in errors[0]
+    assert (tmp_path / "file.txt").read_text() == "x" and not (work.root / "config_fusion.yaml").exists()
+
+
+def test_fuse_names_the_file_when_the_disk_is_full(work_copy, caplog, monkeypatch):
+    import errno
+
+    import vinbig.submission
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    work = Work(work_copy.work)
+    make_detector_preds(work, "test")
+    monkeypatch.setattr(vinbig.submission, "write_csv", full_disk)
+    assert main(["fuse", "--work", str(work.root), "--split", "test", "--data", str(work_copy.data)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"cannot write {work.submission}: No space left on device; free disk space or choose another "
+                      "--out (nothing was left half-written)"]
+    assert not work.submission.exists()
+
+
+def test_bad_detector_values_are_counted_and_named_and_a_mostly_bad_file_refused(work_copy, caplog):
+    work = Work(work_copy.work)
+    df = make_detector_preds(work, "test")
+    n = len(df)
+    ids = df.image_id.copy()
+    df.loc[0, "score"] = np.nan
+    df.loc[1, "x_max"] = np.inf
+    df.loc[2, "score"] = 1.5
+    df.loc[3, ["x_min", "x_max"]] = df.loc[3, ["x_max", "x_min"]].to_numpy()  # inverted
+    df.loc[4, "image_id"] = "zzz"
+    df.to_parquet(work.detector_preds("test"), index=False)
+    inp = load_inputs(work, "test")
+    assert inp.n_boxes == n - 5
+    warning = [r.getMessage() for r in caplog.records if "boxes are bad" in r.getMessage()]
+    assert len(warning) == 1 and warning[0].startswith(f"{work.detector_preds('test')}: 5 of {n} boxes are bad and "
+                                                       f"left out: 2 with a NaN or infinite value ({ids[0]}")
+    for words in (f"1 with a score outside [0, 1] ({ids[2]})", f"1 inverted (x_max < x_min or y_max < y_min) "
+                  f"({ids[3]})", f"1 of images not in {work.images('test') / 'meta.csv'} (zzz)",
+                  f"run 'vinbig predict-detector --work {work.root} --split test' again"):
+        assert words in warning[0], warning[0]
+    out = fuse(inp, iou_thr=0.5, workers=1)
+    assert np.isfinite(out.score).all() and out.score.between(0, 1).all()
+
+    df.loc[: n // 2, "image_id"] = "from_another_dataset"  # rows 0..n//2: more than half
+    df.to_parquet(work.detector_preds("test"), index=False)
+    caplog.clear()
+    assert main(["fuse", "--work", str(work.root), "--split", "test", "--data", str(work_copy.data)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{work.detector_preds('test')}: {n // 2 + 1} of {n} boxes "
+                                                     "are bad: "), errors
+    assert errors[0].endswith(f"The file is damaged or was made for other images; run 'vinbig predict-detector "
+                              f"--work {work.root} --split test' again")
+    assert not work.submission.exists()
+
+
 # --------------------------------------------------------------------------- the report
 
 

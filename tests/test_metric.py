@@ -189,3 +189,46 @@ def test_score_command_reports_a_bad_submission_without_traceback(tmp_path, caps
     (tmp_path / "sub.csv").write_text("image_id,PredictionString\na,0 0.9 0 0 10\n")
     assert main(["score", "--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "sub.csv")]) == 2
     assert "line 2 (a): 5 numbers" in capsys.readouterr().err
+
+
+TRUTH_CSV = "image_id,class_id,x_min,y_min,x_max,y_max\na,0,0,0,10,10\nb,14,,,,\n"
+SUB_CSV = "image_id,PredictionString\na,0 0.9 0 0 10 10\nb,14 0.8 0 0 1 1\n"
+PNG_BYTES = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10"
+
+
+@pytest.mark.parametrize("bad, content, words", [
+    ("sub", b"", "sub.csv is empty; a submission is a CSV with the header image_id,PredictionString"),
+    ("sub", b"image_id,PredictionString\n", "sub.csv has a header but no rows"),
+    ("truth", b"", "truth.csv is empty; give a box table image_id,class_id,x_min,y_min,x_max,y_max"),
+    ("sub", PNG_BYTES, "sub.csv is a binary file, not a CSV"),
+    ("truth", PNG_BYTES, "truth.csv is a binary file, not a CSV"),
+    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10\nb,\x9d\xff\n", "sub.csv:3: not UTF-8 text"),
+    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10,x\n", "sub.csv:2: 3 fields, more than the 2 of the header"),
+    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10\nb,14 nan 0 0 1 1\n",
+     "sub.csv: line 3 (b): group 1 (14 nan 0 0 1 1): values must be finite numbers"),
+    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 inf\nb,14 1 0 0 1 1\n",
+     "sub.csv: line 2 (a): group 1 (0 0.9 0 0 10 inf): values must be finite numbers"),
+    ("truth", b"image_id,class_id,x_min,y_min,x_max,y_max\na,0,0,0,10,10\nb,,,,,\n",
+     "truth.csv:3: class id (empty) is not an integer in 0..14"),
+], ids=["empty-sub", "header-only-sub", "empty-truth", "binary-sub", "binary-truth", "latin1-sub", "comma-sub",
+        "nan-conf", "inf-box", "empty-class"])
+def test_score_refuses_unreadable_files_and_nan_in_one_line(tmp_path, caplog, bad, content, words):
+    files = {"truth": TRUTH_CSV.encode(), "sub": SUB_CSV.encode(), bad: content}
+    for name, data in files.items():
+        (tmp_path / f"{name}.csv").write_bytes(data)
+    assert main(["score", "--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "sub.csv")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(str(tmp_path)) and words in errors[0], errors[0]
+
+
+def test_score_warns_about_no_finding_boxes_other_than_0_0_1_1(tmp_path, caplog, capsys):
+    (tmp_path / "truth.csv").write_text(TRUTH_CSV)
+    (tmp_path / "sub.csv").write_text("image_id,PredictionString\na,0 0.9 0 0 10 10 14 0.1 0 0 10 10\n"
+                                      "b,14 0.8 0 0 5 5\n")
+    assert main(["score", "--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "sub.csv")]) == 0
+    assert "mAP@0.4 over 2 classes present: 0.5000" in capsys.readouterr().out  # scored as misses, as Kaggle does
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"{tmp_path / 'sub.csv'}: 2 class-14 (No finding) boxes are not 0 0 1 1 (first: line 2, a: 14 0.1 0 0 10 10)")
+    assert "'vinbig validate' rejects them" in warnings[0]

@@ -56,7 +56,6 @@ def good_rows(**changes):
         (good_rows()[:2], None, "ccc: missing image (sample line 4)"),
         (good_rows() + [("bbb", GOOD["bbb"])], 5, "duplicate: the image is already on line 3"),
         (good_rows() + [("zzz", "14 1 0 0 1 1")], 5, "extra image: not in the sample submission"),
-        ([good_rows()[0], good_rows()[2], good_rows()[1]], 4, "wrong order: the sample has it before ccc"),
     ],
 )
 def test_validator_names_line_and_problem(files, rows, line, words):
@@ -89,6 +88,41 @@ def test_validate_command_exit_codes(files, caplog):
     assert main(["validate", path, "--sample", str(tmp / "sample.csv")]) == 1
     assert f"{path}:3: bbb: 5 values" in caplog.text and "1 faults" in caplog.text
     assert main(["validate", path, "--sample", str(tmp / "nope.csv")]) == 2
+
+
+def test_validate_accepts_a_byte_order_mark_as_folds_does(files, caplog):
+    tmp, write = files
+    path = write(good_rows())
+    with open(path, "rb") as fh:
+        text = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(b"\xef\xbb\xbf" + text)  # what Excel and Notepad write in front of a UTF-8 CSV
+    assert validate_submission(path, tmp / "sample.csv", tmp / "meta.csv") == []
+    assert main(["validate", path, "--sample", str(tmp / "sample.csv")]) == 0
+    assert "is a valid submission" in caplog.text
+
+
+def test_validate_warns_about_rows_in_another_order_which_kaggle_accepts(files, caplog):
+    tmp, write = files
+    path = write([good_rows()[0], good_rows()[2], good_rows()[1]])
+    assert validate_submission(path, tmp / "sample.csv", tmp / "meta.csv") == []
+    caplog.clear()
+    assert main(["validate", path, "--sample", str(tmp / "sample.csv")]) == 0
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1, warning
+    assert warning[0].startswith(f"{path}:4: bbb: not in the sample's order (the sample has it on its line 3, "
+                                 "before ccc); 1 such row in all. Kaggle accepts any order")
+
+
+@pytest.mark.parametrize("content", ["", "\n", "image_id,PredictionString\n", "id,PredictionString\naaa,x\n"])
+def test_validate_names_an_empty_or_wrong_sample_in_one_clear_line(files, caplog, content):
+    tmp, write = files
+    (tmp / "empty.csv").write_text(content)
+    assert main(["validate", write(good_rows()), "--sample", str(tmp / "empty.csv")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(str(tmp / "empty.csv"))
+    assert errors[0].endswith("give the competition's sample_submission.csv as --sample"), errors[0]
 
 
 def test_prediction_strings_round_clip_and_fill():

@@ -25,7 +25,9 @@ own image.
 
 from __future__ import annotations
 
+import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,35 +44,114 @@ IOU_THRESHOLD = 0.4
 # --------------------------------------------------------------------------- inputs
 
 
-def prepare_truth(truth: pd.DataFrame) -> pd.DataFrame:
-    """Truth boxes with class-14 rows set to ``0 0 1 1`` and one class-14 row per image."""
+def read_table(path: str | Path, what: str, fix: str, **kwargs) -> pd.DataFrame:
+    """A CSV file the user gives (a submission, a truth table, a sample submission), read with pandas.
+
+    Raises ArtifactError with one line naming the file (and the line where there is one) and `fix` when the
+    file is missing, empty, binary, not UTF-8 text or not a CSV. A UTF-8 byte order mark is accepted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} not found: {path}; {fix}")
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.strip():
+        raise ArtifactError(f"{path} is empty; {fix}")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ArtifactError(f"{path} is UTF-16 text; save it as UTF-8 (CSV UTF-8 in Excel); {fix}")
+    if b"\0" in head:
+        raise ArtifactError(f"{path} is a binary file, not a CSV; {fix}")
+    try:
+        with warnings.catch_warnings():  # a row longer than the header: pandas would drop fields or shift columns
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, encoding="utf-8-sig", index_col=False, **kwargs)
+    except pd.errors.ParserWarning:
+        line, n, header = _first_long_row(path)
+        raise ArtifactError(f"{path}:{line}: {n} fields, more than the {header} of the header (a comma too many?); "
+                            f"{fix}") from None
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text, so not a CSV; {fix}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        reason = " ".join(str(e).split())
+        raise ArtifactError(f"{path} is not a readable CSV ({reason}); {fix}") from None
+
+
+def _first_long_row(path: Path) -> tuple[int, int, int]:
+    """(line, fields, header fields) of the first row with more fields than the header (read on failure only)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = len(next(reader, []))
+        for row in reader:
+            if len(row) > header:
+                return reader.line_num, len(row), header
+    return 1, header, header
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The 1-based line of the first bytes that are not UTF-8 (read only when pandas has failed)."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 1
+
+
+def _where(truth: pd.DataFrame, mask: np.ndarray, source: str | None) -> str:
+    """The first faulty rows: ``FILE:2`` or ``FILE lines 2, 5`` (header = line 1) with `source`, else 0-based
+    row numbers."""
+    rows = truth.index[mask][:5]
+    if source is not None:
+        lines = [str(int(r) + 2) for r in rows]
+        return f"{source}:{lines[0]}" if len(lines) == 1 else f"{source} lines {', '.join(lines)}"
+    return f"truth rows {[int(r) for r in rows]} (0-based)"
+
+
+def prepare_truth(truth: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """Truth boxes with class-14 rows set to ``0 0 1 1`` and one class-14 row per image.
+
+    `source`: the file the table was read from (its index the row order of the file), to name lines in errors.
+    """
     missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
     if missing:
-        raise ArtifactError(f"the truth table lacks the columns {missing}; it needs {list(TRUTH_COLUMNS)} "
-                            "(labels.csv of 'vinbig folds' qualifies)")
+        raise ArtifactError(f"{source or 'the truth table'} lacks the columns {missing}; it needs "
+                            f"{list(TRUTH_COLUMNS)} (labels.csv of 'vinbig folds' qualifies)")
     t = truth.loc[:, list(TRUTH_COLUMNS)].copy()
     t["image_id"] = t["image_id"].astype(str)
-    t["class_id"] = t["class_id"].astype(np.int64)
-    bad = ~t["class_id"].between(0, N_CLASSES - 1)
+    for col in ("class_id", *BOX):
+        if not pd.api.types.is_numeric_dtype(t[col]):
+            values = pd.to_numeric(t[col], errors="coerce")
+            text = (values.isna() & t[col].notna()).to_numpy()
+            if text.any():
+                raise ArtifactError(f"{_where(t, text, source)}: {col} {t[col][text].iloc[0]!r} is not a number")
+            t[col] = values
+    cls = t["class_id"].to_numpy(np.float64)
+    bad = ~((cls == np.round(cls)) & (cls >= 0) & (cls < N_CLASSES))  # NaN fails every comparison
     if bad.any():
-        raise ArtifactError(f"truth has class ids outside 0..{N_CLASSES - 1}: {sorted(set(t.class_id[bad]))}")
+        value = t["class_id"][bad].iloc[0]
+        raise ArtifactError(f"{_where(t, bad, source)}: class id {'(empty)' if pd.isna(value) else f'{value:g}'} is "
+                            f"not an integer in 0..{N_CLASSES - 1}")
+    t["class_id"] = t["class_id"].astype(np.int64)
     nf = (t["class_id"] == NO_FINDING).to_numpy()
     t.loc[nf, list(BOX)] = NO_FINDING_BOX
-    if t.loc[~nf, list(BOX)].isna().any(axis=None):
-        rows = np.flatnonzero((~nf) & t[list(BOX)].isna().any(axis=1).to_numpy())[:5]
-        raise ArtifactError(f"truth rows {rows.tolist()} (0-based) have an empty box but a class other than "
-                            f"{NO_FINDING}; only 'No finding' rows may leave the box empty")
+    empty = (~nf) & t[list(BOX)].isna().any(axis=1).to_numpy()
+    if empty.any():
+        raise ArtifactError(f"{_where(t, empty, source)}: an empty box but a class other than {NO_FINDING}; only "
+                            "'No finding' rows may leave the box empty")
     t = t[~(nf & t.duplicated(["image_id", "class_id"]).to_numpy())]
     return t.reset_index(drop=True)
 
 
+TRUTH_FIX = "give a box table image_id,class_id,x_min,y_min,x_max,y_max such as WORK/labels.csv"
+
+
 def read_truth(path: str | Path) -> pd.DataFrame:
+    """`vinbig score --truth`: a box table, checked; ArtifactError naming the file and line of a fault."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"truth file not found: {path}; give a box table such as WORK/labels.csv")
-    truth = prepare_truth(pd.read_csv(path, dtype={"image_id": str}))
+    truth = prepare_truth(read_table(path, "truth file", TRUTH_FIX, dtype={"image_id": str}), str(path))
     if truth.empty:
-        raise ArtifactError(f"{path} holds no truth rows; give a box table such as WORK/labels.csv")
+        raise ArtifactError(f"{path} holds no truth rows; {TRUTH_FIX}")
     return truth
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import re
 import warnings
@@ -23,11 +24,14 @@ import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import (BOX, N_CLASSES, NO_FINDING, NO_FINDING_BOX, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
-                              ArtifactError, read_csv, write_csv)
-from vinbig.metric import index_of
+                              ArtifactError, images_command, read_csv, write_csv)
+from vinbig.metric import index_of, read_table
 from vinbig.errors import SubmissionFormatError
 
+logger = logging.getLogger(__name__)
 MAX_FAULTS_PER_ROW = 3
+SUBMISSION_FIX = f"a submission is a CSV with the header {','.join(SUBMISSION_COLUMNS)} ('vinbig validate' checks one)"
+SAMPLE_FIX = "give the competition's sample_submission.csv as --sample"
 
 
 # --------------------------------------------------------------------------- reading
@@ -60,6 +64,14 @@ def parse_prediction_strings(image_ids, strings) -> pd.DataFrame:
                                             "run 'vinbig validate'") from None
         raise SubmissionFormatError("a PredictionString could not be read; run 'vinbig validate'")
     values = values.reshape(-1, 6)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))  # nan, inf: numpy reads them as numbers
+    if len(bad):
+        box_row = np.repeat(np.arange(len(texts)), counts // 6)
+        row = int(box_row[bad[0]])
+        group = int(bad[0] - np.searchsorted(box_row, row))
+        raise SubmissionFormatError(f"line {row + 2} ({image_ids[row]}): group {group + 1} "
+                                    f"({' '.join(f'{v:g}' for v in values[bad[0]])}): values must be finite "
+                                    "numbers; run 'vinbig validate'")
     cls = values[:, 0]
     bad = np.flatnonzero((cls != np.round(cls)) | (cls < 0) | (cls >= N_CLASSES))
     if len(bad):
@@ -74,18 +86,57 @@ def parse_prediction_strings(image_ids, strings) -> pd.DataFrame:
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:
-    """A submission CSV -> one row per predicted box (PRED_COLUMNS), in submission order."""
+    """A submission CSV -> one row per predicted box (PRED_COLUMNS), in submission order.
+
+    A missing, empty, binary or malformed file, or one without rows, raises an error naming the file and the
+    line. Class-14 boxes other than ``0 0 1 1`` are kept (the metric matches them by IoU with ``0 0 1 1``, so
+    they nearly always miss) with a warning naming the first; 'vinbig validate' rejects them.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"submission not found: {path}")
-    sub = pd.read_csv(path, dtype={"image_id": str, "PredictionString": str}, keep_default_na=False)
+    sub = read_table(path, "submission", SUBMISSION_FIX, dtype={"image_id": str, "PredictionString": str},
+                     keep_default_na=False)
     if list(sub.columns) != list(SUBMISSION_COLUMNS):
         raise ArtifactError(f"{path} has the columns {list(sub.columns)}; a submission has exactly "
                             f"{list(SUBMISSION_COLUMNS)}")
+    if sub.empty:
+        raise ArtifactError(f"{path} has a header but no rows; a submission has one row per test image "
+                            f"('{NO_FINDING_PREDICTION}' for an image without findings)")
     try:
-        return parse_prediction_strings(sub["image_id"], sub["PredictionString"])
+        boxes = parse_prediction_strings(sub["image_id"], sub["PredictionString"])
     except SubmissionFormatError as e:
         raise SubmissionFormatError(f"{path}: {e}") from None
+    _warn_no_finding_boxes(path, sub, boxes)
+    return boxes
+
+
+def _warn_no_finding_boxes(path: Path, sub: pd.DataFrame, boxes: pd.DataFrame) -> None:
+    """Warn (count, first line) about class-14 boxes other than ``0 0 1 1``."""
+    odd = (boxes["class_id"].to_numpy() == NO_FINDING) & (boxes[list(BOX)].to_numpy() != NO_FINDING_BOX).any(axis=1)
+    if not odd.any():
+        return
+    first = boxes.loc[odd].iloc[0]
+    line = int(np.flatnonzero(sub["image_id"].to_numpy() == first["image_id"])[0]) + 2
+    logger.warning("%s: %d class-%d (No finding) boxes are not 0 0 1 1 (first: line %d, %s: 14 %g %g %g %g %g); "
+                   "the metric matches them by IoU with 0 0 1 1, so they score as misses unless they overlap it; "
+                   "'vinbig validate' rejects them: write '14 conf 0 0 1 1'", path, int(odd.sum()), NO_FINDING,
+                   line, first["image_id"], first["score"], *first[list(BOX)])
+
+
+def read_sample(path: str | Path) -> list[str]:
+    """The image ids of the competition's sample submission, in order; an ArtifactError in one line naming the
+    file and the fault when it is missing, empty, not a CSV, without an image_id column or lists an image twice."""
+    path = Path(path)
+    df = read_table(path, "sample submission", SAMPLE_FIX, dtype={"image_id": str})
+    if "image_id" not in df.columns:
+        raise ArtifactError(f"{path} lacks the columns ['image_id'] (it has {list(df.columns)}); {SAMPLE_FIX}")
+    ids = df["image_id"].astype(str).str.strip()
+    if ids.empty:
+        raise ArtifactError(f"{path} lists no images; {SAMPLE_FIX}")
+    twice = ids.duplicated()
+    if twice.any():
+        raise ArtifactError(f"{path} lists some images twice (first: {ids[twice].iloc[0]}, line "
+                            f"{int(np.flatnonzero(twice)[0]) + 2}); {SAMPLE_FIX}")
+    return ids.tolist()
 
 
 # --------------------------------------------------------------------------- writing
@@ -180,7 +231,7 @@ def _check_groups(text: str, size: tuple[float, float] | None) -> list[str]:
 
 
 def _read_rows(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:  # a byte order mark is fine
         reader = csv.reader(fh)
         header = next(reader, None)
         rows = [(reader.line_num, row) for row in reader if row]
@@ -188,24 +239,29 @@ def _read_rows(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]
 
 
 def validate_submission(path: str | Path, sample: str | Path, meta: str | Path | None = None) -> list[Fault]:
-    """Every fault of the submission at `path`, each with its line; an empty list means it is valid."""
+    """Every fault of the submission at `path`, each with its line; an empty list means it is valid.
+
+    Rows in another order than the sample's are not a fault (Kaggle matches rows by image_id): a warning names
+    the first row out of order.
+    """
     path, sample = Path(path), Path(sample)
     if not path.is_file():
         return [Fault(None, "", f"file not found: {path}")]
-    expected = read_csv(sample, ["image_id"], "the competition's sample_submission.csv as --sample",
-                        dtype={"image_id": str})["image_id"].tolist()
+    expected = read_sample(sample)
     position = {image_id: i for i, image_id in enumerate(expected)}
     sizes = None
     if meta is not None:
-        m = read_csv(meta, ["image_id", "width", "height"], "vinbig images (WORK/images/test/meta.csv as --meta)",
+        m = read_csv(meta, ["image_id", "width", "height"], images_command(Path(meta).parent),
                      dtype={"image_id": str})
         sizes = dict(zip(m["image_id"], zip(m["width"].astype(float), m["height"].astype(float))))
     header, rows = _read_rows(path)
     faults: list[Fault] = []
+    if header is None:
+        return [Fault(None, "", f"the file is empty; {SUBMISSION_FIX}")]
     if header != list(SUBMISSION_COLUMNS):
         faults.append(Fault(1, "", f"header is {header}; it must be {','.join(SUBMISSION_COLUMNS)}"))
     seen: dict[str, int] = {}
-    last_pos, last_id = -1, None
+    last_pos, last_id, unordered = -1, None, []
     for line, row in rows:
         if len(row) != 2:
             faults.append(Fault(line, row[0], f"{len(row)} fields; a row is image_id,PredictionString"))
@@ -220,8 +276,7 @@ def validate_submission(path: str | Path, sample: str | Path, meta: str | Path |
         else:
             seen[image_id] = line
             if position[image_id] < last_pos:
-                faults.append(Fault(line, image_id, f"wrong order: the sample has it before {last_id} "
-                                    f"(sample line {position[image_id] + 2}); keep the sample's order"))
+                unordered.append((line, image_id, last_id, position[image_id] + 2))
             else:
                 last_pos, last_id = position[image_id], image_id
         size = sizes.get(image_id) if sizes is not None else None
@@ -230,4 +285,9 @@ def validate_submission(path: str | Path, sample: str | Path, meta: str | Path |
         if image_id not in seen:
             faults.append(Fault(None, image_id, f"missing image (sample line {position[image_id] + 2}); write "
                                 f"'{NO_FINDING_PREDICTION}' if there is nothing to predict"))
+    if unordered:
+        line, image_id, before, sample_line = unordered[0]
+        logger.warning("%s:%d: %s: not in the sample's order (the sample has it on its line %d, before %s); %d such "
+                       "row%s in all. Kaggle accepts any order; 'vinbig fuse' writes the sample's", path, line,
+                       image_id, sample_line, before, len(unordered), "s" if len(unordered) > 1 else "")
     return faults

@@ -48,7 +48,7 @@ kept = $(if $(wildcard $(1)/.trained),@echo "make: $(1) was trained before $(2) 
 # meta.csv is written even when some DICOMs failed (vinbig images exits 1): it records what was converted
 .PRECIOUS: $(TRAIN_IMAGES) $(TEST_IMAGES)
 .PHONY: help venv test demo synth images folds train train-detector train-classifier predict predict-detector \
-        predict-classifier tune submission report kaggle-wheels kaggle-models readme bench clean
+        predict-classifier tune submission report kaggle-wheels kaggle-models readme bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -166,6 +166,9 @@ bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand
 	$(BIN)/python bench/bench_fuse.py --tune 3000
 	$(BIN)/python bench/bench_detector.py
 	$(BIN)/python bench/bench_classifier.py
+
+gpu-check: venv ## speed and memory on one CUDA GPU against ultralytics alone (<= 8 min): work/gpu_check/gpu_check.{json,md}
+	$(BIN)/python bench/gpu_check.py --out work/gpu_check
 
 clean: ## remove the synthetic data and the work folders of the demo and the default targets
 	rm -rf $(DEMO) data/synth work/synth

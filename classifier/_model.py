@@ -16,7 +16,9 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -44,6 +46,23 @@ def resolve_device(device, local_rank: int = 0) -> torch.device:
         if dev.index is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one GPU per process
             dev = torch.device("cuda", local_rank)
     return dev
+
+
+@contextmanager
+def cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` on while the classifier runs on a CUDA `device`, as it was afterwards.
+
+    The classifier's input size is fixed, so cuDNN's search for the fastest convolution kernels pays once; the
+    detector, which may share the process (the demo, the notebooks), keeps its own setting. A CPU device
+    changes nothing.
+    """
+    before = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def create_model(backbone: str, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:

@@ -2,12 +2,14 @@
 
 Trains on the images of folds != K and validates on fold K. timm builds the model, the optimizer
 (``create_optimizer_v2``), the schedule (``create_scheduler_v2``, stepped per update) and the weight
-EMA (``ModelEmaV3``); torchvision's v2 transforms augment. Mixed precision runs on CUDA only.
+EMA (``ModelEmaV3``); torchvision's v2 transforms augment. Mixed precision and ``cudnn.benchmark`` (the input
+size is fixed) run on CUDA only; the latter is restored when the fold is done.
 
 Under ``torchrun`` (RANK, WORLD_SIZE and LOCAL_RANK set) every process trains on its share of each
 epoch inside DistributedDataParallel (NCCL on GPU, gloo on CPU) and scores its share of the validation
 images; rank 0 gathers the scores, computes the AUC and alone writes files. ``classifier.batch`` is per
-process.
+process, and ``classifier.workers`` too, at most the CPUs divided by the processes. One process uses one GPU:
+the training notebook launches ``torchrun --standalone --nproc_per_node N`` on a machine with N GPUs.
 
 Outputs in ``WORK/classifier/fold{k}/``: summary.csv (one row per epoch), best.pt (by validation AUC,
 EMA weights when EMA is on) and last.pt (everything needed to resume); see ``_model`` for their keys.
@@ -29,12 +31,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from vinbig.artifacts import Work, check_fold, read_csv, train_command, write_csv
+from vinbig.devices import visible_gpus
 from vinbig.errors import ConfigError, UserError
 from vinbig.log import progress
 
 from classifier._data import (BALANCE, EpochSampler, PngDataset, abnormal_targets, png_paths, shard, train_transform,
                               worker_init)
-from classifier._model import Prepare, create_model, load_checkpoint, load_weights, resolve_device, save_checkpoint
+from classifier._model import (Prepare, create_model, cudnn_benchmark, load_checkpoint, load_weights, resolve_device,
+                               save_checkpoint)
 from classifier._predict import auc, bce, infer
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,22 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity: a container's share), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def loader_workers(workers: int, world: int) -> int:
+    """``classifier.workers`` data-loader processes, at most this machine's CPUs divided by the `world` training
+    processes (torchrun) and at least one when any are asked for: more would only compete for the same cores."""
+    if workers <= 0:
+        return 0
+    return max(1, min(workers, cpu_count() // max(world, 1)))
 
 
 def _check(cfg: dict) -> None:
@@ -107,7 +127,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: dict, resume: boo
     try:
         work = Work.of(work)
         check_fresh(work, fold, resume, overwrite)
-        return _train(work, fold, cfg, resume, env, device)
+        with cudnn_benchmark(device):
+            return _train(work, fold, cfg, resume, env, device)
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -134,8 +155,12 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     val_ds = PngDataset(png_paths(image_dir, val_df["image_id"]), val_df["abnormal"], cfg["imgsz"])
     sampler = EpochSampler(train_df["abnormal"].to_numpy(), env.world, env.rank, cfg["seed"],
                            balanced=cfg["balance"] == "sampler")
-    loader_kw = dict(num_workers=cfg["workers"], pin_memory=device.type == "cuda", worker_init_fn=worker_init,
-                     persistent_workers=cfg["workers"] > 0)
+    workers = loader_workers(cfg["workers"], env.world)
+    if workers < cfg["workers"] and env.main:
+        logger.info("classifier.workers %d: %d data-loader processes per training process (%d CPUs, %d process(es))",
+                    cfg["workers"], workers, cpu_count(), env.world)
+    loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+                     persistent_workers=workers > 0)
     train_loader = DataLoader(train_ds, batch_size=cfg["batch"], sampler=sampler,
                               drop_last=len(sampler) > cfg["batch"], **loader_kw)
     val_loader = DataLoader(Subset(val_ds, shard(len(val_ds), env.world, env.rank)),
@@ -177,6 +202,10 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
         logger.info("fold %d: %d train images (%d abnormal), %d validation images; %s on %s x %d process(es), "
                     "%d px, batch %d, AMP %s, balance %s", fold, len(train_df), n_pos, len(val_df), cfg["backbone"],
                     device, env.world, cfg["imgsz"], cfg["batch"], "on" if amp else "off", cfg["balance"])
+        gpus = visible_gpus() if device.type == "cuda" else 0
+        if env.world == 1 and gpus > 1:
+            logger.info("torch sees %d GPUs and this run uses one; to train on all of them: torchrun --standalone "
+                        "--nproc_per_node %d -m vinbig train-classifier ... (the training notebook does)", gpus, gpus)
 
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if env.world > 1 else model

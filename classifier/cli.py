@@ -28,8 +28,10 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
 
 def cmd_predict_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     from classifier import predict
+    from classifier._model import cudnn_benchmark, resolve_device
 
-    result = predict(args.work, args.split, cfg["classifier"])
+    with cudnn_benchmark(resolve_device(cfg["classifier"]["device"])):  # the detector may share the process
+        result = predict(args.work, args.split, cfg["classifier"])
     logger.info("%s predictions in %s", args.split, result.path)
     # WORK/preds/config_classifier_{split}.yaml, beside the predictions it made
     return Outcome(0, config_path(Work(args.work).preds, f"classifier_{args.split}"))
@@ -40,8 +42,10 @@ def register(add) -> None:
     p = add("train-classifier", cmd_train_classifier, "train the 'No finding' classifier on one fold",
             "Train a timm model (classifier.backbone, one logit: P(abnormal)) on the PNGs of WORK/images/train "
             "of folds != K and validate on fold K. Writes WORK/classifier/fold{K}/: summary.csv (a row per "
-            "epoch), best.pt (best validation AUC), last.pt and config_classifier.yaml. Several GPUs: "
-            "torchrun --nproc_per_node N -m vinbig train-classifier ... (classifier.batch is per GPU).",
+            "epoch), best.pt (best validation AUC), last.pt and config_classifier.yaml. One process uses one GPU; "
+            "several GPUs: torchrun --standalone --nproc_per_node N -m vinbig train-classifier ... (each process "
+            "takes GPU LOCAL_RANK; classifier.batch and classifier.workers are per process). --resume continues "
+            "on this session's device and processes, whatever the run started on.",
             sections=["classifier"])
     train_arguments(p, "classifier")
 

@@ -47,16 +47,31 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def ultralytics_device(device) -> str | None:
-    """The config's `device` (null, cpu, 0, "0,1" or [0, 1]) as ultralytics takes it."""
-    return parse_device(device, "detector.device").ultralytics
+def training_device(device, batch) -> str:
+    """The config's `device` (null, cpu, 0, "0,1" or [0, 1]) as ultralytics trains on it on this machine now.
+
+    null is every GPU torch sees (DDP over several), else the CPU; but with `batch` -1 (ultralytics' AutoBatch, one
+    GPU only) null takes GPU 0 alone, with a warning, and two GPUs named are an error saying what to change.
+    """
+    spec = parse_device(device, "detector.device")
+    resolved = spec.resolve()
+    if len(resolved.gpus) > 1 and batch < 1:
+        if spec.kind == "auto":
+            logger.warning("detector.batch %s (AutoBatch) trains on one GPU only: GPU 0 of the %d torch sees; give "
+                           "detector.batch a size (e.g. %d) to train on all of them with DDP", batch,
+                           len(resolved.gpus), 8 * len(resolved.gpus))
+            return "0"
+        raise ConfigError(f"detector.batch {batch} (AutoBatch) works on one GPU only, and detector.device is "
+                          f"{resolved.ultralytics}; give detector.batch a size (a multiple of {len(resolved.gpus)}, "
+                          f"e.g. {8 * len(resolved.gpus)}) or a single GPU (detector.device {resolved.gpus[0]})")
+    return resolved.ultralytics
 
 
 def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
     """ultralytics train() arguments from the detector config section."""
     args = {k: cfg[k] for k in TRAIN_KEYS}
     args.update(data=str(data_yaml.resolve()), project=str(run_dir.parent.resolve()), name=run_dir.name,
-                exist_ok=True, device=ultralytics_device(cfg["device"]), hsv_h=0.0, hsv_s=0.0)
+                exist_ok=True, device=training_device(cfg["device"], cfg["batch"]), hsv_h=0.0, hsv_s=0.0)
     extra = dict(cfg.get("extra") or {})
     clash = sorted(set(extra) & {"data", "project", "name", "resume", "model"})
     if clash:
@@ -65,7 +80,8 @@ def train_args(cfg: Mapping, data_yaml: Path, run_dir: Path) -> dict:
     return args
 
 
-# what a resumed ultralytics run may change; everything else comes from the run's own args.yaml
+# what a resumed ultralytics run may change; everything else comes from the run's own args.yaml. The device is
+# always the resuming session's (the config's detector.device on this machine), never the one the run started on
 RESUME_KEYS = ("imgsz", "batch", "device", "workers", "cache", "patience", "close_mosaic", "plots")
 
 
@@ -87,8 +103,10 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     """Train fold `fold` with the detector config section `cfg`.
 
     `resume` continues ``weights/last.pt`` of an interrupted run with the run's own arguments, changed
-    only by `resume_overrides` (keys of RESUME_KEYS); a finished run is left as it is. `callbacks` maps
-    ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the trainer. `outside_boxes`
+    only by `resume_overrides` (keys of RESUME_KEYS) and the device, which is always this session's (``cfg``'s
+    device on this machine: a run started on two GPUs resumes on one, or on the CPU); a finished run is left
+    as it is. `callbacks` maps ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the
+    trainer of this process (the workers of a DDP run over several GPUs do not get them). `outside_boxes`
     (folds.outside_boxes: error, clip or drop) says what a box of labels.csv beyond its image becomes.
     A damaged last.pt (or .pt given as detector.model) is an error naming the file and the fix.
     """
@@ -120,7 +138,12 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
         if ignored:
             logger.warning("fold %d: a resumed run keeps its own %s (%s); --overwrite starts a new run with them",
                            fold, ", ".join(ignored), run_dir / "args.yaml")
-        changes = {k: (ultralytics_device(v) if k == "device" else v) for k, v in changes.items() if k in RESUME_KEYS}
+        changes = {k: v for k, v in changes.items() if k in RESUME_KEYS}
+        batch = changes.get("batch", (ckpt.get("train_args") or {}).get("batch", cfg["batch"]))
+        changes["device"] = training_device(changes.get("device", cfg["device"]), batch)
+        started = (ckpt.get("train_args") or {}).get("device")
+        logger.info("fold %d: resuming on device %s%s", fold, changes["device"],
+                    f" (the run started on {started})" if started not in (None, "", changes["device"]) else "")
         model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose, **changes,
                     **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
         return DetectorRun(run_dir, True)
@@ -137,8 +160,9 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     data_yaml = fold_dataset(work, fold, outside_boxes)
     _add_callbacks(model, callbacks)
     args = {"verbose": verbose, **train_args(cfg, data_yaml, run_dir)}
-    logger.info("fold %d: training %s at %d px for %d epochs on device %s into %s", fold, cfg["model"],
-                cfg["imgsz"], cfg["epochs"], args["device"] or "auto", run_dir)
+    ddp = f" (DDP over {len(str(args['device']).split(','))} GPUs)" if "," in str(args["device"]) else ""
+    logger.info("fold %d: training %s at %d px for %d epochs on device %s%s into %s", fold, cfg["model"],
+                cfg["imgsz"], cfg["epochs"], args["device"], ddp, run_dir)
     model.train(trainer=OfflineDetectionTrainer, **args)
     return DetectorRun(run_dir, True)
 

@@ -44,8 +44,10 @@ def register(add) -> None:
             "detector section. A box of labels.csv beyond its image stops the command with a list of them, "
             "unless --set folds.outside_boxes=clip (moved to the edge) or drop (left out). The model is an "
             "architecture yaml trained from scratch or a local .pt file; nothing is downloaded. Outputs: "
-            "WORK/detector/foldK/ (weights/best.pt, weights/last.pt, results.csv, args.yaml, plots). Several "
-            "GPUs: --device 0,1 (DDP). One fold per job spreads folds over machines.", sections=["detector"],
+            "WORK/detector/foldK/ (weights/best.pt, weights/last.pt, results.csv, args.yaml, plots). GPUs: "
+            "detector.device null trains on every GPU torch sees (DDP over several; GPU 0 alone with --batch -1), "
+            "--device 0,1 on those; --resume continues on this session's device, whatever the run started on. "
+            "One fold per job spreads folds over machines.", sections=["detector"],
             reads=["folds"])
     train_arguments(p, "detector")
 

@@ -209,7 +209,7 @@ def test_a_trained_fold_is_kept_unless_overwrite_is_given(trained, work_copy, ca
     assert summary(work, 0)["epoch"].tolist() == [0]
 
 
-def test_torchrun_two_processes_write_one_set_of_outputs(work_copy):
+def test_torchrun_two_processes_write_one_set_of_outputs_that_one_process_resumes(work_copy):
     work = work_copy.work
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "vinbig", "train-classifier", "--work", str(work), "--fold", "0", "--epochs", "1", *TINY]
@@ -221,6 +221,32 @@ def test_torchrun_two_processes_write_one_set_of_outputs(work_copy):
     assert summary(work, 0)["epoch"].tolist() == [0]
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config_classifier.yaml", "last.pt", "summary.csv"]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0
+    # a run started by two processes (two GPUs) resumes in one, on this session's device
+    assert main(["train-classifier", "--work", str(work), "--fold", "0", "--epochs", "2", *TINY, "--resume", "-q"]) == 0
+    assert summary(work, 0)["epoch"].tolist() == [0, 1]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("device, inside", [("cpu", None), ("cuda", True), ("cuda:1", True)])
+@pytest.mark.parametrize("before", [False, True])
+def test_cudnn_benchmark_is_on_for_a_cuda_classifier_and_restored_afterwards(device, inside, before, monkeypatch):
+    from classifier._model import cudnn_benchmark
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
+    with cudnn_benchmark(torch.device(device)):
+        assert torch.backends.cudnn.benchmark is (before if inside is None else inside)
+    assert torch.backends.cudnn.benchmark is before
+    with pytest.raises(KeyboardInterrupt), cudnn_benchmark(torch.device(device)):
+        raise KeyboardInterrupt  # a stopped run restores it too
+    assert torch.backends.cudnn.benchmark is before
+
+
+@pytest.mark.parametrize("workers, world, expected", [(8, 1, 4), (8, 2, 2), (2, 2, 2), (8, 8, 1), (0, 2, 0)])
+def test_data_loader_workers_share_the_cpus_between_torchrun_processes(monkeypatch, workers, world, expected):
+    import classifier._train
+
+    monkeypatch.setattr(classifier._train, "cpu_count", lambda: 4)
+    assert classifier._train.loader_workers(workers, world) == expected
 
 
 @pytest.mark.parametrize("args, expected", [

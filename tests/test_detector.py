@@ -217,6 +217,74 @@ def test_train_args_map_the_config_to_ultralytics(tmp_path):
         train_args({**cfg, "extra": {"data": "x.yaml"}}, tmp_path / "d.yaml", tmp_path / "fold0")
 
 
+def two_gpus(monkeypatch, n: int = 2) -> None:
+    """Make torch report `n` GPUs (only the device rules run: nothing computes on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+@pytest.mark.parametrize("gpus, device, batch, expected", [
+    (0, None, 16, "cpu"), (1, None, 16, "0"), (2, None, 16, "0,1"),  # null: every GPU torch sees, DDP over several
+    (2, None, -1, "0"),  # AutoBatch works on one GPU: null takes GPU 0 alone, with a warning
+    (2, "cpu", 16, "cpu"), (2, "1", -1, "1"), (0, [0, 1], 16, "0,1"),
+])
+def test_the_training_device_is_this_machines(monkeypatch, caplog, gpus, device, batch, expected):
+    from detector._train import train_args, training_device
+    from vinbig.config import load_config
+
+    two_gpus(monkeypatch, gpus)
+    assert training_device(device, batch) == expected
+    assert ("trains on one GPU only" in caplog.text) == (batch == -1 and device is None)
+    cfg = {**load_config()["detector"], "device": device, "batch": batch}
+    assert train_args(cfg, Path("data.yaml"), Path("fold0"))["device"] == expected
+
+
+def test_autobatch_on_two_named_gpus_is_an_error_that_says_what_to_change(monkeypatch):
+    from detector._train import training_device
+
+    with pytest.raises(ConfigError, match=r"detector.batch -1 \(AutoBatch\) works on one GPU only, and "
+                                          r"detector.device is 0,1; give detector.batch a size"):
+        training_device("0,1", -1)
+
+
+def interrupted_checkpoint(path: Path, **train_args) -> Path:
+    """An untrained YOLOv8n saved as ultralytics saves a run stopped after its first epoch, with `train_args`."""
+    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
+    from ultralytics.nn.tasks import DetectionModel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = DetectionModel("yolov8n.yaml", nc=14, verbose=False).half()
+    torch.save({"model": model, "epoch": 0, "optimizer": {"state": {}, "param_groups": []},
+                "train_args": {"batch": 16, **train_args}, "date": None}, path)
+    return path
+
+
+@pytest.mark.parametrize("gpus, device, ckpt_batch, expected", [
+    (0, None, 16, "cpu"),  # a run started on two GPUs resumes on a machine without any
+    (1, None, 16, "0"),  # or on one GPU
+    (2, None, -1, "0"),  # a run of AutoBatch stays on one GPU
+    (2, "cpu", 16, "cpu"),  # the resuming session's config decides
+])
+def test_a_resumed_run_takes_the_device_of_the_session_that_resumes_it(tmp_path, monkeypatch, caplog, gpus, device,
+                                                                        ckpt_batch, expected):
+    from ultralytics.engine.model import Model
+
+    from detector import train_fold
+    from vinbig.config import load_config
+
+    work = Work(tmp_path / "work")
+    interrupted_checkpoint(work.checkpoint("detector", 0, "last"), device="0,1", batch=ckpt_batch)
+    calls = []
+    monkeypatch.setattr(Model, "train", lambda self, **kwargs: calls.append(kwargs))  # the arguments are the point
+    two_gpus(monkeypatch, gpus)
+    cfg = {**load_config()["detector"], "device": device}
+    with caplog.at_level("INFO"):
+        assert train_fold(work, 0, cfg, resume=True).trained
+    [kwargs] = calls
+    assert kwargs["resume"] is True and kwargs["device"] == expected
+    assert f"fold 0: resuming on device {expected} (the run started on 0,1)" in caplog.text
+
+
 # --------------------------------------------------------------------------- training and prediction
 
 
@@ -285,9 +353,14 @@ def test_an_interrupted_run_resumes_and_a_local_pt_starts_a_new_one(work_copy, t
     results = work.fold_dir("detector", 1) / "results.csv"
     assert len(pd.read_csv(results)) == 1
 
+    # as if it had started on two GPUs: it resumes on this machine's device (detector.device null)
+    last = work.fold_dir("detector", 1) / "weights" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["train_args"]["device"] == "cpu"
+    ckpt["train_args"]["device"] = "0,1"
+    torch.save(ckpt, last)
     assert main(["train-detector", "--work", str(work.root), "--fold", "1", "--resume", "-q"]) == 0
     assert pd.read_csv(results).epoch.tolist() == [1, 2, 3]
-    last = work.fold_dir("detector", 1) / "weights" / "last.pt"
     finished = last.read_bytes()
     assert main(["train-detector", "--work", str(work.root), "--fold", "1", "--resume", "-q"]) == 0  # done: no-op
     assert pd.read_csv(results).epoch.tolist() == [1, 2, 3] and last.read_bytes() == finished

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from vinbig.artifacts import DETECTOR_PRED_COLUMNS
@@ -29,17 +30,27 @@ from tiny import N_FOLDS, TINY
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
-def execute(name: str, cwd: Path, **params) -> nbformat.NotebookNode:
-    """Run notebooks/`name` in a python3 kernel in `cwd` with `params` set after its parameters cell."""
-    from nbclient import NotebookClient
-
+def with_parameters(name: str, **params) -> nbformat.NotebookNode:
+    """notebooks/`name` with `params` set in a cell after its parameters cell."""
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     values = "\n".join(f"{k} = {(str(v) if isinstance(v, Path) else v)!r}" for k, v in params.items())
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(values, metadata={"tags": ["injected-parameters"]}))
+    return nb
+
+
+def run_in(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
+    """Execute `nb` in a python3 kernel in `cwd`, its outputs written into it; a failing cell raises."""
+    from nbclient import NotebookClient
+
     cwd.mkdir(parents=True, exist_ok=True)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
+
+
+def execute(name: str, cwd: Path, **params) -> nbformat.NotebookNode:
+    """Run notebooks/`name` in a python3 kernel in `cwd` with `params` set after its parameters cell."""
+    return run_in(with_parameters(name, **params), cwd)
 
 
 def printed(nb: nbformat.NotebookNode) -> str:
@@ -69,13 +80,14 @@ def trained(synth_work, tmp_path_factory) -> Kaggle:
     assert N_FOLDS == 2, "two sessions of one fold each"
     root = tmp_path_factory.mktemp("kaggle")
     data = synth_work.data
-    common = dict(DATA=data, WHEELS=root / "input" / "no-wheels", SET=TINY, TTA="hflip")
+    common = dict(DATA=data, WHEELS=root / "input" / "no-wheels", SET=TINY, TTA="hflip", ALLOW_CPU=True)
     first = root / "session0" / "working"
     first_nb = execute("kaggle_train.ipynb", first, WORK=first / "work", EXPORT=first / "vinbig-models",
                        FOLDS=[0], **common)
     second = root / "session1" / "working"
+    # the classifier as on a two-GPU machine: under torchrun, two processes (here on the CPU, gloo)
     train_nb = execute("kaggle_train.ipynb", second, WORK=second / "work", EXPORT=second / "vinbig-models",
-                       FOLDS=[1], PREVIOUS=[str(first / "work")], **common)
+                       FOLDS=[1], PREVIOUS=[str(first / "work")], CLASSIFIER_PROCESSES=2, **common)
     return Kaggle(data, first / "work", first / "vinbig-models", first_nb, second / "work",
                   second / "vinbig-models", train_nb)
 
@@ -155,12 +167,36 @@ def test_the_kaggle_notebooks_call_commands_and_names_vinbig_has(name):
 # --------------------------------------------------------------------------- the notebooks on Kaggle
 
 
+def errors(nb: nbformat.NotebookNode) -> list[str]:
+    return [o.evalue for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.output_type == "error"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_the_training_notebook_stops_at_its_start_and_says_what_to_change(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    working = tmp_path / "working"
+    nb = with_parameters("kaggle_train.ipynb", DATA=tmp_path / "input" / "no-data", WORK=working / "work",
+                         EXPORT=working / "vinbig-models", WHEELS=tmp_path / "input" / "no-wheels")
+    with pytest.raises(CellExecutionError):
+        run_in(nb, working)  # ALLOW_CPU = False, the default
+    [error] = errors(nb)
+    assert error.startswith("no GPU in this session: training on the CPU takes days")
+    assert "Settings > Accelerator > GPU T4 x2" in error and "P100 may lack kernels" in error
+    assert "set ALLOW_CPU = True in Parameters" in error
+    assert "kernels for:" in printed(nb) and "GPUs: none" in printed(nb)  # what the session has, printed first
+    assert not (working / "work").exists()  # stopped before any command ran
+
+
 @pytest.mark.slow
 def test_a_session_that_leaves_folds_untrained_stops_before_predictions_and_exports_nothing(trained):
     assert (trained.first / "detector" / "fold0" / "weights" / "best.pt").is_file()
     assert (trained.first / "classifier" / "fold0" / "best.pt").is_file()
     assert not (trained.first / "detector" / "fold1").exists()
     assert "folds still to train: detector [1], classifier [1]" in printed(trained.first_nb)
+    if not torch.cuda.is_available():
+        assert "no GPU; ALLOW_CPU = True: training on the CPU" in printed(trained.first_nb)
     assert not (trained.first / "preds").exists() and not trained.first_export.exists()
 
 
@@ -171,6 +207,10 @@ def test_the_next_session_trains_the_rest_tunes_reports_and_exports(trained):
     assert (work / "fusion.yaml").is_file()
     oof = pd.read_parquet(work / "preds" / "detector_oof.parquet")
     assert set(oof.fold) == {0, 1} and set(oof.tta) == {"none", "hflip"}
+    # CLASSIFIER_PROCESSES = 2: fold 1's classifier trained under torchrun, its output (rank 0's) shown in the cell
+    log = printed(trained.train_nb)
+    assert "torchrun --standalone --nproc_per_node 2 -m vinbig train-classifier --work" in log
+    assert log.count("x 2 process(es)") == 1 and "fold 1 epoch 1/1: train_loss" in log
 
     for name in ("config.yaml", "folds.csv", "fusion.yaml"):
         assert (export / name).is_file(), name
@@ -201,6 +241,9 @@ def test_inference_from_the_export_alone_writes_a_valid_submission(trained, tmp_
     assert validate_submission(working / "submission.csv", trained.data / "sample_submission.csv",
                                working / "work" / "images" / "test" / "meta.csv") == []
     assert f"{len(sample)} rows" in printed(nb)
+    assert "kernels for:" in printed(nb)
+    if not torch.cuda.is_available():  # the export's device null: this CPU session predicts on its CPU
+        assert "no GPU: predicting on the CPU. Expect it to be slow" in printed(nb)
     preds = pd.read_parquet(working / "work" / "preds" / "detector_test.parquet")
     assert list(preds.columns) == list(DETECTOR_PRED_COLUMNS) and set(preds.tta) == {"none", "hflip"}
     assert set(preds.fold) == {0, 1}

@@ -7,8 +7,9 @@ An export keeps WORK's layout, so that copied into an empty WORK it predicts the
     fusion.yaml                        the WBF values and gate thresholds 'vinbig tune' chose, if it ran
     detector/fold{k}/weights/best.pt   every fold of folds.csv
     classifier/fold{k}/best.pt         every fold, if a classifier was trained
-    config.yaml                        the resolved config (training sizes); written last: without it the
-                                       export is incomplete
+    config.yaml                        the resolved config (training sizes) with detector.device and
+                                       classifier.device null (the inference session's GPU if it has one,
+                                       else its CPU); written last: without it the export is incomplete
 
 The notebooks in notebooks/ use both on Kaggle.
 """
@@ -115,8 +116,26 @@ def _warn_if_sizes_differ(work, cfg: dict) -> None:
                            key, used, cfg[section][key])
 
 
+DEVICE_SECTIONS = ("detector", "classifier")
+
+
+def any_device(cfg: dict) -> dict:
+    """`cfg` with the device of every section that has one null: an inference session takes its own GPU if it has
+    one, else its CPU, whatever training ran on (a CPU session given training's ``0`` would fail)."""
+    out = dict(cfg)
+    trained_on = {s: cfg[s]["device"] for s in DEVICE_SECTIONS if s in cfg and cfg[s].get("device") is not None}
+    for section in DEVICE_SECTIONS:
+        if section in out:
+            out[section] = {**out[section], "device": None}
+    was = f" instead of {', '.join(f'{s}.device {v}' for s, v in trained_on.items())}" if trained_on else ""
+    logger.info("%s has detector.device and classifier.device null%s: inference runs on the GPU of its session if it "
+                "has one, else on the CPU (give --set detector.device=... at inference to choose)", EXPORT_CONFIG, was)
+    return out
+
+
 def export(work, out, cfg: dict, classifier: bool = True) -> dict:
-    """Copy the files inference needs from `work` into `out` and write the config `cfg` as out/config.yaml.
+    """Copy the files inference needs from `work` into `out` and write the config `cfg` as out/config.yaml, its devices
+    null (:func:`any_device`).
 
     Every file is copied to a temporary name and renamed; config.yaml is removed first and written last, so that
     an interrupted export never looks complete. Model files of an earlier export into `out` that this one does not
@@ -148,7 +167,7 @@ def export(work, out, cfg: dict, classifier: bool = True) -> dict:
             shutil.copyfile(work.root / rel, tmp)
         total += dst.stat().st_size
         logger.info("exported %s (%s)", rel, _size(dst.stat().st_size))
-    save_config(cfg, out / EXPORT_CONFIG)
+    save_config(any_device(cfg), out / EXPORT_CONFIG)
     total += (out / EXPORT_CONFIG).stat().st_size
     files.append(EXPORT_CONFIG)
     logger.info("exported %d files, %s, to %s; upload it as a dataset and give it to the inference notebook as "
@@ -208,8 +227,10 @@ def register(add) -> None:
             "fusion.yaml (the values 'vinbig tune' chose), every fold's detector/foldK/weights/best.pt and, if "
             "classifiers were trained, classifier/foldK/best.pt. Writes DIR/config.yaml, the resolved config (defaults, --config, "
             "--set): give the --config and --set of training, so that inference converts and predicts at the "
-            "training sizes. config.yaml is written last; a folder without it is an incomplete export. Upload DIR "
-            "as a Kaggle dataset and give it to notebooks/kaggle_inference.ipynb as MODELS.")
+            "training sizes; its detector.device and classifier.device are null, so that inference takes the GPU "
+            "of its own session if any, else the CPU. config.yaml is written last; a folder without it is an "
+            "incomplete export. Upload DIR as a Kaggle dataset and give it to notebooks/kaggle_inference.ipynb as "
+            "MODELS.")
     work_argument(p, "work folder with every fold trained")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (created if missing)")
     p.add_argument("--no-classifier", action="store_true", dest="no_classifier",

@@ -8,6 +8,7 @@ from vinbig.lazy import lazy_exports
 _EXPORTS = {
     "convert_images": "folds._images",
     "validate_train_csv": "folds._validate",
+    "check_box_extents": "folds._validate",
     "TrainCsvError": "vinbig.errors",
     "consolidate": "folds._consolidate",
     "split_folds": "folds._split",

@@ -4,10 +4,15 @@ Safe to stop and rerun: each PNG is written to a temporary file and renamed; eac
 is appended to a journal (``.meta.journal.csv``) right after its rename, so a killed run loses
 nothing it finished. A rerun skips images whose PNG exists at the requested size and converts the
 rest; meta.csv and errors.csv are rewritten atomically at the end.
+
+The output folder is checked to be writable before the conversion starts. A write that fails on the
+way (a full disk) or a worker process that dies (the out-of-memory killer) stops the run with one
+error naming the cause; the images converted until then are kept for the rerun.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import time
@@ -28,6 +33,7 @@ from vinbig.artifacts import (
     SAFE_ID,
     ArtifactError,
     atomic_path,
+    check_writable,
     errors_path,
     meta_path,
     png_path,
@@ -36,6 +42,7 @@ from vinbig.artifacts import (
 )
 from vinbig.boxes import png_size
 from vinbig.dicom import VOI_MODES, DicomError, read_dicom
+from vinbig.errors import WorkerDiedError
 from vinbig.parallel import process_map
 
 logger = logging.getLogger(__name__)
@@ -48,8 +55,11 @@ def find_dicoms(src: Path) -> list[Path]:
 
 
 def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_compression: int) -> dict:
-    """Convert one file; returns its meta.csv row, or an errors.csv row (key ``reason``) if it failed."""
+    """Convert one file; returns its meta.csv row, an errors.csv row (key ``reason``) if the file could not be
+    converted, or ``{"write_error": text}`` if its PNG could not be written (the fault of the output, not the
+    file: the run stops)."""
     image_id = path.stem
+    target = png_path(out, image_id)
     try:
         with warnings.catch_warnings():  # pydicom warns about files it can still read
             warnings.simplefilter("ignore")
@@ -61,8 +71,11 @@ def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_
         ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)])
         if not ok:
             raise DicomError("OpenCV could not encode the PNG")
-        with atomic_path(png_path(out, image_id)) as tmp:
-            tmp.write_bytes(buf.tobytes())
+        try:
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(buf.tobytes())
+        except OSError as e:
+            return {"write_error": f"{target}: {e.strerror or e}"}
     except DicomError as e:
         return {"file": str(path), "image_id": image_id, "reason": str(e)}
     except Exception as e:  # one bad file must never stop the batch
@@ -126,6 +139,57 @@ def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
     return keep, errors
 
 
+def _cannot_write(what: str, out: Path, kept: str = "") -> ArtifactError:
+    return ArtifactError(f"cannot write {what}; free some disk space or fix the permissions of {out}, then rerun "
+                         f"the same command{kept}")
+
+
+@contextlib.contextmanager
+def _writing(path: Path, out: Path):
+    """Turn a failed write of `path` (a full disk, a read-only folder) into one ArtifactError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise _cannot_write(f"{path}: {e.strerror or e}", out) from None
+
+
+def _convert_all(job, todo: list[Path], workers: int, out: Path, errors: list[dict], before: int) -> tuple[int, int]:
+    """Run `job` over `todo`, journaling every converted image; returns (converted, processes).
+
+    A PNG that cannot be written or a worker process that dies stops the run with an ArtifactError; the images
+    converted until then stay in the journal for the rerun.
+    """
+    journal_path = out / JOURNAL
+    new_journal = not journal_path.is_file() or journal_path.stat().st_size == 0
+    converted, processes = 0, 1
+
+    def kept() -> str:
+        return f" (the {before + converted} image(s) converted so far are kept; it converts the rest)"
+
+    try:
+        with open(journal_path, "a", newline="") as journal, \
+                process_map(job, todo, workers, ordered=False, chunksize=4) as (results, processes):
+            writer = csv.DictWriter(journal, fieldnames=list(META_COLUMNS))
+            if new_journal:
+                writer.writeheader()
+            for row in log.progress(results, total=len(todo), desc=f"images {out.name}", unit="img"):
+                if "write_error" in row:
+                    raise _cannot_write(row["write_error"], out, kept())
+                if "reason" in row:
+                    errors.append(row)
+                    logger.debug("%s: %s", row["file"], row["reason"])
+                else:
+                    writer.writerow(row)
+                    journal.flush()
+                    converted += 1
+    except WorkerDiedError as e:
+        raise ArtifactError(f"the conversion into {out} stopped: {e.how}; rerun the same command{kept()}, with a "
+                            "lower --workers if memory ran out") from None
+    except OSError as e:  # the journal itself could not be written
+        raise _cannot_write(f"{journal_path}: {e.strerror or e}", out, kept()) from None
+    return converted, processes
+
+
 @dataclass(frozen=True)
 class ImagesResult:
     """What `vinbig images` did: PNGs, meta.csv and errors.csv in `out`."""
@@ -164,11 +228,12 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
     files, errors = _check_ids(find_dicoms(src))
     if not files and not errors:
         raise ArtifactError(f"no .dicom or .dcm files under {src}; check the path (make synth writes a dataset)")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, folder=True)  # before any work: a file in its place, no permission, a read-only disk
     for stale in out.glob(".*.partial"):
         stale.unlink(missing_ok=True)
-    with atomic_path(source_path(out)) as tmp:  # later stages find DATA (sample_submission.csv) from it
-        tmp.write_text(f"{src.resolve()}\n")
+    with _writing(source_path(out), out):
+        with atomic_path(source_path(out)) as tmp:  # later stages find DATA (sample_submission.csv) from it
+            tmp.write_text(f"{src.resolve()}\n")
 
     done = _read_done(out, size)
     done_ids = set(done.image_id)
@@ -178,28 +243,17 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
 
     job = partial(convert_one, out=out, size=size, voi=voi, percentiles=tuple(percentiles),
                   png_compression=png_compression)
-    journal_path = out / JOURNAL
-    new_journal = not journal_path.is_file() or journal_path.stat().st_size == 0
     start = time.perf_counter()
-    converted = 0
-    with open(journal_path, "a", newline="") as journal, \
-            process_map(job, todo, workers, ordered=False, chunksize=4) as (results, processes):
-        writer = csv.DictWriter(journal, fieldnames=list(META_COLUMNS))
-        if new_journal:
-            writer.writeheader()
-        for row in log.progress(results, total=len(todo), desc=f"images {out.name}", unit="img"):
-            if "reason" in row:
-                errors.append(row)
-                logger.debug("%s: %s", row["file"], row["reason"])
-            else:
-                writer.writerow(row)
-                journal.flush()
-                converted += 1
+    converted, processes = _convert_all(job, todo, workers, out, errors, len(done))
     elapsed = time.perf_counter() - start
 
+    journal_path = out / JOURNAL
     meta = _merge([done, _read_rows(journal_path)], out).sort_values("image_id")
-    write_csv(meta, meta_path(out), META_COLUMNS)
-    write_csv(pd.DataFrame(errors, columns=list(ERROR_COLUMNS)).sort_values("file"), errors_path(out), ERROR_COLUMNS)
+    with _writing(meta_path(out), out):
+        write_csv(meta, meta_path(out), META_COLUMNS)
+    with _writing(errors_path(out), out):
+        write_csv(pd.DataFrame(errors, columns=list(ERROR_COLUMNS)).sort_values("file"), errors_path(out),
+                  ERROR_COLUMNS)
     journal_path.unlink(missing_ok=True)
 
     rate = converted / elapsed if elapsed > 0 else 0.0

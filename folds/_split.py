@@ -20,9 +20,10 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from folds._consolidate import consolidate
-from folds._validate import validate_train_csv
-from vinbig.artifacts import BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, Work, write_csv
-from vinbig.errors import ConfigError
+from folds._validate import OUTSIDE_BOXES, check_box_extents, validate_train_csv
+from vinbig.artifacts import (BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, Work, atomic_path,
+                              check_writable, meta_path, read_meta)
+from vinbig.errors import ArtifactError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,31 @@ class FoldsResult:
     seconds: float
 
 
+def _check_extents(train: pd.DataFrame, train_csv, work: Work, outside_boxes: str) -> pd.DataFrame:
+    """`train` after checking its boxes against the image sizes of WORK/images/train/meta.csv, if it exists."""
+    image_dir = work.images("train")
+    if not meta_path(image_dir).is_file():
+        logger.info("%s not found: the boxes are checked against the image sizes once 'vinbig images' has "
+                    "converted the train images", meta_path(image_dir))
+        return train
+    return check_box_extents(train, read_meta(image_dir), outside_boxes=outside_boxes, path=train_csv,
+                             sizes_path=meta_path(image_dir))
+
+
+def _write_pair(work: Work, labels: pd.DataFrame, folds: pd.DataFrame) -> None:
+    """labels.csv and folds.csv, renamed into place only when both are written; a failed write names the file."""
+    target = work.labels
+    try:
+        with atomic_path(work.labels) as labels_tmp, atomic_path(work.folds) as folds_tmp:
+            labels.loc[:, list(LABEL_COLUMNS)].to_csv(labels_tmp, index=False)
+            target = work.folds
+            folds.loc[:, list(FOLD_COLUMNS)].to_csv(folds_tmp, index=False)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {target}: {e.strerror or e}; free some disk space or fix the "
+                            f"permissions of {work.root}, then rerun the same command (the earlier labels.csv and "
+                            "folds.csv, if any, are unchanged)") from None
+
+
 def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, n_folds: int = 5, seed: int = 42,
                iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
                reader_weights: Mapping[str, float] | None = None, exclude_readers: Iterable[str] = (),
@@ -94,20 +120,26 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     labels.csv holds the fused boxes (see folds._consolidate; coordinates rounded to 1/1000 px,
     scores to 6 decimals, which only removes WBF's float32 noise). folds.csv holds the images
     that remain in labels.csv, stratified on their train.csv rows of all readers, so excluding
-    readers does not move an image to another fold.
+    readers does not move an image to another fold. When WORK/images/train/meta.csv exists, every box
+    is checked against the size of its image first (`outside_boxes`: error, clip or drop; see
+    folds._validate.check_box_extents). Both files are written only once both are ready, after the
+    work folder has been checked to be writable: a failed run leaves the earlier pair in place.
     """
     start = time.perf_counter()
     work = Work.of(work)
+    if outside_boxes not in OUTSIDE_BOXES:
+        raise ConfigError(f"folds.outside_boxes is {outside_boxes!r}; use one of {', '.join(OUTSIDE_BOXES)}")
     train = validate_train_csv(train_csv)
+    train = _check_extents(train, train_csv, work, outside_boxes)
+    check_writable(work.labels)  # before the fusion, which takes minutes on the real data
+    check_writable(work.folds)
     labels = consolidate(train, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
                          reader_weights=reader_weights, exclude_readers=exclude_readers)
     labels[list(BOX)] = labels[list(BOX)].round(3)
     labels["score"] = labels["score"].round(6)
     kept = set(labels["image_id"].unique())
     folds = split_folds(train[train["image_id"].isin(kept)], n_folds=n_folds, seed=seed)
-
-    write_csv(labels, work.labels, LABEL_COLUMNS)
-    write_csv(folds, work.folds, FOLD_COLUMNS)
+    _write_pair(work, labels, folds)
 
     exclude = set(exclude_readers or ())
     normal_images = labels.loc[labels["class_id"] == NO_FINDING, "image_id"].nunique()

@@ -3,10 +3,15 @@
 Every fault is collected in one vectorized pass, so one run shows the user all of them: each is
 reported with its CSV line (the header is line 1), its column and how to fix it. At most
 ``MAX_REPORTED`` faults are listed, followed by "and N more".
+
+An exact duplicate of an earlier row is reported with both line numbers and counted once (a repeated
+box would weigh twice in the readers' fusion). Once the image sizes are known (meta.csv of
+``vinbig images``), :func:`check_box_extents` finds the boxes that reach beyond their image.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,9 +19,12 @@ import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, NO_FINDING_BOX, SAFE_ID, TRAIN_COLUMNS
-from vinbig.errors import TrainCsvError
+from vinbig.errors import ConfigError, TrainCsvError
+
+logger = logging.getLogger(__name__)
 
 MAX_REPORTED = 20
+OUTSIDE_BOXES = ("error", "clip", "drop")
 
 
 class _Faults:
@@ -164,4 +172,84 @@ def validate_train_csv(path: str | os.PathLike) -> pd.DataFrame:
     })
     for c in BOX:
         clean[c] = np.where(no_finding, np.nan, values[c])
-    return clean
+    return _drop_duplicates(clean, path)
+
+
+def _lines(rows, limit: int = MAX_REPORTED) -> str:
+    """'line 5, line 9, ... and 3 more' for positional rows (the header is line 1)."""
+    rows = list(rows)
+    text = ", ".join(f"line {int(i) + 2}" for i in rows[:limit])
+    return text + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def _drop_duplicates(clean: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """`clean` without rows that repeat an earlier row exactly (same image, reader, class and box), with a
+    warning naming their lines: each box counts once."""
+    repeat = clean.duplicated(keep="first").to_numpy()
+    if not repeat.any():
+        return clean
+    first = clean.groupby(list(clean.columns), dropna=False, sort=False).ngroup().to_numpy()
+    first_row = pd.Series(np.arange(len(clean))).groupby(first).transform("min").to_numpy()
+    rows = np.flatnonzero(repeat)
+    shown = ", ".join(f"line {i + 2} repeats line {first_row[i] + 2}" for i in rows[:MAX_REPORTED])
+    more = f" and {len(rows) - MAX_REPORTED} more" if len(rows) > MAX_REPORTED else ""
+    logger.warning("%s: %d row(s) are exact duplicates of an earlier row and are counted once (%s%s); delete "
+                   "them from the file to silence this", path, len(rows), shown, more)
+    return clean[~repeat]
+
+
+def check_box_extents(train: pd.DataFrame, sizes: pd.DataFrame, *, outside_boxes: str = "error",
+                      path: str | os.PathLike = "train.csv",
+                      sizes_path: str | os.PathLike = "meta.csv") -> pd.DataFrame:
+    """Check every box of `train` (validated, index = row position in `path`) against the original width and
+    height of its image in `sizes` (meta.csv: image_id, width, height); returns `train` with the boxes that
+    reach beyond their image handled as `outside_boxes` says:
+
+    * ``error``: raise TrainCsvError listing them (line and image) and the fix;
+    * ``clip``: move them to the image's edge (a box wholly outside is dropped), with a warning;
+    * ``drop``: leave them out, with a warning naming them.
+
+    Images that `sizes` does not list are not checked.
+    """
+    if outside_boxes not in OUTSIDE_BOXES:
+        raise ConfigError(f"folds.outside_boxes is {outside_boxes!r}; use one of {', '.join(OUTSIDE_BOXES)}")
+    size = sizes.drop_duplicates("image_id").set_index("image_id")
+    width = pd.to_numeric(train["image_id"].map(size["width"]), errors="coerce").to_numpy(dtype=float)
+    height = pd.to_numeric(train["image_id"].map(size["height"]), errors="coerce").to_numpy(dtype=float)
+    x_max, y_max = train["x_max"].to_numpy(dtype=float), train["y_max"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):  # NaN: a "No finding" row or an image without a size
+        outside = (x_max > width) | (y_max > height)
+    if not outside.any():
+        return train
+    rows = np.flatnonzero(outside)
+    line = train.index.to_numpy()[rows] + 2
+
+    def describe(k: int) -> str:
+        i = rows[k]
+        over = [f"{c} {v:.10g} > {dim} {lim:.10g}" for c, v, dim, lim in
+                (("x_max", x_max[i], "width", width[i]), ("y_max", y_max[i], "height", height[i])) if v > lim]
+        return f"line {line[k]}, image {train['image_id'].iat[i]}: {' and '.join(over)}"
+
+    listed = [describe(k) for k in range(min(len(rows), MAX_REPORTED))]
+    more = [f"and {len(rows) - MAX_REPORTED} more"] if len(rows) > MAX_REPORTED else []
+    if outside_boxes == "error":
+        raise TrainCsvError("\n".join(
+            [f"{path}: {len(rows)} box(es) reach beyond their image (its width and height in {sizes_path}):"]
+            + [f"  {t}" for t in listed + more]
+            + ["fix those rows of train.csv, or choose --outside-boxes clip (move them to the image's edge) or "
+               "--outside-boxes drop (leave them out)"]))
+    brief = "; ".join(listed[:5]) + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
+    if outside_boxes == "drop":
+        logger.warning("%s: %d box(es) reach beyond their image (sizes of %s) and are left out "
+                       "(folds.outside_boxes=drop): %s", path, len(rows), sizes_path, "; ".join(listed + more))
+        return train.drop(index=train.index[rows])
+    clipped = train.copy()
+    clipped.loc[clipped.index[rows], "x_max"] = np.minimum(x_max[rows], width[rows])
+    clipped.loc[clipped.index[rows], "y_max"] = np.minimum(y_max[rows], height[rows])
+    x_min, y_min = train["x_min"].to_numpy(dtype=float), train["y_min"].to_numpy(dtype=float)
+    gone = rows[(x_min[rows] >= width[rows]) | (y_min[rows] >= height[rows])]  # wholly outside: nothing left
+    logger.warning("%s: %d box(es) reach beyond their image (sizes of %s) and are clipped to its edge "
+                   "(folds.outside_boxes=clip)%s: %s", path, len(rows), sizes_path,
+                   f"; {len(gone)} of them lie wholly outside and are left out ({_lines(train.index[gone])})"
+                   if len(gone) else "", brief)
+    return clipped.drop(index=clipped.index[gone])

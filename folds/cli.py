@@ -37,14 +37,17 @@ def register(add) -> None:
             "Convert every .dicom/.dcm under --src to <image_id>.png (long side --size, aspect kept) with "
             "the file's modality and VOI transforms, MONOCHROME1 inverted. Writes meta.csv (sizes for mapping "
             "boxes back) and errors.csv (files that could not be read, with the reason). Rerunning skips "
-            "images already done. Exits 1 when a file failed, unless --allow-errors.", sections=["images"])
+            "images already done, also after a run stopped by a full disk or a killed worker process. Exits 1 "
+            "when a file failed, unless --allow-errors.", sections=["images"])
     p.add_argument("--src", required=True, type=Path, metavar="DIR", help="folder searched for DICOM files")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for PNGs, meta.csv, errors.csv")
 
     p = add("folds", cmd_folds, "validate train.csv, fuse the readers' boxes, split into folds",
-            "Validate train.csv (stops naming the row and column of every fault), fuse the three readers' "
-            "boxes per image and class with weighted boxes fusion into WORK/labels.csv, and split the images "
-            "into folds stratified on class presence into WORK/folds.csv.", sections=["folds"])
+            "Validate train.csv (stops naming the row and column of every fault; exact duplicate rows are "
+            "reported and counted once), check every box against the size of its image once `vinbig images` has "
+            "written WORK/images/train/meta.csv (--outside-boxes), fuse the three readers' boxes per image and "
+            "class with weighted boxes fusion into WORK/labels.csv, and split the images into folds stratified on "
+            "class presence into WORK/folds.csv.", sections=["folds"])
     p.add_argument("--train-csv", required=True, type=Path, dest="train_csv", metavar="PATH",
                    help="the competition's train.csv")
     p.add_argument("--out", required=True, type=Path, metavar="WORK", help="work folder")

@@ -134,3 +134,52 @@ def test_unreadable_file_raises_dicom_error(tmp_path):
     path.write_bytes(b"not a dicom at all" * 20)
     with pytest.raises(DicomError, match="not a DICOM file"):
         read_dicom(path)
+
+
+def with_header(path, out, **tags):
+    """A copy of the DICOM `path` at `out` whose header says `tags` (the pixel data unchanged)."""
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(out)
+    return out
+
+
+@pytest.mark.parametrize("tags, words", [
+    (dict(Columns=33), "holds 3840 bytes, but Rows 48 x Columns 33 at 16 bits allocated need 3168 bytes"),
+    (dict(Rows=38), "holds 3840 bytes, but Rows 38 x Columns 40 at 16 bits allocated need 3040 bytes"),
+    (dict(Rows=50), "pixel data is truncated: it holds 3840 bytes, but Rows 50 x Columns 40"),
+])
+def test_pixel_data_longer_or_shorter_than_the_header_is_an_error(dicom_factory, tmp_path, tags, words):
+    # pydicom trims longer data as padding: the image would come out sheared (Columns) or cropped (Rows)
+    good = dicom_factory("good.dcm", gradient(48, 40))
+    bad = with_header(good, tmp_path / "bad.dcm", **tags)
+    with pytest.raises(DicomError) as e:
+        read_dicom(bad)
+    assert words in str(e.value)
+    if "truncated" not in words:
+        assert "re-export the file" in str(e.value)
+
+
+def test_one_padding_byte_of_an_odd_length_is_allowed(dicom_factory):
+    pixels = (np.arange(15, dtype=np.uint8).reshape(3, 5) * 17)
+    path = dicom_factory("odd.dcm", pixels, bits_stored=8, BitsAllocated=8)
+    assert len(pydicom.dcmread(path).PixelData) == 16  # 15 bytes and the pad byte DICOM requires
+    assert read_dicom(path).image.shape == (3, 5)
+
+
+def test_an_unknown_transfer_syntax_is_not_supported_and_the_supported_ones_are_listed(dicom_factory):
+    from pydicom.encaps import encapsulate
+
+    path = dicom_factory("mpeg.dcm", gradient())
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2: no decoder anywhere
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(DicomError) as e:
+        read_dicom(path)
+    message = str(e.value)
+    assert "transfer syntax MPEG2 Main Profile / Main Level (1.2.840.10008.1.2.4.100) is not supported" in message
+    for name in ("Explicit VR Little Endian", "JPEG 2000 Image Compression (Lossless Only)", "RLE Lossless"):
+        assert name in message
+    assert "install" not in message  # pylibjpeg and its plugins are installed: installing them changes nothing

@@ -22,6 +22,7 @@ from vinbig.artifacts import (
     read_labels,
 )
 from vinbig.config import ConfigError
+from vinbig.errors import ArtifactError
 
 HEADER = ",".join(TRAIN_COLUMNS)
 # a valid train.csv body: lines 2..7 (the header is line 1)
@@ -409,3 +410,137 @@ def test_command_line(tmp_path):
     assert set(read_folds(Work(tmp_path / "work"))["fold"]) == {0, 1, 2}
     bad = write_csv_lines(tmp_path, [*GOOD, "img_c,Aortic enlargement,99,R1,1,2,3,4"])
     assert main(["folds", "--train-csv", str(bad), "--out", str(tmp_path / "work2"), "-q"]) == 2
+
+
+# --------------------------------------------------------------------------- faults: duplicates, boxes beyond the image,
+# writes that fail
+
+
+def test_an_exact_duplicate_row_is_reported_by_line_and_counted_once(tmp_path, caplog):
+    # R1's box on img_a (line 2) repeated at line 8: WBF would weigh it twice and move the fused box towards it
+    path = write_csv_lines(tmp_path, [*GOOD, GOOD[0]])
+    with caplog.at_level(logging.WARNING):
+        make_folds(path, tmp_path / "work", n_folds=2)
+    assert "1 row(s) are exact duplicates of an earlier row and are counted once (line 8 repeats line 2)" \
+        in caplog.text
+    once = make_folds(write_csv_lines(tmp_path, GOOD), tmp_path / "once", n_folds=2)
+    assert (tmp_path / "work" / "labels.csv").read_bytes() == once.labels.read_bytes()
+    assert (tmp_path / "work" / "folds.csv").read_bytes() == once.folds.read_bytes()
+
+
+def write_meta(work, sizes: dict[str, tuple[int, int]]):
+    """WORK/images/train/meta.csv giving the original (width, height) of each image."""
+    from vinbig.artifacts import META_COLUMNS
+
+    rows = [{"image_id": i, "width": w, "height": h, "png_width": w, "png_height": h, "photometric": "MONOCHROME2",
+             "bits_stored": 12, "voi": "window", "window_low": 0, "window_high": 4095,
+             "transfer_syntax": "1.2.840.10008.1.2.1"} for i, (w, h) in sizes.items()]
+    path = work / "images" / "train" / "meta.csv"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame(rows, columns=list(META_COLUMNS)).to_csv(path, index=False)
+    return path
+
+
+OUTSIDE = [  # lines 8..10 after GOOD; img_c is 461 x 500 px
+    "img_c,Nodule/Mass,8,R1,400,100,5000,200",  # line 8: beyond the right edge
+    "img_c,Nodule/Mass,8,R2,470,100,480,520",  # line 9: wholly outside, and below the bottom
+    "img_c,Nodule/Mass,8,R3,10,10,50,50",  # line 10: inside
+]
+SIZES = {"img_a": (1000, 1000), "img_b": (800, 800), "img_c": (461, 500)}
+
+
+def test_boxes_beyond_their_image_are_an_error_naming_lines_images_and_the_fix(tmp_path):
+    work = tmp_path / "work"
+    meta = write_meta(work, SIZES)
+    with pytest.raises(TrainCsvError) as e:
+        make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE]), work, n_folds=2)
+    msg = str(e.value)
+    assert f"2 box(es) reach beyond their image (its width and height in {meta})" in msg
+    assert "  line 8, image img_c: x_max 5000 > width 461\n" in msg
+    assert "  line 9, image img_c: x_max 480 > width 461 and y_max 520 > height 500\n" in msg
+    assert "line 10" not in msg
+    assert "--outside-boxes clip" in msg and "--outside-boxes drop" in msg
+    assert not (work / "labels.csv").exists() and not (work / "folds.csv").exists()
+
+
+def test_many_boxes_beyond_their_image_are_listed_up_to_twenty(tmp_path):
+    work = tmp_path / "work"
+    write_meta(work, {**SIZES, **{f"img_{i}": (100, 100) for i in range(25)}})
+    lines = [*GOOD, *(f"img_{i},Nodule/Mass,8,R1,10,10,150,50" for i in range(25))]
+    with pytest.raises(TrainCsvError) as e:
+        make_folds(write_csv_lines(tmp_path, lines), work, n_folds=2)
+    listed = [line for line in str(e.value).splitlines() if line.startswith("  line ")]
+    assert len(listed) == 20 and listed[0] == "  line 8, image img_0: x_max 150 > width 100"
+    assert "  and 5 more" in str(e.value).splitlines()
+
+
+def test_outside_boxes_clip_moves_them_to_the_edge_and_drops_those_wholly_outside(tmp_path, caplog):
+    work = tmp_path / "work"
+    write_meta(work, SIZES)
+    with caplog.at_level(logging.WARNING):
+        make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE]), work, n_folds=2, outside_boxes="clip")
+    assert "2 box(es) reach beyond their image" in caplog.text and "clipped to its edge" in caplog.text
+    assert "1 of them lie wholly outside and are left out (line 9)" in caplog.text
+    assert "line 8, image img_c: x_max 5000 > width 461" in caplog.text
+    boxes = read_labels(Work(work)).query("image_id == 'img_c'")[list(BOX)].to_numpy()
+    assert boxes.max(axis=0)[2] == 461 and sorted(map(tuple, boxes)) == [(10, 10, 50, 50), (400, 100, 461, 200)]
+
+
+def test_outside_boxes_drop_leaves_them_out_naming_them(tmp_path, caplog):
+    work = tmp_path / "work"
+    write_meta(work, SIZES)
+    with caplog.at_level(logging.WARNING):
+        make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE]), work, n_folds=2, outside_boxes="drop")
+    assert "2 box(es) reach beyond their image" in caplog.text and "are left out" in caplog.text
+    assert "line 8, image img_c" in caplog.text and "line 9, image img_c" in caplog.text
+    boxes = read_labels(Work(work)).query("image_id == 'img_c'")[list(BOX)].to_numpy()
+    assert boxes.tolist() == [[10, 10, 50, 50]]
+
+
+def test_outside_boxes_unknown_value_and_no_meta_yet(tmp_path, caplog):
+    path = write_csv_lines(tmp_path, [*GOOD, *OUTSIDE])
+    with pytest.raises(ConfigError, match="folds.outside_boxes is 'cut'; use one of error, clip, drop"):
+        make_folds(path, tmp_path / "work", n_folds=2, outside_boxes="cut")
+    with caplog.at_level(logging.INFO):
+        make_folds(path, tmp_path / "work", n_folds=2)  # no meta.csv: nothing to check against yet
+    assert "the boxes are checked against the image sizes once 'vinbig images' has converted" in caplog.text
+
+
+def test_a_work_folder_that_is_a_file_is_named_before_the_fusion(tmp_path, monkeypatch):
+    import folds._split
+
+    monkeypatch.setattr(folds._split, "consolidate", lambda *a, **k: pytest.fail("fused before checking"))
+    work = tmp_path / "work"
+    work.write_text("not a folder")
+    with pytest.raises(ArtifactError, match=f"cannot write {work}/labels.csv: a file stands where the folder "
+                                            f"should be \\({work}\\)"):
+        make_folds(write_csv_lines(tmp_path, GOOD), work, n_folds=2)
+
+
+def test_a_full_disk_names_the_file_and_a_failed_run_keeps_the_earlier_outputs_and_config(
+        tmp_path, monkeypatch, caplog):
+    import errno
+
+    import yaml
+
+    from vinbig.app.cli import main
+
+    path = write_train(tmp_path, random_train(30, seed=2))
+    out = tmp_path / "work"
+    assert main(["folds", "--train-csv", str(path), "--out", str(out), "--n-folds", "3", "-q"]) == 0
+    before = {name: (out / name).read_bytes() for name in ("labels.csv", "folds.csv", "config_folds.yaml")}
+
+    real = pd.DataFrame.to_csv
+
+    def full_disk(self, target=None, *args, **kwargs):
+        if "folds.csv" in str(target):  # labels.csv is written, folds.csv finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    assert main(["folds", "--train-csv", str(path), "--out", str(out), "--n-folds", "2", "-q"]) == 2
+    assert f"cannot write {out / 'folds.csv'}: No space left on device" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert {name: (out / name).read_bytes() for name in before} == before  # labels and folds still agree
+    assert yaml.safe_load(before["config_folds.yaml"])["folds"]["n_folds"] == 3
+    assert not list(out.glob(".*partial"))

@@ -97,7 +97,7 @@ def bad_files(src: Path, rg1_dir: Path) -> dict[str, str]:
         "text.dicom": "not a DICOM file",
         "no_pixels.dicom": "no Pixel Data element",
         "no_syntax.dicom": "missing Transfer Syntax UID",
-        "mpeg.dicom": "no decoder for transfer syntax MPEG2",
+        "mpeg.dicom": "transfer syntax MPEG2 Main Profile / Main Level (1.2.840.10008.1.2.4.100) is not supported",
     }
 
 
@@ -128,12 +128,66 @@ def test_bad_files_are_listed_with_reasons_and_the_rest_converts(rg1_dir, tmp_pa
     assert run_images(src, out, "--size", "256", "--allow-errors") == 0
 
 
+@pytest.mark.parametrize("tags, words", [
+    (dict(Columns=33), "Rows 48 x Columns 33 at 16 bits allocated need 3168 bytes"),  # sheared by pydicom
+    (dict(Rows=38), "Rows 38 x Columns 40 at 16 bits allocated need 3040 bytes"),  # cropped by pydicom
+])
+def test_pixel_data_longer_than_the_header_says_is_an_error_not_a_garbled_png(dicom_factory, tmp_path, tags, words):
+    dicom_factory("good.dcm", gradient(48, 40))
+    ds = pydicom.dcmread(dicom_factory("bad.dcm", gradient(48, 40)))
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(tmp_path / "src" / "bad.dcm")
+    out = tmp_path / "out"
+    assert run_images(tmp_path / "src", out, "--size", "64", "--workers", "1") == 1
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors.image_id) == ["bad"]
+    assert f"the pixel data holds 3840 bytes, but {words}" in errors.reason[0]
+    assert "re-export the file" in errors.reason[0]
+    assert list(pd.read_csv(out / "meta.csv").image_id) == ["good"]
+    assert not (out / "bad.png").exists()
+
+
 def test_missing_src_and_empty_src_name_the_folder(tmp_path, caplog):
     assert run_images(tmp_path / "nope", tmp_path / "out") == 2
     assert "nope is not a folder" in caplog.text
     (tmp_path / "empty").mkdir()
     assert run_images(tmp_path / "empty", tmp_path / "out") == 2
     assert "no .dicom or .dcm files" in caplog.text
+
+
+def test_an_output_path_that_is_a_file_is_one_line_before_any_work(dicom_factory, tmp_path, caplog):
+    dicom_factory("a.dcm", gradient())
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    assert run_images(tmp_path / "src", out, "--workers", "1") == 2
+    assert f"cannot write {out}: a file stands where the folder should be ({out}); choose another output" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_full_disk_stops_the_run_naming_the_png_and_a_rerun_finishes(dicom_factory, tmp_path, monkeypatch, caplog):
+    import errno
+
+    for i in range(5):
+        dicom_factory(f"im{i}.dicom", gradient(60, 50))
+    src, out = tmp_path / "src", tmp_path / "out"
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        if "im2.png" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    assert run_images(src, out, "--size", "32", "--workers", "1") == 2  # not 5 files "failed" in errors.csv
+    assert f"cannot write {out / 'im2.png'}: No space left on device; free some disk space" in caplog.text
+    assert "the 2 image(s) converted so far are kept" in caplog.text
+    assert not (out / "errors.csv").exists() and not (out / "config_images.yaml").exists()
+    assert sorted(p.name for p in out.glob("*.png")) == ["im0.png", "im1.png"]
+
+    monkeypatch.setattr(Path, "write_bytes", real)
+    summary = convert_images(src, out, size=32, workers=1)
+    assert (summary.skipped, summary.converted, summary.errors, summary.images) == (2, 3, 0, 5)
 
 
 def test_rerun_skips_done_images_and_redoes_them_at_a_new_size(dicom_factory, tmp_path):
@@ -212,3 +266,80 @@ def test_kill_mid_write_leaves_no_partial_png_and_rerun_converts_the_rest(dicom_
     meta = pd.read_csv(out / "meta.csv")
     assert list(meta.image_id) == [f"im{i}" for i in range(6)]
     assert not (out / ".meta.journal.csv").exists()
+
+
+# A conversion slowed to a quarter of a second per image, so that a worker can be killed in the middle; the
+# module lies on sys.path, which spawned workers inherit, and replaces convert_one in the run's process.
+SLOW_CONVERT = textwrap.dedent("""
+    import time
+    import folds._images as images
+    _real = images.convert_one
+    def convert_one(path, out, **kwargs):
+        time.sleep(0.25)
+        return _real(path, out, **kwargs)
+""")
+SLOW_RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv.pop(1))
+    import folds._images, slow_convert
+    folds._images.convert_one = slow_convert.convert_one
+    from vinbig.app.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def spawned_workers(parent: int) -> list[int]:
+    """Pids of the multiprocessing workers among the children of `parent` (not its resource tracker)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def journal_rows(out: Path) -> int:
+    journal = out / ".meta.journal.csv"
+    return max(0, len(journal.read_text().splitlines()) - 1) if journal.is_file() else 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the worker processes in /proc")
+def test_a_killed_worker_ends_the_run_with_a_message_and_a_rerun_finishes(dicom_factory, tmp_path):
+    for i in range(24):
+        dicom_factory(f"im{i:02d}.dicom", gradient(80, 64))
+    src, out = tmp_path / "src", tmp_path / "out"
+    (tmp_path / "slow_convert.py").write_text(SLOW_CONVERT)
+    cmd = [sys.executable, "-c", SLOW_RUN, str(tmp_path), "images", "--src", str(src), "--out", str(out),
+           "--size", "32", "--workers", "2"]
+    proc = subprocess.Popen(cmd, start_new_session=True, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.time() + 120
+        while journal_rows(out) == 0 and time.time() < deadline:  # the first images are in
+            assert proc.poll() is None, "the run ended before a worker was killed"
+            time.sleep(0.05)
+        workers = spawned_workers(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer does
+        output, _ = proc.communicate(timeout=60)  # the old pool waited here forever for the lost images
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output
+    assert f"the conversion into {out} stopped: worker process {workers[0]} was killed by SIGKILL" in output
+    assert "converted so far are kept; it converts the rest), with a lower --workers" in output
+    kept = journal_rows(out)
+    assert 0 < kept < 24 and not (out / "meta.csv").exists()
+    assert not (out / "config_images.yaml").exists()  # saved only with finished outputs
+
+    assert run_images(src, out, "--size", "32", "--workers", "1") == 0  # the same command, one process
+    assert len(pd.read_csv(out / "meta.csv")) == 24
+    assert sorted(p.name for p in out.glob("*.png")) == [f"im{i:02d}.png" for i in range(24)]
+    assert not (out / ".meta.journal.csv").exists() and not list(out.glob(".*.partial"))

@@ -237,3 +237,25 @@ def test_invalid_arguments_are_rejected(tmp_path):
         make_dataset(tmp_path, n_train=1, n_test=0, abnormal_fraction=1.5)
     with pytest.raises(ValueError, match="workers"):
         make_dataset(tmp_path, n_train=1, n_test=0, workers=-1)
+
+
+# The process pool synth shares with `vinbig images` and `vinbig fuse` (vinbig.parallel), in the ordered mode synth
+# and fuse use: a worker that dies (here it exits at once with code 3) ends the map with an error, not a hang.
+DYING_POOL = """
+import os
+from vinbig.parallel import process_map
+if __name__ == "__main__":
+    with process_map(os._exit, [3, 3, 3, 3], 2) as (results, processes):
+        list(results)
+"""
+
+
+def test_a_dead_worker_of_the_shared_pool_is_an_error_not_a_hang():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", DYING_POOL], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)  # the old pool waited forever here
+    assert run.returncode == 1
+    assert re.search(r"WorkerDiedError: worker process \d+ exited with code 3 after 0 of 4 items had come back, so "
+                     r"the run stopped; rerun the same command, with a lower --workers if memory ran out", run.stderr)

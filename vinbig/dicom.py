@@ -7,7 +7,8 @@ value, on a lookup table of at most 65,536 entries, and the image is mapped with
 no floating-point pass over the full image.
 
 Compressed transfer syntaxes decode through pydicom's pixel plugins (pylibjpeg with its openjpeg,
-libjpeg and rle plugins: JPEG 2000, JPEG-LS, JPEG lossless and baseline, RLE).
+libjpeg and rle plugins: JPEG 2000, JPEG-LS, JPEG lossless and baseline, RLE); any other syntax is an
+error that lists the supported ones. Uncompressed pixel data must have the length the header gives it.
 """
 
 from __future__ import annotations
@@ -72,14 +73,87 @@ def _open(path: Path) -> pydicom.Dataset:
     return ds
 
 
+def supported_transfer_syntaxes() -> list[str]:
+    """Names of the transfer syntaxes whose pixel data this installation decodes (pydicom and its plugins)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import AllTransferSyntaxes, UID
+
+    names = []
+    for uid in AllTransferSyntaxes:
+        try:
+            if get_decoder(uid).is_available:
+                names.append(UID(uid).name)
+        except NotImplementedError:  # no decoder at all for this syntax
+            pass
+    return names
+
+
+def _unsupported(ts) -> DicomError:
+    """The error for a transfer syntax pydicom cannot decode: not supported, or a codec plugin missing."""
+    from pydicom.pixels import get_decoder
+
+    label = f"{ts.name} ({ts})" if ts.name != str(ts) else str(ts)
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        decoder = None
+    if decoder is not None and not decoder.is_available:  # a codec vinbig knows, but its plugin is missing
+        return DicomError(f"transfer syntax {label} needs a codec plugin that is not installed: "
+                          "install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg and pylibjpeg-rle "
+                          "(pip install -e .)")
+    return DicomError(f"transfer syntax {label} is not supported; the supported ones are: "
+                      f"{'; '.join(supported_transfer_syntaxes())}. Convert the file to one of them first "
+                      "(e.g. uncompressed, with gdcmconv --raw)")
+
+
+def _bits_per_pixel(ds: pydicom.Dataset) -> int | None:
+    """Bits Allocated, or None when the header lacks it (the decoder then says what is wrong)."""
+    try:
+        return int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _check_native_length(ds: pydicom.Dataset) -> None:
+    """Uncompressed pixel data must be exactly Rows x Columns x samples x frames x Bits Allocated long (plus the
+    one padding byte that makes a DICOM value even). pydicom trims longer data as padding, which turns a wrong
+    Rows or Columns into a sheared or cropped image: such a file is an error."""
+    try:
+        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            return  # compressed: the decoded shape is checked after decoding
+    except ValueError:
+        return  # a private or unknown syntax: the decoder says it is not supported
+    bits = _bits_per_pixel(ds)
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return  # the decoder names the missing or bad element
+    if bits is None or rows <= 0 or cols <= 0:
+        return
+    pixels = rows * cols * samples * frames
+    expected = (pixels + 7) // 8 if bits == 1 else pixels * ((bits + 7) // 8)
+    actual = len(ds.PixelData)
+    if actual == expected or (actual == expected + 1 and expected % 2):
+        return
+    need = (f"Rows {rows} x Columns {cols}" + (f" x {frames} frames" if frames != 1 else "")
+            + f" at {bits} bits allocated need {expected} bytes")
+    if actual < expected:
+        raise DicomError(f"the pixel data is truncated: it holds {actual} bytes, but {need}; "
+                         "copy or download the file again")
+    raise DicomError(f"the pixel data holds {actual} bytes, but {need}: the header's Rows, Columns or Bits "
+                     f"Allocated do not match the data (the image would come out sheared or cropped); "
+                     "re-export the file from its source")
+
+
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
     ts = ds.file_meta.TransferSyntaxUID
+    _check_native_length(ds)
     try:
         arr = ds.pixel_array
-    except NotImplementedError as e:
-        raise DicomError(f"no decoder for transfer syntax {ts.name} ({ts}): {e}. JPEG 2000, JPEG-LS, JPEG "
-                         "lossless and RLE need pylibjpeg with pylibjpeg-openjpeg, pylibjpeg-libjpeg and "
-                         "pylibjpeg-rle (or python-gdcm); convert other codecs with dcmtk or gdcmconv first") from None
+    except NotImplementedError:
+        raise _unsupported(ts) from None
     except RuntimeError as e:
         raise DicomError(f"the {ts.name} pixel data could not be decoded ({e})") from None
     except (ValueError, TypeError, AttributeError, EOFError, OSError) as e:

@@ -26,3 +26,15 @@ class TrainCsvError(ArtifactError):
 
 class SubmissionFormatError(ArtifactError):
     """A PredictionString cannot be parsed; the message names the line (run `vinbig validate`)."""
+
+
+class WorkerDiedError(VinbigError):
+    """A worker process of a process pool ended without returning its task; the message says how far it got.
+
+    ``how`` says which process died and how, ``done`` and ``total`` count the results that came back.
+    """
+
+    def __init__(self, how: str, done: int, total: int) -> None:
+        self.how, self.done, self.total = how, done, total
+        super().__init__(f"{how} after {done} of {total} items had come back, so the run stopped; rerun the "
+                         "same command, with a lower --workers if memory ran out")

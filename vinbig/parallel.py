@@ -1,11 +1,22 @@
-"""One way to map a function over work items in processes, shared by the stages."""
+"""One way to map a function over work items in processes, shared by the stages.
+
+A worker process that dies (the out-of-memory killer, a signal, a crash in a native library) ends the map
+with a :class:`WorkerDiedError` at once: the pool never waits for the lost task. What the caller already
+received is the caller's to keep (``vinbig images`` keeps every image converted, and a rerun continues).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
 import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, Sequence
+
+from vinbig.errors import WorkerDiedError
 
 
 def n_workers(workers: int, n_items: int) -> int:
@@ -13,10 +24,94 @@ def n_workers(workers: int, n_items: int) -> int:
     return max(1, min(workers or os.cpu_count() or 1, n_items))
 
 
-def _cv2_single_thread() -> None:
+def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group: only the parent handles it (and stops the workers), so that an
+    # interrupted run says so rather than that a worker died
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import cv2
 
     cv2.setNumThreads(1)  # one OpenCV thread per process: the processes are the parallelism
+
+
+def _run_chunk(fn: Callable, chunk: Sequence) -> list:
+    return [fn(item) for item in chunk]
+
+
+def _how_it_died(codes: dict[int, int | None]) -> str:
+    """'process 123 was killed by SIGKILL (as the out-of-memory killer does)' from the workers' exit codes."""
+    dead = sorted(((pid, code) for pid, code in codes.items() if code not in (None, 0)),
+                  key=lambda t: t[1] == -signal.SIGTERM)  # the pool terminates the others once one died
+    if not dead:
+        return "a worker process ended abruptly"
+    pid, code = dead[0]
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"worker process {pid} was killed by {name}"
+        return how + (" (as the out-of-memory killer does)" if -code == signal.SIGKILL else "")
+    return f"worker process {pid} exited with code {code}"
+
+
+def _exit_codes(executor: ProcessPoolExecutor, known: dict) -> dict[int, int | None]:
+    """Exit codes of the pool's processes (the pool forgets them once it breaks, so `known` keeps them)."""
+    known.update(getattr(executor, "_processes", None) or {})
+    deadline = time.monotonic() + 1.0  # the process that died may not be reaped yet, the pool terminates the others
+
+    def settled(codes: dict) -> bool:
+        return (all(c is not None for c in codes.values())
+                or any(c not in (None, -signal.SIGTERM) for c in codes.values()))
+
+    codes = {pid: p.exitcode for pid, p in known.items()}
+    while not settled(codes) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        codes = {pid: p.exitcode for pid, p in known.items()}
+    return codes
+
+
+def _stop(executor: ProcessPoolExecutor, known: dict, complete: bool) -> None:
+    """End the pool: at once when the results were not all taken (an error, an interrupt): cancel what has not
+    started and kill the workers, whose unfinished items a rerun does again."""
+    if complete:
+        executor.shutdown(wait=True)
+        return
+    executor.shutdown(wait=False, cancel_futures=True)
+    known.update(getattr(executor, "_processes", None) or {})
+    for process in known.values():
+        with contextlib.suppress(Exception):
+            if process.is_alive():
+                process.kill()
+    for process in known.values():
+        with contextlib.suppress(Exception):
+            process.join(timeout=10)
+    executor.shutdown(wait=True)
+
+
+def _results(executor: ProcessPoolExecutor, fn: Callable, items: Sequence, ordered: bool, chunksize: int,
+             known: dict, state: dict) -> Iterator:
+    """fn over items in chunks; a dead worker raises WorkerDiedError naming how many results came back."""
+    chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+    done = 0
+    try:
+        futures: list[Future] = [executor.submit(_run_chunk, fn, chunk) for chunk in chunks]
+        known.update(getattr(executor, "_processes", None) or {})
+        if ordered:
+            for future in futures:
+                for result in future.result():
+                    done += 1
+                    yield result
+        else:
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    for result in future.result():
+                        done += 1
+                        yield result
+        state["complete"] = True
+    except BrokenProcessPool:
+        raise WorkerDiedError(_how_it_died(_exit_codes(executor, known)), done, len(items)) from None
 
 
 @contextlib.contextmanager
@@ -24,17 +119,20 @@ def process_map(fn: Callable, items: Sequence, workers: int, *, ordered: bool = 
                 chunksize: int = 1) -> Iterator[tuple[Iterable, int]]:
     """Yield ``(results, processes)``: `fn` over `items`, in this process when one worker is enough.
 
-    Processes are spawned, not forked: a forked child can inherit a lock held by another thread of
-    the parent (seen as a hang under pytest). The pool is terminated when the block ends.
+    `results` comes in the order of `items` when `ordered`, else as the workers finish; `chunksize` items go
+    to a worker at a time. Processes are spawned, not forked: a forked child can inherit a lock held by
+    another thread of the parent (seen as a hang under pytest). A worker that dies raises
+    :class:`WorkerDiedError` from `results`. The workers are stopped when the block ends.
     """
     n = n_workers(workers, len(items))
     if n == 1:
         yield map(fn, items), 1
         return
-    pool = multiprocessing.get_context("spawn").Pool(n, initializer=_cv2_single_thread)
+    executor = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker)
+    known: dict = {}  # pid -> Process: the pool forgets its processes once one died
+    state = {"complete": False}
     try:
-        run = pool.imap if ordered else pool.imap_unordered
-        yield run(fn, items, chunksize=chunksize), n
+        yield _results(executor, fn, list(items), ordered, max(1, int(chunksize)), known, state), n
     finally:
-        pool.terminate()
-        pool.join()
+        _stop(executor, known, state["complete"])

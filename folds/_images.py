@@ -54,6 +54,17 @@ def find_dicoms(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.suffix.lower() in DICOM_SUFFIXES and p.is_file())
 
 
+def png_params(level: int) -> list[int]:
+    """`cv2.imencode` settings for a PNG at zlib `level`: every row with PNG's Average filter (level 0: no
+    filter, the data is only stored). libpng's per-row choice among the five filters, which OpenCV asks for
+    once a level is given, takes 1.7 times as long at level 1 and its files are no smaller on radiographs at
+    long side 1024 (see BENCHMARKS.md). The pixels are the same either way, PNG being lossless."""
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(level)]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV 4.12 and later; older ones keep libpng's choice
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG if level else cv2.IMWRITE_PNG_FILTER_NONE]
+    return params
+
+
 def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_compression: int) -> dict:
     """Convert one file; returns its meta.csv row, an errors.csv row (key ``reason``) if the file could not be
     converted, or ``{"write_error": text}`` if its PNG could not be written (the fault of the output, not the
@@ -68,7 +79,7 @@ def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_
         image = px.image
         if (png_w, png_h) != (px.width, px.height):
             image = cv2.resize(image, (png_w, png_h), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)])
+        ok, buf = cv2.imencode(".png", image, png_params(png_compression))
         if not ok:
             raise DicomError("OpenCV could not encode the PNG")
         try:

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from conftest import gradient
+from vinbig import dicom
 from vinbig.dicom import DicomError, read_dicom
 
 
@@ -127,6 +128,56 @@ def test_jpeg2000_decodes_to_its_uncompressed_twin(rg1_dir, compressed, plain):
     b = read_dicom(rg1_dir / f"{plain}.dcm")
     assert a.transfer_syntax.startswith("1.2.840.10008.1.2.4.9")
     np.testing.assert_array_equal(a.image, b.image)
+
+
+def dirty(clean: np.ndarray, bits_stored: int = 12) -> np.ndarray:
+    """`clean` (values within `bits_stored` bits) with garbage in the unused high bits of every third pixel."""
+    raw = clean.view(np.uint16) & np.uint16((1 << bits_stored) - 1)
+    garbage = np.where(np.arange(clean.size).reshape(clean.shape) % 3 == 0, 0xA000, 0x5000).astype(np.uint16)
+    return (raw | garbage).view(clean.dtype)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("tags", [{}, dict(WindowCenter=300, WindowWidth=3000)], ids=["percentile", "window"])
+def test_garbage_in_the_unused_high_bits_does_not_change_the_picture(dicom_factory, signed, tags):
+    # the standard says bits above Bits Stored carry no meaning; pydicom's default decoding clears them (or
+    # extends the sign), and vinbig, which reads the pixel data without a copy, must give that same picture
+    clean = gradient(48, 40)
+    if signed:
+        clean = (clean.astype(np.int32) - 2048).astype(np.int16)
+    a = read_dicom(dicom_factory("clean.dcm", clean, **tags))
+    b = read_dicom(dicom_factory("dirty.dcm", dirty(clean), **tags))
+    assert (a.voi, b.voi) == (("window",) * 2 if tags else ("percentile",) * 2)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert (a.window_low, a.window_high) == (b.window_low, b.window_high)
+
+
+def test_big_endian_pixels_give_the_picture_of_their_little_endian_twin():
+    from pydicom.data import get_testdata_file
+
+    big = read_dicom(get_testdata_file("MR_small_bigendian.dcm"))
+    little = read_dicom(get_testdata_file("MR_small.dcm"))
+    assert big.transfer_syntax == "1.2.840.10008.1.2.2"
+    np.testing.assert_array_equal(big.image, little.image)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint16, 65535), (np.uint16, 4095), (np.uint8, 255), (np.int16, 2047)])
+@pytest.mark.parametrize("opencv_lut16", [True, False], ids=["opencv5", "opencv4"])
+def test_lookup_and_histogram_equal_numpy_on_every_value(monkeypatch, dtype, top, opencv_lut16):
+    # the fast paths (OpenCV's LUT and calcHist, numpy gathers in pieces) against the plain numpy expressions
+    if opencv_lut16 and not dicom._opencv_lut16():
+        pytest.skip("this OpenCV has no 16-bit LUT")
+    monkeypatch.setattr(dicom, "_LUT16", [opencv_lut16])
+    monkeypatch.setattr(dicom, "_CHUNK", 1000)  # several pieces, the last one short
+    rng = np.random.default_rng(0)
+    low = -2048 if np.dtype(dtype).kind == "i" else 0
+    arr = rng.integers(low, top + 1, (97, 131)).astype(dtype)
+    arr[0, 0], arr[-1, -1] = low, top
+    offset = min(low, 0)
+    lut = rng.integers(0, 256, top - offset + 1).astype(np.uint8)
+    np.testing.assert_array_equal(dicom.apply_lut(lut, offset, arr), lut[arr.astype(np.int64) - offset])
+    counts = dicom._histogram(arr, offset, top - offset + 1)
+    np.testing.assert_array_equal(counts, np.bincount(arr.ravel().astype(np.int64) - offset, minlength=len(lut)))
 
 
 def test_unreadable_file_raises_dicom_error(tmp_path):

@@ -204,6 +204,20 @@ def test_rerun_skips_done_images_and_redoes_them_at_a_new_size(dicom_factory, tm
     assert read_png(out / "im0.png").shape == (40, 33)
 
 
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_the_png_holds_exactly_the_resized_image_at_every_compression_level(dicom_factory, tmp_path, level):
+    import cv2
+
+    from vinbig.dicom import read_dicom
+
+    noisy = np.clip(gradient(90, 70).astype(int) + np.random.default_rng(0).integers(-60, 60, (90, 70)), 0, 4095)
+    path = dicom_factory("a.dcm", noisy.astype(np.uint16))
+    out = tmp_path / "out"
+    convert_images(tmp_path / "src", out, size=50, workers=1, png_compression=level)
+    expect = cv2.resize(read_dicom(path).image, (39, 50), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(read_png(out / "a.png"), expect)
+
+
 def test_parallel_and_serial_give_identical_pngs(dicom_factory, tmp_path):
     for i in range(6):
         dicom_factory(f"im{i}.dicom", gradient(70, 50 + i), photometric="MONOCHROME1" if i % 2 else "MONOCHROME2")

@@ -4,7 +4,10 @@ The transforms of the standard, in order: modality LUT (rescale slope/intercept 
 LUT Sequence), VOI (the file's VOI LUT Sequence or window, else a robust percentile window), and
 MONOCHROME1 inversion so that bone is always bright. They are evaluated once per possible stored
 value, on a lookup table of at most 65,536 entries, and the image is mapped with one integer gather:
-no floating-point pass over the full image.
+no floating-point pass over the full image. The full-size image is touched only by integer passes:
+its minimum and maximum, a histogram (only for the percentile window) and the gather, each through
+the fastest exact call at hand (OpenCV's 16-bit `LUT` and `calcHist` where they apply, numpy
+otherwise); native pixel data is a read-only view on the bytes read, not a copy.
 
 Compressed transfer syntaxes decode through pydicom's pixel plugins (pylibjpeg with its openjpeg,
 libjpeg and rle plugins: JPEG 2000, JPEG-LS, JPEG lossless and baseline, RLE); any other syntax is an
@@ -151,6 +154,9 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
     ts = ds.file_meta.TransferSyntaxUID
     _check_native_length(ds)
     try:
+        # native data: a read-only view on the bytes read, not a copy; the unused high bits are cleared by
+        # _clear_unused_bits, only when some pixel sets them
+        ds.pixel_array_options(view_only=True, correct_unused_bits=False)
         arr = ds.pixel_array
     except NotImplementedError:
         raise _unsupported(ts) from None
@@ -163,6 +169,82 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
     if arr.dtype.kind not in "ui":
         raise DicomError(f"expected integer pixel data, got {arr.dtype}")
     return arr
+
+
+def _clear_unused_bits(ds: pydicom.Dataset, arr: np.ndarray, low: int, high: int) -> np.ndarray:
+    """`arr` with the bits above Bits Stored ignored, as pydicom's default decoding gives it (shifted left, then
+    back right: cleared, or the sign extended); `arr` itself when no pixel lies outside the range of Bits Stored
+    (`low` .. `high` are its minimum and maximum), where the shifts would change nothing."""
+    try:
+        shift = int(ds.BitsAllocated) - int(ds.BitsStored)
+    except (AttributeError, TypeError, ValueError):
+        return arr
+    keep = arr.dtype.itemsize * 8 - shift  # the bits the shifts leave
+    if shift <= 0 or keep <= 0:
+        return arr
+    signed = arr.dtype.kind == "i"
+    lo, hi = (-(1 << (keep - 1)), (1 << (keep - 1)) - 1) if signed else (0, (1 << keep) - 1)
+    if lo <= low and high <= hi:
+        return arr
+    arr = arr.copy()
+    np.left_shift(arr, shift, out=arr)
+    np.right_shift(arr, shift, out=arr)
+    return arr
+
+
+_OPENCV_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))  # unsigned, in the machine's byte order
+
+
+def _opencv_lut(arr: np.ndarray, offset: int) -> bool:
+    """Whether OpenCV's LUT maps this image exactly: unsigned 8 or 16 bits indexing the table directly."""
+    return offset == 0 and arr.dtype in _OPENCV_DTYPES and (arr.dtype.itemsize == 1 or _opencv_lut16())
+
+
+_LUT16: list[bool] = []
+
+
+def _opencv_lut16() -> bool:
+    """Whether this OpenCV maps 16-bit images through a 65,536-entry table (recent versions do, e.g. 5.0; older
+    ones take 8-bit images only, and vinbig then gathers with numpy)."""
+    if not _LUT16:
+        import cv2
+
+        try:
+            ok = cv2.LUT(np.array([[1, 65535]], np.uint16), np.arange(65536, dtype=np.uint16).astype(np.uint8))
+            _LUT16.append(ok.dtype == np.uint8 and ok.tolist() == [[1, 255]])
+        except cv2.error:
+            _LUT16.append(False)
+    return _LUT16[0]
+
+
+def _histogram(arr: np.ndarray, offset: int, entries: int) -> np.ndarray:
+    """How many pixels hold each stored value `offset` .. `offset + entries - 1` (int64, exact)."""
+    if offset == 0 and arr.dtype in _OPENCV_DTYPES and arr.size < 2**24:
+        import cv2
+
+        # bins of width exactly 1 from 0: bin v counts value v; float32 counts are exact below 2**24 pixels
+        return cv2.calcHist([arr], [0], None, [entries], [0, entries]).ravel().astype(np.int64)
+    flat = arr.ravel() if offset == 0 else (arr.ravel().astype(np.int64) - offset)
+    return np.bincount(flat, minlength=entries)
+
+
+_CHUNK = 1 << 17  # pixels per numpy gather: its int64 copy of the indices stays in the CPU cache
+
+
+def apply_lut(lut: np.ndarray, offset: int, arr: np.ndarray) -> np.ndarray:
+    """``lut[arr - offset]``, the 8-bit image: one OpenCV LUT call, else numpy gathers over cache-sized pieces."""
+    if _opencv_lut(arr, offset):
+        import cv2
+
+        table = np.zeros(256 ** arr.dtype.itemsize, np.uint8)
+        table[:lut.size] = lut
+        return cv2.LUT(arr, table)
+    out = np.empty(arr.shape, np.uint8)
+    src, dst = arr.reshape(-1), out.reshape(-1)
+    for start in range(0, src.size, _CHUNK):
+        index = src[start:start + _CHUNK]
+        np.take(lut, index if offset == 0 else index.astype(np.int64) - offset, out=dst[start:start + _CHUNK])
+    return out
 
 
 def _window_unit(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
@@ -195,16 +277,19 @@ def _percentile_window(values: np.ndarray, counts: np.ndarray, percentiles) -> t
     return float(values[order][min(lo_i, len(cum) - 1)]), float(values[order][min(hi_i, len(cum) - 1)])
 
 
-def voi_lut(ds: pydicom.Dataset, arr: np.ndarray, *, voi: str = "auto",
-            percentiles=(0.5, 99.5)) -> tuple[np.ndarray, int, str, float, float]:
-    """The 8-bit lookup table for the stored values of `arr`.
+def voi_lut(ds: pydicom.Dataset, arr: np.ndarray, *, voi: str = "auto", percentiles=(0.5, 99.5),
+            value_range: tuple[int, int] | None = None) -> tuple[np.ndarray, int, str, float, float]:
+    """The 8-bit lookup table for the stored values of `arr` (whose minimum and maximum are `value_range`, when
+    the caller has them).
 
-    Returns ``(lut, offset, voi_used, window_low, window_high)``: the pixels are ``lut[arr - offset]``.
+    Returns ``(lut, offset, voi_used, window_low, window_high)``: the pixels are ``lut[arr - offset]``
+    (:func:`apply_lut`).
     """
     if voi not in VOI_MODES:
         raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
-    offset = min(int(arr.min()), 0)  # unsigned data indexes the table directly
-    stored = np.arange(offset, int(arr.max()) + 1, dtype=np.int64)
+    low_value, high_value = value_range or (int(arr.min()), int(arr.max()))
+    offset = min(low_value, 0)  # unsigned data indexes the table directly
+    stored = np.arange(offset, high_value + 1, dtype=np.int64)
     modality_raw = apply_modality_lut(stored, ds)  # integers unless slope/intercept make them float
     modality = np.asarray(modality_raw, dtype=np.float64)
 
@@ -219,8 +304,7 @@ def voi_lut(ds: pydicom.Dataset, arr: np.ndarray, *, voi: str = "auto",
         unit = _window_unit(modality, center, width, function)
         used, low, high = "window", center - width / 2.0, center + width / 2.0
     if unit is None:  # no usable VOI in the file: robust percentile window on the image's histogram
-        flat = arr.ravel() if offset == 0 else (arr.ravel().astype(np.int64) - offset)
-        counts = np.bincount(flat, minlength=len(stored))
+        counts = _histogram(arr, offset, len(stored))
         low, high = _percentile_window(modality, counts, percentiles)
         used = "percentile"
         if high > low:
@@ -239,8 +323,12 @@ def read_dicom(path: str | Path, *, voi: str = "auto", percentiles=(0.5, 99.5)) 
     arr = _decode(ds)
     if arr.shape != (ds.Rows, ds.Columns):
         raise DicomError(f"pixel data of shape {arr.shape} does not match Rows {ds.Rows} x Columns {ds.Columns}")
-    lut, offset, used, low, high = voi_lut(ds, arr, voi=voi, percentiles=percentiles)
-    image = lut[arr] if offset == 0 else lut[arr.astype(np.int64) - offset]
+    value_range = int(arr.min()), int(arr.max())
+    cleared = _clear_unused_bits(ds, arr, *value_range)
+    if cleared is not arr:
+        arr, value_range = cleared, (int(cleared.min()), int(cleared.max()))
+    lut, offset, used, low, high = voi_lut(ds, arr, voi=voi, percentiles=percentiles, value_range=value_range)
+    image = apply_lut(lut, offset, arr)
     return Pixels(
         image=image,
         photometric=str(ds.PhotometricInterpretation),

@@ -139,7 +139,8 @@ def dataset(root: Path, n: int) -> Path:
     return src
 
 
-def breakdown(files: list[Path], out: Path, size: int, level: int, repeats: int) -> dict[str, float]:
+def breakdown(files: list[Path], out: Path, size: int, level: int, repeats: int,
+              strategy: str = "huffman") -> dict[str, float]:
     """Milliseconds per image of each step of vinbig's conversion (best of `repeats` for each step)."""
     import cv2
 
@@ -171,8 +172,8 @@ def breakdown(files: list[Path], out: Path, size: int, level: int, repeats: int)
             t = add("apply the table to the full image (LUT)", t, totals)
             image = cv2.resize(image, png_size(image.shape[1], image.shape[0], size), interpolation=cv2.INTER_AREA)
             t = add("resize (OpenCV INTER_AREA)", t, totals)
-            buf = cv2.imencode(".png", image, png_params(level))[1]
-            t = add(f"PNG encode, level {level}, Average filter", t, totals)
+            buf = cv2.imencode(".png", image, png_params(level, strategy))[1]
+            t = add(f"PNG encode, level {level}, Average filter, {strategy} strategy", t, totals)
             (out / f"{f.stem}.png").write_bytes(buf.tobytes())
             t = add("write the PNG", t, totals)
             cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, level])
@@ -189,6 +190,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=36, help="number of real-size DICOMs")
     ap.add_argument("--size", type=int, default=1024, help="long side of the PNGs")
     ap.add_argument("--level", type=int, default=1, help="PNG compression level (vinbig's default: 1)")
+    ap.add_argument("--strategy", default="huffman", help="PNG strategy, huffman or default (vinbig's default: huffman)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", type=Path, help="folder to keep the generated data in (default: a temp folder)")
     args = ap.parse_args()
@@ -206,7 +208,7 @@ def main() -> None:
     rows, cols = np.median([d.Rows for d in heads]), np.median([d.Columns for d in heads])
     for f in files:  # warm the page cache for all
         f.read_bytes()
-    png = png_params(args.level)
+    png = png_params(args.level, args.strategy)
     png_arg = ",".join(str(int(x)) for x in png)
     n, size, reps = len(files), args.size, args.repeats
     out = {k: fresh(root / f"png_{k}") for k in ("recipe", "floor", "vinbig", "steps")}
@@ -215,20 +217,22 @@ def main() -> None:
         "recipe": best_of(lambda: [recipe(f, out["recipe"], size) for f in files], reps),
         "floor": best_of(lambda: [floor(f, out["floor"], size, png) for f in files], reps),
         "vinbig convert_one": best_of(lambda: [convert_one(f, out["vinbig"], size=size, voi="auto",
-                                                           percentiles=(0.5, 99.5), png_compression=args.level)
+                                                           percentiles=(0.5, 99.5), png_compression=args.level,
+                                                           png_strategy=args.strategy)
                                                for f in files], reps),
     }
     stage = float("inf")
     for _ in range(reps):  # the stage in this process: journal, meta.csv, errors.csv included
         target = fresh(root / "png_stage")
         start = time.perf_counter()
-        convert_images(src, target, size=size, workers=1, png_compression=args.level)
+        convert_images(src, target, size=size, workers=1, png_compression=args.level, png_strategy=args.strategy)
         stage = min(stage, time.perf_counter() - start)
     inproc["vinbig convert_images, 1 worker"] = stage
 
     me = [sys.executable, str(Path(__file__).resolve()), "--child"]
     vinbig = [sys.executable, "-m", "vinbig.app.cli", "images", "--src", str(src), "--size", str(size),
-              "--set", f"images.png_compression={args.level}", "-q", "--out"]
+              "--set", f"images.png_compression={args.level}", "--set", f"images.png_strategy={args.strategy}", "-q",
+              "--out"]
     cmd_out = root / "png_cmd"
     proc = {
         "recipe": whole(me + ["recipe", str(src), str(out["recipe"]), str(n), str(size), png_arg], out["recipe"], reps),
@@ -236,7 +240,7 @@ def main() -> None:
         "vinbig images --workers 1": whole(vinbig + [str(cmd_out), "--workers", "1"], cmd_out, reps),
         f"vinbig images (all {os.cpu_count()} cores)": whole(vinbig + [str(cmd_out)], cmd_out, reps),
     }
-    steps = breakdown(files, out["steps"], size, args.level, reps)
+    steps = breakdown(files, out["steps"], size, args.level, reps, args.strategy)
 
     print(f"{n} DICOMs, median {rows:.0f} x {cols:.0f} (rows x columns), 12 bits, uncompressed; PNG long side "
           f"{size}, level {args.level}; {os.cpu_count()} CPU cores; best of {reps}")

@@ -204,8 +204,9 @@ def test_rerun_skips_done_images_and_redoes_them_at_a_new_size(dicom_factory, tm
     assert read_png(out / "im0.png").shape == (40, 33)
 
 
+@pytest.mark.parametrize("strategy", ["huffman", "default"])
 @pytest.mark.parametrize("level", [0, 1, 9])
-def test_the_png_holds_exactly_the_resized_image_at_every_compression_level(dicom_factory, tmp_path, level):
+def test_the_png_holds_exactly_the_resized_image_at_every_compression_level(dicom_factory, tmp_path, level, strategy):
     import cv2
 
     from vinbig.dicom import read_dicom
@@ -213,9 +214,22 @@ def test_the_png_holds_exactly_the_resized_image_at_every_compression_level(dico
     noisy = np.clip(gradient(90, 70).astype(int) + np.random.default_rng(0).integers(-60, 60, (90, 70)), 0, 4095)
     path = dicom_factory("a.dcm", noisy.astype(np.uint16))
     out = tmp_path / "out"
-    convert_images(tmp_path / "src", out, size=50, workers=1, png_compression=level)
+    convert_images(tmp_path / "src", out, size=50, workers=1, png_compression=level, png_strategy=strategy)
     expect = cv2.resize(read_dicom(path).image, (39, 50), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(read_png(out / "a.png"), expect)
+
+
+def test_the_png_strategy_reaches_the_encoder_and_an_unknown_one_is_refused(dicom_factory, tmp_path):
+    noisy = np.clip(gradient(200, 160).astype(int) + np.random.default_rng(1).integers(-300, 300, (200, 160)), 0, 4095)
+    dicom_factory("a.dcm", noisy.astype(np.uint16))
+    sizes = {}
+    for strategy in ("huffman", "default"):
+        out = tmp_path / strategy
+        convert_images(tmp_path / "src", out, size=160, workers=1, png_compression=9, png_strategy=strategy)
+        sizes[strategy] = (out / "a.png").stat().st_size
+    assert sizes["huffman"] != sizes["default"]  # another coding of the same pixels
+    assert main(["images", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "x"), "--png-strategy", "rle",
+                 "-q"]) == 2
 
 
 def test_parallel_and_serial_give_identical_pngs(dicom_factory, tmp_path):

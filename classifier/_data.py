@@ -55,12 +55,17 @@ def png_paths(image_dir: Path, image_ids: Sequence[str]) -> list[Path]:
 
 
 class PngDataset(Dataset):
-    """``(image uint8 1 x imgsz x imgsz, target float, index)`` for each PNG; `transform` acts on the tensor."""
+    """``(image uint8 1 x imgsz x imgsz, target float, index)`` for each PNG; `transform` acts on the tensor.
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[float] | None, imgsz: int, transform=None):
+    With several sizes (`imgsz` a tuple, for fold models trained at different sizes) the image is a dict
+    ``{size: tensor}``: each PNG decoded once, resized to each size.
+    """
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[float] | None, imgsz: int | Sequence[int],
+                 transform=None):
         self.paths = list(paths)
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
-        self.imgsz = imgsz
+        self.imgsz = imgsz if isinstance(imgsz, int) else tuple(int(s) for s in imgsz)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -70,15 +75,19 @@ class PngDataset(Dataset):
         image = cv2.imread(str(self.paths[i]), cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise ArtifactError(f"{self.paths[i]} is not a readable PNG; delete it and run 'vinbig images' again")
-        if image.shape != (self.imgsz, self.imgsz):
-            shrink = image.shape[0] > self.imgsz and image.shape[1] > self.imgsz
-            image = cv2.resize(image, (self.imgsz, self.imgsz),
-                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        x = torch.from_numpy(image)[None]
-        if self.transform is not None:
-            x = self.transform(x)
+        if isinstance(self.imgsz, int):
+            x = self._tensor(image, self.imgsz)
+        else:
+            x = {size: self._tensor(image, size) for size in self.imgsz}
         y = 0.0 if self.targets is None else float(self.targets[i])
         return x, torch.tensor(y), i
+
+    def _tensor(self, image: np.ndarray, imgsz: int) -> torch.Tensor:
+        if image.shape != (imgsz, imgsz):
+            shrink = image.shape[0] > imgsz and image.shape[1] > imgsz
+            image = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        x = torch.from_numpy(image)[None]
+        return x if self.transform is None else self.transform(x)
 
 
 def worker_init(_: int) -> None:

@@ -1,7 +1,9 @@
 """Scoring images with trained fold models, the out-of-fold AUC and the "No finding" gate's operating point.
 
 ``vinbig predict-classifier --split oof``: each fold's best.pt scores its own validation images;
-``--split test``: every fold's best.pt scores every test image, and rows with fold -1 hold the mean.
+``--split test``: every fold's best.pt scores every test image, and rows with fold -1 hold the mean. The test
+images are read once: every fold model scores a batch before the next one is read (the data loader's workers
+read ahead).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,19 +39,40 @@ def infer(model: torch.nn.Module, loader: DataLoader, prepare: Prepare, amp: boo
           desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
     """``(dataset indices, P(abnormal))`` over `loader`; with ``tta="hflip"`` the mean over both views."""
     model.eval()
-    device = prepare.device
     indices, probs = [], []
     for x, _, idx in progress(loader, desc=desc, leave=False):
-        x = prepare(x)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            p = torch.sigmoid(model(x).float().squeeze(1))
-            if tta == "hflip":
-                p = (p + torch.sigmoid(model(torch.flip(x, dims=[3])).float().squeeze(1))) / 2
         indices.append(idx.numpy())
-        probs.append(p.double().cpu().numpy())
+        probs.append(_scores(model, prepare(x), amp, tta))
     if not indices:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     return np.concatenate(indices), np.concatenate(probs)
+
+
+@torch.no_grad()
+def infer_folds(models: Mapping[int, tuple[torch.nn.Module, int]], loader: DataLoader, device: torch.device,
+                amp: bool = False, tta: str = "none", desc: str = "predict"
+                ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """``(dataset indices, {fold: P(abnormal)})``: every fold's ``(model, imgsz)`` scores each batch `loader` reads,
+    the same numbers as :func:`infer` over a loader per fold. The loader's images are ``{imgsz: tensor}`` (a
+    PngDataset of every fold's size)."""
+    prepares = {k: Prepare(model.eval(), device) for k, (model, _) in models.items()}
+    indices, probs = [], {k: [] for k in models}
+    for x, _, idx in progress(loader, desc=desc, leave=False):
+        indices.append(idx.numpy())
+        for k, (model, imgsz) in models.items():
+            probs[k].append(_scores(model, prepares[k](x[imgsz]), amp, tta))
+    if not indices:
+        return np.zeros(0, dtype=np.int64), {k: np.zeros(0) for k in models}
+    return np.concatenate(indices), {k: np.concatenate(p) for k, p in probs.items()}
+
+
+def _scores(model: torch.nn.Module, x: torch.Tensor, amp: bool, tta: str) -> np.ndarray:
+    """P(abnormal) of the prepared batch `x`; with ``tta="hflip"`` the mean over both views."""
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp and x.device.type == "cuda"):
+        p = torch.sigmoid(model(x).float().squeeze(1))
+        if tta == "hflip":
+            p = (p + torch.sigmoid(model(torch.flip(x, dims=[3])).float().squeeze(1))) / 2
+    return p.double().cpu().numpy()
 
 
 def auc(abnormal: Sequence[int], p: Sequence[float]) -> float:
@@ -82,9 +105,12 @@ def gate_operating_point(p: Sequence[float], abnormal: Sequence[int], max_miss: 
             "normal_share": caught / len(neg)}
 
 
-def _loader(paths: list[Path], imgsz: int, cfg: dict, device: torch.device) -> DataLoader:
+def _loader(paths: list[Path], imgsz: int | Sequence[int], cfg: dict, device: torch.device) -> DataLoader:
     return DataLoader(PngDataset(paths, None, imgsz), batch_size=cfg["predict_batch"], shuffle=False,
                       num_workers=cfg["workers"], pin_memory=device.type == "cuda", worker_init_fn=worker_init)
+
+
+_SINGLE_READ = True  # test split: every fold model scores each batch read (False: a pass over the images per fold)
 
 
 @dataclass(frozen=True)
@@ -126,20 +152,10 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
     for k in folds:  # every checkpoint readable before the first one scores an image
         load_checkpoint(ckpts[k], train_command(work, "classifier", k))
 
-    if split == "test":
-        test_dir = work.images("test")
-        ids = read_meta(test_dir)["image_id"].tolist()
-        paths = png_paths(test_dir, ids)
-    rows = []
-    for k in folds:
-        model, imgsz = load_classifier(ckpts[k], device, train_command(work, "classifier", k))
-        if split == "oof":
-            ids = table.loc[table["fold"] == k, "image_id"].tolist()
-            paths = png_paths(work.images("train"), ids)
-        idx, p = infer(model, _loader(paths, imgsz, cfg, device), Prepare(model, device), cfg["amp"], tta,
-                       desc=f"{split} fold {k}")
-        rows.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p}))
-        logger.info("fold %d: %d %s image(s) scored with %s (tta %s)", k, len(idx), split, ckpts[k], tta)
+    if split == "test" and _SINGLE_READ:
+        rows = _score_test(work, folds, ckpts, cfg, device, tta)
+    else:
+        rows = [_score_fold(work, split, k, table, ckpts[k], cfg, device, tta) for k in folds]
     preds = pd.concat(rows, ignore_index=True)
     if split == "test":
         mean = preds.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)
@@ -156,6 +172,42 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
         return ClassifierPredictions(path, preds, **report_oof(preds.merge(table[["image_id", "abnormal"]],
                                                                            on="image_id"), cfg["gate_miss"]))
     return ClassifierPredictions(path, preds)
+
+
+def _score_fold(work: Work, split: str, k: int, table: pd.DataFrame, ckpt: Path, cfg: dict, device: torch.device,
+                tta: str) -> pd.DataFrame:
+    """``image_id, fold, p_abnormal`` of fold `k`'s model on its validation images (oof) or the test images."""
+    model, imgsz = load_classifier(ckpt, device, train_command(work, "classifier", k))
+    if split == "oof":
+        ids = table.loc[table["fold"] == k, "image_id"].tolist()
+        paths = png_paths(work.images("train"), ids)
+    else:
+        ids, paths = _test_images(work)
+    idx, p = infer(model, _loader(paths, imgsz, cfg, device), Prepare(model, device), cfg["amp"], tta,
+                   desc=f"{split} fold {k}")
+    logger.info("fold %d: %d %s image(s) scored with %s (tta %s)", k, len(idx), split, ckpt, tta)
+    return pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p})
+
+
+def _score_test(work: Work, folds: Sequence[int], ckpts: Mapping[int, Path], cfg: dict, device: torch.device,
+                tta: str) -> list[pd.DataFrame]:
+    """One frame per fold, as :func:`_score_fold` makes them, from one read of each test image."""
+    models = {k: load_classifier(ckpts[k], device, train_command(work, "classifier", k)) for k in folds}
+    ids, paths = _test_images(work)
+    sizes = tuple(sorted({imgsz for _, imgsz in models.values()}))
+    idx, p = infer_folds(models, _loader(paths, sizes, cfg, device), device, cfg["amp"], tta,
+                         desc=f"test folds {','.join(map(str, folds))}")
+    rows = []
+    for k in folds:
+        logger.info("fold %d: %d test image(s) scored with %s (tta %s)", k, len(idx), ckpts[k], tta)
+        rows.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p[k]}))
+    return rows
+
+
+def _test_images(work: Work) -> tuple[list[str], list[Path]]:
+    test_dir = work.images("test")
+    ids = read_meta(test_dir)["image_id"].tolist()
+    return ids, png_paths(test_dir, ids)
 
 
 def check_output(out: Path, made_by: str) -> None:

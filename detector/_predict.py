@@ -4,6 +4,11 @@ Each (fold, tta) pair is one prediction set; the fusion stage merges them. Boxes
 PNG back to original DICOM pixels and clipped to the image. Rows are written to the parquet file in
 row groups as they come, so memory does not grow with the number of images; the file appears only
 when complete.
+
+Each PNG is read once: on the test split every fold model (and every TTA set) predicts a batch before the
+next batch is read, and background threads read the batches ahead. The rows are written fold by fold, in the
+order a loop over the folds would write them (later folds' rows wait in ``.partial`` files beside the output),
+so the file is the same as one pass per fold would make.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import contextlib
 import errno
 import logging
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -31,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 TTAS = ("none", "hflip")
 _ROW_GROUP = 200_000  # rows buffered before a parquet row group is written
+_PREFETCH = 2  # batches read ahead by background threads (0: read in the main thread as each batch is needed)
+_SINGLE_READ = True  # test split: every fold model predicts each batch read (False: a pass over the images per fold)
 
 
 def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
@@ -114,23 +123,27 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
     image_dir = work.images("train" if split == "oof" else "test")
     counted = {"boxes": 0}
 
-    def row_groups() -> Iterator:
-        buffer: list[pd.DataFrame] = []
-        for fold, ids in todo.items():
-            model = models.pop(fold)  # released once its fold is done
-            bar = log.progress(total=len(ids), desc=f"{split} fold {fold}", unit="img")
-            for chunk in _chunks(ids, cfg["predict_batch"]):
-                rows = _predict_chunk(model, image_dir, chunk, meta, fold, sets, args)
-                buffer.append(rows)
+    def batches(ids: Sequence[str], pass_folds: Sequence[int]) -> Iterator[tuple[int, pd.DataFrame]]:
+        """``(fold, rows of one batch)``: each batch of `ids` read once, predicted by every fold of `pass_folds`."""
+        bar = log.progress(total=len(ids), unit="img",
+                           desc=f"{split} fold{'s' * (len(pass_folds) > 1)} {','.join(map(str, pass_folds))}")
+        for chunk, images in read_batches(image_dir, ids, cfg["predict_batch"], _PREFETCH):
+            flipped = [cv2.flip(im, 1) for im in images] if "hflip" in sets else None
+            for fold in pass_folds:
+                rows = _predict_images(models[fold], chunk, images, flipped, meta, fold, sets, args)
                 counted["boxes"] += len(rows)
-                if sum(len(b) for b in buffer) >= _ROW_GROUP:
-                    yield _table(buffer, schema)
-                    buffer = []
-                bar.update(len(chunk))
-            bar.close()
-        yield _table(buffer, schema)
+                yield fold, rows
+            bar.update(len(chunk))
+        bar.close()
+        for fold in pass_folds:
+            del models[fold]  # released once its pass is done
 
-    write_parquet(out, row_groups(), schema, made_by)
+    def frames() -> Iterator[pd.DataFrame]:
+        for ids, pass_folds in passes(split, todo):
+            yield from fold_order(batches(ids, pass_folds), pass_folds, out, made_by)
+
+    with contextlib.closing(row_groups(frames(), schema)) as tables:  # spill files go, also on an error
+        write_parquet(out, tables, schema, made_by)
     n_boxes, n_images = counted["boxes"], len({i for v in todo.values() for i in v})
     logger.info("%s: %d boxes from %d fold model(s) x %d prediction set(s) (%s) on %d images -> %s", split,
                 n_boxes, len(todo), len(sets), ", ".join(sets), n_images, out)
@@ -197,25 +210,116 @@ def _fp16(device) -> dict:
     return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
 
 
+def passes(split: str, todo: Mapping[int, Sequence[str]]) -> list[tuple[list[str], list[int]]]:
+    """The passes over the images, ``(image ids, folds predicting them)``: the test split is one pass in which
+    every fold predicts each image read (all of them see the same images); oof is one pass per fold."""
+    if split == "test" and _SINGLE_READ and todo:
+        return [(list(next(iter(todo.values()))), list(todo))]
+    return [(list(ids), [fold]) for fold, ids in todo.items()]
+
+
+def read_batches(image_dir: Path, ids: Sequence[str], batch: int, prefetch: int = _PREFETCH
+                 ) -> Iterator[tuple[Sequence[str], list[np.ndarray]]]:
+    """``(image ids, BGR images)`` of `ids`, `batch` at a time, in order; background threads read up to
+    `prefetch` batches ahead (OpenCV decodes without holding the GIL). A PNG that cannot be read is an
+    ArtifactError naming it, raised when its batch is reached."""
+    chunks = list(_chunks(ids, batch))
+    if prefetch <= 0:
+        for chunk in chunks:
+            yield chunk, [read_png(image_dir, i) for i in chunk]
+        return
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="read-png") as pool:
+        ahead: deque = deque()
+        try:
+            for chunk in chunks:
+                ahead.append((chunk, [pool.submit(read_png, image_dir, i) for i in chunk]))
+                if len(ahead) > prefetch:
+                    done, futures = ahead.popleft()
+                    yield done, [f.result() for f in futures]
+            while ahead:
+                done, futures = ahead.popleft()
+                yield done, [f.result() for f in futures]
+        finally:  # stopped early (an error, a closed generator): no more reads start
+            for _, futures in ahead:
+                for f in futures:
+                    f.cancel()
+
+
+def read_png(image_dir: Path, image_id: str) -> np.ndarray:
+    """The PNG of `image_id` as a BGR image (what ultralytics predicts on)."""
+    path = png_path(image_dir, image_id)
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if im is None:
+        raise ArtifactError(f"cannot read {path} (listed in its meta.csv); run '{images_command(image_dir)}' again")
+    return im
+
+
+def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], folds: Sequence[int], out: Path, made_by: str
+               ) -> Iterator[pd.DataFrame]:
+    """The frames of one pass, ``(fold, rows)``, fold by fold in `folds` order, each fold's in the order they
+    came: the first fold's pass through, the others' wait in a ``.partial`` file beside `out` each (removed
+    at the end, also on an error), so memory does not grow with the number of images. A failed write is an
+    ArtifactError naming `out`, as for the output itself."""
+    import pyarrow as pa
+
+    first, waiting = folds[0], {}  # fold -> [spill file, its Arrow stream writer or None]
+
+    def spill(fold: int, rows: pd.DataFrame) -> None:
+        entry = waiting.setdefault(fold, [out.with_name(f".{out.name}.{os.getpid()}.fold{fold}.partial"), None])
+        if len(rows):  # an empty frame adds no row (and would have no column types)
+            table = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()  # one batch, one frame
+            if entry[1] is None:
+                entry[1] = _writing(out, made_by, pa.ipc.new_stream, str(entry[0]), table.schema)
+            _writing(out, made_by, entry[1].write_table, table)
+
+    def replay(fold: int) -> Iterator[pd.DataFrame]:
+        path, writer = waiting.get(fold, (None, None))
+        if writer is not None:
+            _writing(out, made_by, writer.close)
+            with pa.ipc.open_stream(str(path)) as reader:
+                for batch in reader:
+                    yield batch.to_pandas()
+
+    try:
+        for fold, rows in frames:
+            if fold == first:
+                yield rows
+            else:
+                spill(fold, rows)
+        for fold in folds[1:]:
+            yield from replay(fold)
+    finally:
+        for path, writer in waiting.values():
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def row_groups(frames: Iterable[pd.DataFrame], schema) -> Iterator:
+    """Arrow tables of at least ``_ROW_GROUP`` rows (the last one fewer, maybe none) from the frames in order."""
+    buffer: list[pd.DataFrame] = []
+    for rows in frames:
+        buffer.append(rows)
+        if sum(len(b) for b in buffer) >= _ROW_GROUP:
+            yield _table(buffer, schema)
+            buffer = []
+    yield _table(buffer, schema)
+
+
 def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
     n = max(1, n)
     for i in range(0, len(items), n):
         yield items[i:i + n]
 
 
-def _predict_chunk(model, image_dir: Path, ids: Sequence[str], meta: pd.DataFrame, fold: int,
-                   sets: Sequence[str], args: Mapping) -> pd.DataFrame:
-    images = []
-    for image_id in ids:
-        path = png_path(image_dir, image_id)
-        im = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if im is None:
-            raise ArtifactError(f"cannot read {path} (listed in its meta.csv); run '{images_command(image_dir)}' "
-                                "again")
-        images.append(im)
+def _predict_images(model, ids: Sequence[str], images: list[np.ndarray], flipped: list[np.ndarray] | None,
+                    meta: pd.DataFrame, fold: int, sets: Sequence[str], args: Mapping) -> pd.DataFrame:
+    """The rows of one fold model's prediction sets on one batch (`flipped`: the images mirrored, for hflip)."""
     frames = []
     for tta in sets:
-        batch = images if tta == "none" else [cv2.flip(im, 1) for im in images]
+        batch = images if tta == "none" else flipped
         for image_id, im, result in zip(ids, batch, model.predict(batch, **args)):
             boxes = result.boxes
             xyxy = boxes.xyxy.cpu().numpy().astype(np.float64)

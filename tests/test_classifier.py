@@ -20,6 +20,7 @@ from vinbig.app.cli import main
 from vinbig.config import ConfigError, load_config
 
 from conftest import own_work
+from faults import damage, errors
 
 # timm's smallest EfficientNet at 64 px, data loaded in the test process
 TINY_SET = {"backbone": "test_efficientnet", "imgsz": 64, "batch": 8, "workers": 0, "predict_batch": 16}
@@ -338,16 +339,7 @@ def hand_made_checkpoint(path) -> None:
                      "imgsz": 64, "epoch": 0, "auc": 0.5}, path)
 
 
-def damage(path, how: str):
-    """Cut `path` to half its bytes (a copy killed midway, a full disk) or replace it by random bytes."""
-    data = path.read_bytes() if path.is_file() else b""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data[:len(data) // 2] if how == "truncated" else np.random.default_rng(0).bytes(4096))
-    return path
 
-
-def errors(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
 
 
 @pytest.fixture
@@ -357,6 +349,9 @@ def scored(monkeypatch) -> list:
 
     calls, real = [], classifier._predict.infer
     monkeypatch.setattr(classifier._predict, "infer", lambda *a, **kw: calls.append(kw.get("desc")) or real(*a, **kw))
+    real_folds = classifier._predict.infer_folds
+    monkeypatch.setattr(classifier._predict, "infer_folds",  # the test split: every fold model in one pass
+                        lambda models, *a, **kw: calls.extend(models) or real_folds(models, *a, **kw))
     return calls
 
 

@@ -21,31 +21,18 @@ from detector import (DETECTOR_CLASSES, boxes_to_yolo, fold_dataset, label_text,
 from vinbig.artifacts import CLASS_NAMES, DETECTOR_PRED_COLUMNS, NO_FINDING, Work
 from vinbig.errors import ConfigError
 
+from faults import damage, errors, guarded_env
+
 TINY = ["--model", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu",
         "--workers", "0", "-q"]
 
-# Runs `vinbig` commands in a fresh interpreter whose sockets refuse every connection and name lookup;
-# each attempt is written to the log file with the stack that made it.
-NETWORK_GUARD = textwrap.dedent('''
-    import json, socket, sys, traceback
-
-    log_path, commands = sys.argv[1], json.loads(sys.argv[2])
-
-    def deny(name):
-        def blocked(*args, **kwargs):
-            with open(log_path, "a") as log:
-                log.write(f"{name}{args[:2]!r}\\n" + "".join(traceback.format_stack(limit=10)) + "\\n")
-            raise OSError(f"network access blocked by the test: {name}")
-        return blocked
-
-    socket.getaddrinfo = deny("getaddrinfo")
-    socket.create_connection = deny("create_connection")
-    socket.socket.connect = deny("connect")
-    socket.socket.connect_ex = deny("connect_ex")
+# The commands of `run_offline`, run in one interpreter whose sockets refuse every connection (tests/faults.py).
+RUN_COMMANDS = textwrap.dedent('''
+    import json, sys
 
     from vinbig.app.cli import main
 
-    for argv in commands:
+    for argv in json.loads(sys.argv[1]):
         rc = main(argv)
         print(f"RC {rc} {' '.join(argv[:1])}", flush=True)
 ''')
@@ -53,12 +40,8 @@ NETWORK_GUARD = textwrap.dedent('''
 
 def run_offline(tmp_path: Path, commands: list[list[str]]) -> tuple[list[int], str]:
     """Run `commands` in one guarded interpreter; return their exit codes and the network-attempt log."""
-    log = tmp_path / "network.log"
-    # as a user runs it: ultralytics skips some network calls when it sees pytest or a CI (TESTS_RUNNING)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("YOLO_", "PYTEST_", "GITHUB_", "RUNNER_")) and k not in ("CI", "GITHUB_ACTIONS")}
-    env["ULTRALYTICS_API_KEY"] = "not-a-real-key"  # with a key, ultralytics' Platform callbacks would upload
-    proc = subprocess.run([sys.executable, "-c", NETWORK_GUARD, str(log), json.dumps(commands)],
+    env, log = guarded_env(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", RUN_COMMANDS, json.dumps(commands)],
                           capture_output=True, text=True, env=env, timeout=900)
     codes = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("RC ")]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -404,18 +387,6 @@ def hand_made_checkpoint(path: Path) -> Path:
     model = DetectionModel("yolov8n.yaml", nc=14, verbose=False).half()
     torch.save({"model": model, "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
     return path
-
-
-def damage(path: Path, how: str) -> Path:
-    """Cut `path` to half its bytes (a copy killed midway, a full disk) or replace it by random bytes."""
-    data = path.read_bytes() if path.is_file() else b""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data[:len(data) // 2] if how == "truncated" else np.random.default_rng(0).bytes(4096))
-    return path
-
-
-def errors(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
 
 
 PREDICT_TEST = ["--split", "test", "--imgsz", "64", "--conf", "1e-6", "--device", "cpu", "-q"]

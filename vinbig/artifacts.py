@@ -25,11 +25,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from vinbig.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where it is used: `vinbig --help` and light commands start without it
 
 # The competition's class order: YOLO `names`, submission class ids and labels.csv all use it.
 CLASS_NAMES: tuple[str, ...] = (
@@ -276,6 +277,8 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: Sequence[str])
 
 def read_csv(path: str | os.PathLike, columns: Sequence[str], made_by: str, **kwargs) -> pd.DataFrame:
     """Read a CSV that must hold `columns`; name the file and the command `made_by` when it does not."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
@@ -300,6 +303,8 @@ def read_labels(work: Work) -> pd.DataFrame:
 
 
 def read_folds(work: Work) -> pd.DataFrame:
+    import pandas as pd
+
     df = read_csv(work.folds, FOLD_COLUMNS, folds_command(work), dtype={"image_id": str})
     if df.empty:
         raise ArtifactError(f"{work.folds} holds no images; run '{folds_command(work)}' again")
@@ -343,6 +348,8 @@ def read_detector_preds(work: Work, split: str, columns: Sequence[str] | None = 
     missing = [c for c in DETECTOR_PRED_COLUMNS if c not in names]
     if missing:
         raise ArtifactError(f"{path} lacks the columns {missing} (it has {names}); run '{made_by}' again")
+    import pandas as pd
+
     df = pd.read_parquet(path, columns=list(columns or DETECTOR_PRED_COLUMNS))
     if "image_id" in df:
         df["image_id"] = df["image_id"].astype(str)

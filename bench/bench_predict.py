@@ -1,0 +1,216 @@
+"""Test prediction with one read per image against the loop it replaced (a pass over the images per fold).
+
+The demo's setting: five folds, 256 px PNGs, a YOLOv8n predicting at 160 px with hflip TTA, a
+test_efficientnet classifier at 128 px, on the CPU. The fold models are saved by hand (untrained, with
+random weights and head biases so that the detector finds boxes): prediction costs the same whatever
+the weights. For the detector and the classifier, each way is timed
+
+- in-process: ``predict(...)`` of ``detector._predict`` / ``classifier._predict``, `--repeats` times each,
+  alternating, median; and
+- as a whole command: ``vinbig predict-detector`` / ``vinbig predict-classifier`` in a fresh interpreter
+  (process start, imports, checkpoint loading included), `--repeats` times each, median,
+
+with the number of PNG decodes (``cv2.imread`` calls) of each. "per fold" is the loop of before: a pass over
+the images per fold model, each image read in the main thread when its batch is needed (``_SINGLE_READ =
+False``, ``_PREFETCH = 0``); "single read" is what the commands do now. Both ways must write the same file,
+byte for byte; the script stops if they do not.
+
+    python bench/bench_predict.py                      # 64 test images, about 3 minutes on 2 cores
+    python bench/bench_predict.py --n-test 100 --repeats 5 --json bench_predict.json
+    python bench/bench_predict.py --png-size 1024        # the real PNG size, where decoding costs more
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+FOLDS = 5
+
+# a whole command in a fresh interpreter: counts the PNG decodes; "per_fold" restores the loop of before
+COMMAND = '''
+import json, sys
+import cv2
+reads, imread = [0], cv2.imread
+def counted(*args, **kwargs):
+    reads[0] += 1
+    return imread(*args, **kwargs)
+cv2.imread = counted
+if sys.argv[1] == "per_fold":
+    import classifier._predict, detector._predict
+    detector._predict._SINGLE_READ = classifier._predict._SINGLE_READ = False
+    detector._predict._PREFETCH = 0
+from vinbig.app.cli import main
+rc = main(sys.argv[2:])
+print(json.dumps({"rc": rc, "reads": reads[0]}), file=sys.stderr)
+sys.exit(rc)
+'''
+
+
+def vinbig(*args: str) -> None:
+    from vinbig.app.cli import main
+
+    if main([*args, "-q"]) != 0:
+        raise SystemExit(f"vinbig {' '.join(args)} failed")
+
+
+def make_work(root: Path, n_test: int, size: int) -> Path:
+    """DICOMs and PNGs of `size` px, `n_test` test images, five folds; kept when `root` has them."""
+    data, work = root / "data", root / "work"
+    if not (work / "folds.csv").is_file():
+        vinbig("synth", "--out", str(data), "--n-train", "30", "--n-test", str(n_test), "--size", str(size))
+        for split in ("train", "test"):
+            vinbig("images", "--src", str(data / split), "--out", str(work / "images" / split), "--size", str(size))
+        vinbig("folds", "--train-csv", str(data / "train.csv"), "--out", str(work), "--n-folds", str(FOLDS))
+    return work
+
+
+def save_models(work: Path) -> None:
+    """Every fold's best.pt of both stages, as training writes them, from random weights."""
+    from detector._offline import follow_log_level  # first: ultralytics offline
+    from classifier._model import create_model, save_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
+    from vinbig.artifacts import Work
+
+    follow_log_level()
+    w = Work(work)
+    for k in range(FOLDS):
+        torch.manual_seed(k)
+        model = DetectionModel("yolov8n.yaml", nc=14, verbose=False)
+        with torch.no_grad():
+            for head in (*model.model[-1].cv2, *model.model[-1].cv3):  # untrained, it finds no box above conf
+                head[-1].bias.normal_(0, 1)
+        path = w.checkpoint("detector", k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
+        model = create_model("test_efficientnet")
+        torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
+        save_checkpoint({"model": model.state_dict(), "backbone": "test_efficientnet", "imgsz": 128, "epoch": 0,
+                         "auc": 0.5}, w.checkpoint("classifier", k))
+
+
+def set_way(way: str) -> None:
+    import classifier._predict as cp
+    import detector._predict as dp
+
+    dp._SINGLE_READ = cp._SINGLE_READ = way == "single"
+    dp._PREFETCH = 2 if way == "single" else 0
+
+
+def in_process(stage: str, work: Path, repeats: int) -> dict:
+    """Median seconds and PNG reads of each way, and whether both wrote the same bytes."""
+    from vinbig import log
+    from vinbig.config import load_config
+
+    log.setup(-1)
+    cfg = load_config(DEMO, [f"{stage}.device=cpu"])[stage]
+    if stage == "detector":
+        from detector._predict import predict
+
+        def run():
+            return predict(work, "test", cfg, tta=["hflip"]).path
+    else:
+        from classifier._predict import predict
+
+        def run():
+            return predict(work, "test", cfg).path
+
+    reads, imread = [0], cv2.imread
+
+    def counted(*args, **kwargs):
+        reads[0] += 1
+        return imread(*args, **kwargs)
+
+    cv2.imread = counted
+    times, counts, outputs = {"per_fold": [], "single": []}, {}, {}
+    try:
+        run()  # warm-up: first model calls, file caches
+        for _ in range(repeats):
+            for way in times:
+                set_way(way)
+                reads[0] = 0
+                t = time.perf_counter()
+                path = run()
+                times[way].append(time.perf_counter() - t)
+                counts[way], outputs[way] = reads[0], path.read_bytes()
+    finally:
+        cv2.imread = imread
+        set_way("single")
+    return {way: {"seconds": statistics.median(t), "reads": counts[way]} for way, t in times.items()} | {
+        "same_output": outputs["per_fold"] == outputs["single"]}
+
+
+def whole_command(stage: str, work: Path, repeats: int) -> dict:
+    """Median wall seconds and reads of ``vinbig predict-STAGE --split test`` per way in a fresh interpreter."""
+    args = ["predict-" + stage, "--work", str(work), "--split", "test", "--config", str(DEMO), "--device", "cpu",
+            "-q", *(["--tta", "hflip"] if stage == "detector" else [])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = Path(work) / "preds" / (f"{stage}_test.parquet" if stage == "detector" else f"{stage}_test.csv")
+    times, counts, outputs = {"per_fold": [], "single": []}, {}, {}
+    for _ in range(repeats):
+        for way in times:
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", COMMAND, way, *args], capture_output=True, text=True,
+                                  env=env, cwd=ROOT)
+            times[way].append(time.perf_counter() - t)
+            if done.returncode != 0:
+                raise SystemExit(f"vinbig {' '.join(args)} ({way}) failed:\n{done.stderr}")
+            counts[way] = json.loads(done.stderr.strip().splitlines()[-1])["reads"]
+            outputs[way] = out.read_bytes()
+    return {way: {"seconds": statistics.median(t), "reads": counts[way]} for way, t in times.items()} | {
+        "same_output": outputs["per_fold"] == outputs["single"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-test", type=int, default=64, help="test images")
+    ap.add_argument("--png-size", type=int, default=256, help="long side of the PNGs (the demo's: 256; real: 1024)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each way (median)")
+    ap.add_argument("--keep", type=Path, help="make (or reuse) the data and work folders here")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    from vinbig import log
+
+    log.setup(-1)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    work = make_work(root, args.n_test, args.png_size)
+    save_models(work)
+    n = len((work / "images" / "test" / "meta.csv").read_text().splitlines()) - 1
+    results = {"test_images": n, "png_size": args.png_size, "folds": FOLDS, "cpus": os.cpu_count()}
+    for stage in ("detector", "classifier"):
+        results[stage] = {"in_process": in_process(stage, work, args.repeats),
+                          "command": whole_command(stage, work, args.repeats)}
+
+    print(f"{n} test PNGs of {args.png_size} px, {FOLDS} folds, CPU ({os.cpu_count()} cores), median of "
+          f"{args.repeats}; detector yolov8n at 160 px with hflip, classifier test_efficientnet at 128 px")
+    print(f"{'':38s} {'per fold':>10s} {'single read':>12s} {'ratio':>7s} {'reads':>13s}  same file")
+    for stage in ("detector", "classifier"):
+        for how, label in (("in_process", "in-process predict()"), ("command", f"vinbig predict-{stage}")):
+            r = results[stage][how]
+            a, b = r["per_fold"], r["single"]
+            r["ratio"] = a["seconds"] / b["seconds"]
+            print(f"{stage + ', ' + label:38s} {a['seconds']:9.2f}s {b['seconds']:11.2f}s {r['ratio']:6.2f}x "
+                  f"{a['reads']:6d} -> {b['reads']:4d}  {'yes' if r['same_output'] else 'NO'}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    same = all(results[s][h]["same_output"] for s in ("detector", "classifier") for h in ("in_process", "command"))
+    if not same:
+        print("the two ways wrote different files: a bug in the single read", file=sys.stderr)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

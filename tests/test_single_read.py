@@ -1,0 +1,174 @@
+"""Test prediction reads each test PNG once for all fold models, and writes what a pass per fold would write.
+
+The loop of before (a pass over the images per fold, read in the main thread) stays reachable through the
+private switches ``_SINGLE_READ`` and ``_PREFETCH`` of ``detector._predict`` and ``classifier._predict``.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import pandas as pd
+import pytest
+import torch
+
+from vinbig.artifacts import Work, read_meta
+
+FOLDS = 3  # the synthetic work folder's
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The file name of every image OpenCV decodes, in the order read."""
+    names, real = [], cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda path, *a: names.append(path.rsplit("/", 1)[-1]) or real(path, *a))
+    return names
+
+
+@pytest.fixture(scope="module")
+def detector_pts(tmp_path_factory) -> list:
+    """An untrained YOLOv8n per fold, each with its own random weights and head biases (untrained, every fold
+    would give the same boxes; these differ, so a fold mix-up shows)."""
+    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
+    from ultralytics.nn.tasks import DetectionModel
+
+    paths = []
+    for k in range(FOLDS):
+        torch.manual_seed(k)
+        model = DetectionModel("yolov8n.yaml", nc=14, verbose=False)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1 * (p.std() if p.numel() > 1 else 1))
+            for head in (*model.model[-1].cv2, *model.model[-1].cv3):  # box and class outputs
+                head[-1].bias.normal_(0, 1)
+        paths.append(tmp_path_factory.mktemp("detector") / "best.pt")
+        torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, paths[-1])
+    return paths
+
+
+def row_groups(path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def install(pts: list, work: Work) -> None:
+    """Each fold's best.pt in `work`, as training writes them."""
+    for k, pt in enumerate(pts):
+        path = work.checkpoint("detector", k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pt, path)
+
+
+def classifier_checkpoints(work: Work, sizes=(64, 64, 48)) -> None:
+    """An untrained test_efficientnet per fold with a random head (a zero head gives 0.5 everywhere); fold 2
+    was trained at another size."""
+    from classifier._model import create_model, save_checkpoint
+
+    for k, imgsz in enumerate(sizes):
+        torch.manual_seed(k)
+        model = create_model("test_efficientnet")
+        torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
+        save_checkpoint({"model": model.state_dict(), "backbone": "test_efficientnet", "imgsz": imgsz, "epoch": 0,
+                         "auc": 0.5}, work.checkpoint("classifier", k))
+
+
+@pytest.mark.parametrize("folds", [None, [2, 0]])
+def test_detector_reads_each_test_image_once_and_writes_the_per_fold_file(work_copy, detector_pts, reads, monkeypatch,
+                                                                          folds):
+    import detector._predict as dp
+    from vinbig.config import load_config
+
+    work = Work(work_copy.work)
+    install(detector_pts, work)
+    cfg = load_config(overrides=["detector.imgsz=64", "detector.conf=0.000001", "detector.device=cpu",
+                                 "detector.predict_batch=4"])["detector"]  # 6 test images: two batches
+    monkeypatch.setattr(dp, "_ROW_GROUP", 50)  # several row groups, some spanning two folds
+    ids = read_meta(work.images("test"))["image_id"].tolist()
+
+    single = dp.predict(work, "test", cfg, tta=["hflip"], folds=folds, out=work.preds / "single.parquet")
+    assert sorted(reads) == sorted(f"{i}.png" for i in ids)  # once each
+    assert not list(work.preds.glob(".*partial"))  # the later folds' waiting rows are gone
+
+    reads.clear()
+    monkeypatch.setattr(dp, "_SINGLE_READ", False)  # the loop of before: a pass per fold, read in the main thread
+    monkeypatch.setattr(dp, "_PREFETCH", 0)
+    per_fold = dp.predict(work, "test", cfg, tta=["hflip"], folds=folds, out=work.preds / "per_fold.parquet")
+    order = folds or list(range(FOLDS))
+    assert sorted(reads) == sorted(f"{i}.png" for i in ids * len(order))
+
+    a, b = pd.read_parquet(single.path), pd.read_parquet(per_fold.path)
+    assert len(a) > 3 * 50 and list(a["fold"].unique()) == order and set(a["tta"]) == {"none", "hflip"}
+    scores = [set(a.loc[a["fold"] == k, "score"]) for k in order]
+    assert not scores[0] & scores[1]  # each fold's model its own boxes
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # the same rows in the same order, exactly
+    assert row_groups(single.path) == row_groups(per_fold.path) and len(row_groups(single.path)) > 2
+    assert single.path.read_bytes() == per_fold.path.read_bytes()
+    assert (single.boxes, single.images, single.sets) == (per_fold.boxes, per_fold.images, per_fold.sets)
+
+
+def test_detector_read_error_names_the_png_and_leaves_no_partial_file(work_copy, detector_pts, monkeypatch):
+    import detector._predict as dp
+    from vinbig.artifacts import ArtifactError
+    from vinbig.config import load_config
+
+    work = Work(work_copy.work)
+    install(detector_pts, work)
+    cfg = load_config(overrides=["detector.imgsz=64", "detector.device=cpu", "detector.predict_batch=2"])["detector"]
+    last = read_meta(work.images("test"))["image_id"].iloc[-1]  # in the third batch: two have been predicted
+    real = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda path, *a: None if path.endswith(f"/{last}.png") else real(path, *a))
+    with pytest.raises(ArtifactError, match=f"cannot read .*{last}.png .*run 'vinbig images"):
+        dp.predict(work, "test", cfg)
+    assert not work.detector_preds("test").exists() and not list(work.preds.glob(".*partial"))
+
+
+def test_classifier_reads_each_test_image_once_and_writes_the_per_fold_file(work_copy, reads, monkeypatch):
+    import classifier._predict as cp
+    from vinbig.config import load_config
+
+    work = Work(work_copy.work)
+    classifier_checkpoints(work)
+    cfg = load_config(overrides=["classifier.device=cpu", "classifier.workers=0", "classifier.predict_batch=4",
+                                 "classifier.tta=hflip"])["classifier"]
+    ids = read_meta(work.images("test"))["image_id"].tolist()
+
+    single = cp.predict(work, "test", cfg)
+    assert sorted(reads) == sorted(f"{i}.png" for i in ids)
+    single_csv = single.path.read_bytes()
+
+    reads.clear()
+    monkeypatch.setattr(cp, "_SINGLE_READ", False)
+    per_fold = cp.predict(work, "test", cfg)
+    assert sorted(reads) == sorted(f"{i}.png" for i in ids * FOLDS)
+
+    pd.testing.assert_frame_equal(single.preds, per_fold.preds, check_exact=True)
+    assert single_csv == per_fold.path.read_bytes()
+    p = single.preds.pivot(index="image_id", columns="fold", values="p_abnormal")
+    assert p[0].nunique() == len(ids) and not (p[0] == p[1]).any() and not (p[0] == p[2]).any()  # folds differ
+
+
+def test_a_full_disk_while_later_folds_wait_names_the_output_and_leaves_no_partial_file(work_copy, detector_pts,
+                                                                                         caplog, monkeypatch):
+    import errno
+
+    import pyarrow.ipc
+
+    from vinbig.app.cli import main
+
+    work = Work(work_copy.work)
+    install(detector_pts, work)
+
+    def full_disk(self, table, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pyarrow.ipc.RecordBatchStreamWriter, "write_table", full_disk)
+    out = work.detector_preds("test")
+    assert main(["predict-detector", "--work", str(work.root), "--split", "test", "--imgsz", "64", "--conf", "1e-6",
+                 "--device", "cpu", "-q"]) == 2
+    [message] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert message.startswith(f"cannot write {out}: No space left on device; the file was left as it was: free "
+                              "space on its disk, then run 'vinbig predict-detector")
+    assert not out.exists() and not list(work.preds.glob(".*partial"))

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, check_writable, fold_ids,
+from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, check_output, fold_ids,
                              predict_command, read_folds, read_meta, train_command, write_csv)
 from vinbig.errors import ConfigError
 from vinbig.log import progress
@@ -208,17 +208,6 @@ def _test_images(work: Work) -> tuple[list[str], list[Path]]:
     test_dir = work.images("test")
     ids = read_meta(test_dir)["image_id"].tolist()
     return ids, png_paths(test_dir, ids)
-
-
-def check_output(out: Path, made_by: str) -> None:
-    """`out` can be written: its folder made, no file in the folder's way (checked before any model runs)."""
-    for folder in (out.parent, *out.parent.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ArtifactError(f"cannot write {out}: {folder} is a file, where a folder should be; move or "
-                                    f"rename it, then run '{made_by}' again")
-            break
-    check_writable(out)
 
 
 def report_oof(oof: pd.DataFrame, max_miss: float) -> dict:

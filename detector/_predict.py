@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from vinbig import log
-from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold, check_writable,
+from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold, check_output,
                               fold_ids, images_command, png_path, predict_command, read_folds, read_meta,
                               train_command)
 from vinbig.boxes import clip, to_original
@@ -157,17 +157,6 @@ def load_fold_model(work: Work, fold: int, weights: str, path: Path):
     other = "last" if weights == "best" else "best"
     return load_yolo(path, f"predict with each fold's {other}.pt (--weights {other}) or train fold {fold} again: "
                            f"'{train_command(work, 'detector', fold)} --overwrite'")
-
-
-def check_output(out: Path, made_by: str) -> None:
-    """Before any model runs: `out` can be written (its folder made, no file in the folder's way)."""
-    for folder in (out.parent, *out.parent.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ArtifactError(f"cannot write {out}: {folder} is a file, where a folder should be; move or "
-                                    f"rename it, then run '{made_by}' again")
-            break
-    check_writable(out)
 
 
 def write_parquet(out: Path, tables: Iterable, schema, made_by: str) -> Path:

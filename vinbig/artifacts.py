@@ -263,6 +263,19 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     return path
 
 
+def check_output(out: str | os.PathLike, made_by: str) -> Path:
+    """Before long work: the file `out` can be written (:func:`check_writable`); a file standing where one of its
+    folders should be is named with `made_by`, the command to run again once it is moved."""
+    out = Path(out)
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ArtifactError(f"cannot write {out}: {folder} is a file, where a folder should be; move or "
+                                    f"rename it, then run '{made_by}' again")
+            break
+    return check_writable(out)
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: Sequence[str]) -> Path:
     """Write `df` with exactly `columns`, atomically."""
     path = Path(path)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from vinbig.artifacts import Work
 from vinbig.app.cli import main
 from vinbig.config import load_config
 
@@ -24,18 +25,16 @@ def fake_work(root: Path, detectors=(0, 1), classifiers=(), folds=(0, 1), fusion
     work = root / "work"
     work.mkdir(parents=True)
     pd.DataFrame({"image_id": [f"img{k}" for k in folds], "fold": list(folds)}).to_csv(work / "folds.csv", index=False)
-    for k in detectors:
-        (work / f"detector/fold{k}/weights").mkdir(parents=True)
-        (work / f"detector/fold{k}/weights/best.pt").write_bytes(b"detector %d" % k)
-        if runs:
-            (work / f"detector/fold{k}/weights/last.pt").write_bytes(b"last")
-            (work / f"detector/fold{k}/results.csv").write_text("epoch\n1\n")
-    for k in classifiers:
-        (work / f"classifier/fold{k}").mkdir(parents=True)
-        (work / f"classifier/fold{k}/best.pt").write_bytes(b"classifier %d" % k)
-        if runs:
-            (work / f"classifier/fold{k}/last.pt").write_bytes(b"last")
-            (work / f"classifier/fold{k}/summary.csv").write_text("epoch\n0\n")
+    w = Work(work)
+    for stage, ks in (("detector", detectors), ("classifier", classifiers)):
+        for k in ks:
+            best = w.checkpoint(stage, k)
+            best.parent.mkdir(parents=True)
+            best.write_bytes(b"%s %d" % (stage.encode(), k))
+            if runs:
+                w.checkpoint(stage, k, "last").write_bytes(b"last")
+                log = w.fold_dir(stage, k) / "results.csv" if stage == "detector" else w.classifier_summary(k)
+                log.write_text("epoch\n1\n")
     if fusion:
         (work / "fusion.yaml").write_text(FUSION_YAML)
     return work

@@ -474,26 +474,28 @@ def test_many_boxes_beyond_their_image_are_listed_up_to_twenty(tmp_path):
     assert "  and 5 more" in str(e.value).splitlines()
 
 
-def test_outside_boxes_clip_moves_them_to_the_edge_and_drops_those_wholly_outside(tmp_path, caplog):
+def folds_with_outside_boxes(tmp_path, caplog, policy: str) -> np.ndarray:
+    """make_folds over GOOD and OUTSIDE with `policy`; the boxes of img_c in labels.csv."""
     work = tmp_path / "work"
     write_meta(work, SIZES)
     with caplog.at_level(logging.WARNING):
-        make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE]), work, n_folds=2, outside_boxes="clip")
-    assert "2 box(es) reach beyond their image" in caplog.text and "clipped to its edge" in caplog.text
+        make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE]), work, n_folds=2, outside_boxes=policy)
+    assert "2 box(es) reach beyond their image" in caplog.text
+    return read_labels(Work(work)).query("image_id == 'img_c'")[list(BOX)].to_numpy()
+
+
+def test_outside_boxes_clip_moves_them_to_the_edge_and_drops_those_wholly_outside(tmp_path, caplog):
+    boxes = folds_with_outside_boxes(tmp_path, caplog, "clip")
+    assert "clipped to its edge" in caplog.text
     assert "1 of them lie wholly outside and are left out (line 9)" in caplog.text
     assert "line 8, image img_c: x_max 5000 > width 461" in caplog.text
-    boxes = read_labels(Work(work)).query("image_id == 'img_c'")[list(BOX)].to_numpy()
     assert boxes.max(axis=0)[2] == 461 and sorted(map(tuple, boxes)) == [(10, 10, 50, 50), (400, 100, 461, 200)]
 
 
 def test_outside_boxes_drop_leaves_them_out_naming_them(tmp_path, caplog):
-    work = tmp_path / "work"
-    write_meta(work, SIZES)
-    with caplog.at_level(logging.WARNING):
-        make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE]), work, n_folds=2, outside_boxes="drop")
-    assert "2 box(es) reach beyond their image" in caplog.text and "are left out" in caplog.text
+    boxes = folds_with_outside_boxes(tmp_path, caplog, "drop")
+    assert "are left out" in caplog.text
     assert "line 8, image img_c" in caplog.text and "line 9, image img_c" in caplog.text
-    boxes = read_labels(Work(work)).query("image_id == 'img_c'")[list(BOX)].to_numpy()
     assert boxes.tolist() == [[10, 10, 50, 50]]
 
 

@@ -111,8 +111,7 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
     made_by = predict_command(work, "detector", split)
     check_output(out, made_by)
     models = {k: load_fold_model(work, k, weights, path) for k, path in paths.items()}  # all readable
-    types = {"image_id": pa.string(), "fold": pa.int16(), "tta": pa.string(), "class_id": pa.int16()}
-    schema = pa.schema([(c, types.get(c, pa.float32())) for c in DETECTOR_PRED_COLUMNS])  # score, boxes: float32
+    schema = parquet_schema()
     device = parse_device(cfg["device"], "detector.device")
     if len(device.gpus) > 1:
         logger.warning("prediction runs on one device; using GPU %d of %s", device.gpus[0], list(device.gpus))
@@ -140,7 +139,7 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
 
     def frames() -> Iterator[pd.DataFrame]:
         for ids, pass_folds in passes(split, todo):
-            yield from fold_order(batches(ids, pass_folds), pass_folds, out, made_by)
+            yield from fold_order(batches(ids, pass_folds), pass_folds, out, made_by, schema)
 
     with contextlib.closing(row_groups(frames(), schema)) as tables:  # spill files go, also on an error
         write_parquet(out, tables, schema, made_by)
@@ -243,12 +242,22 @@ def read_png(image_dir: Path, image_id: str) -> np.ndarray:
     return im
 
 
-def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], folds: Sequence[int], out: Path, made_by: str
-               ) -> Iterator[pd.DataFrame]:
+def parquet_schema():
+    """The Arrow schema of WORK/preds/detector_{split}.parquet: ids as strings, fold and class int16, the score and
+    the boxes float32."""
+    import pyarrow as pa
+
+    types = {"image_id": pa.string(), "fold": pa.int16(), "tta": pa.string(), "class_id": pa.int16()}
+    return pa.schema([(c, types.get(c, pa.float32())) for c in DETECTOR_PRED_COLUMNS])
+
+
+def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], folds: Sequence[int], out: Path, made_by: str,
+               schema) -> Iterator[pd.DataFrame]:
     """The frames of one pass, ``(fold, rows)``, fold by fold in `folds` order, each fold's in the order they
     came: the first fold's pass through, the others' wait in a ``.partial`` file beside `out` each (removed
-    at the end, also on an error), so memory does not grow with the number of images. A failed write is an
-    ArtifactError naming `out`, as for the output itself."""
+    at the end, also on an error), so memory does not grow with the number of images. Spilled rows take the
+    output's `schema` (a batch with an image without boxes has other pandas types than one without). A failed
+    write is an ArtifactError naming `out`, as for the output itself."""
     import pyarrow as pa
 
     first, waiting = folds[0], {}  # fold -> [spill file, its Arrow stream writer or None]
@@ -256,7 +265,8 @@ def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], folds: Sequence[int],
     def spill(fold: int, rows: pd.DataFrame) -> None:
         entry = waiting.setdefault(fold, [out.with_name(f".{out.name}.{os.getpid()}.fold{fold}.partial"), None])
         if len(rows):  # an empty frame adds no row (and would have no column types)
-            table = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()  # one batch, one frame
+            table = pa.Table.from_pandas(rows.loc[:, list(DETECTOR_PRED_COLUMNS)], schema=schema,
+                                         preserve_index=False).combine_chunks()  # one batch, one frame
             if entry[1] is None:
                 entry[1] = _writing(out, made_by, pa.ipc.new_stream, str(entry[0]), table.schema)
             _writing(out, made_by, entry[1].write_table, table)

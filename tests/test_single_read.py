@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -172,3 +173,26 @@ def test_a_full_disk_while_later_folds_wait_names_the_output_and_leaves_no_parti
     assert message.startswith(f"cannot write {out}: No space left on device; the file was left as it was: free "
                               "space on its disk, then run 'vinbig predict-detector")
     assert not out.exists() and not list(work.preds.glob(".*partial"))
+
+
+def test_a_later_fold_waits_with_batches_of_every_kind_of_rows(tmp_path):
+    """Rows of a batch where an image has no box come out of pandas with other column types (an empty image's
+    ids are floats until concatenated) than those of a batch where every image has one: the rows a later fold
+    keeps waiting must still go to one file and come back in order."""
+    from detector._predict import _rows, fold_order, parquet_schema
+
+    meta = pd.Series({"width": 100, "height": 80, "png_width": 50, "png_height": 40})
+    one_box = np.array([[1.0, 2.0, 10.0, 12.0]])
+
+    def batch(fold: int, ids: list[str], empty: set) -> pd.DataFrame:
+        return pd.concat([_rows(i, fold, "none", np.array([] if i in empty else [3]), np.array([] if i in empty
+                                                                                                 else [0.5]),
+                                np.zeros((0, 4)) if i in empty else one_box, meta) for i in ids], ignore_index=True)
+
+    frames = [(0, batch(0, ["a", "b"], set())), (1, batch(1, ["a", "b"], set())),
+              (0, batch(0, ["c", "d"], {"c"})), (1, batch(1, ["c", "d"], {"c"}))]
+    assert frames[1][1]["image_id"].dtype != frames[3][1]["image_id"].dtype  # the two kinds of batch
+    out = tmp_path / "detector_test.parquet"
+    got = pd.concat(list(fold_order(iter(frames), [0, 1], out, "vinbig predict-detector", parquet_schema())))
+    assert got["fold"].tolist() == [0, 0, 0, 1, 1, 1] and got["image_id"].tolist() == ["a", "b", "d"] * 2
+    assert not list(tmp_path.glob(".*.partial"))  # the waiting rows' file is gone

@@ -91,10 +91,11 @@ $(TEST_IMAGES): $(DATA)/sample_submission.csv | $(VENV_OK)
 
 images: $(TRAIN_IMAGES) $(TEST_IMAGES) ## convert DATA's train and test DICOMs to PNGs in WORK/images
 
-$(FOLDS_CSV): $(DATA)/train.csv | $(VENV_OK)
+# the train images first (order only): folds checks every box against its image's size in meta.csv
+$(FOLDS_CSV): $(DATA)/train.csv | $(VENV_OK) $(TRAIN_IMAGES)
 	$(VINBIG) folds --train-csv $< --out $(WORK) $(ARGS)
 
-folds: $(FOLDS_CSV) ## validate DATA/train.csv, fuse the readers' boxes, split into folds: WORK/folds.csv
+folds: $(FOLDS_CSV) ## convert the train images if needed, validate DATA/train.csv against them, fuse the readers' boxes, split: WORK/folds.csv
 
 # ----------------------------------------------------------------------------- training
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from vinbig.artifacts import Work, check_fold, read_csv, train_command, write_csv
+from vinbig.artifacts import Work, check_fold, config_path, read_csv, train_command, write_csv
 from vinbig.devices import visible_gpus
 from vinbig.errors import ConfigError, UserError
 from vinbig.log import progress
@@ -268,7 +268,8 @@ class _State:
         if self.last.is_file():
             logger.warning("starting fold %d afresh (--overwrite): the run in %s is replaced", fold, self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for path in (self.summary, self.best, self.last):
+        # the earlier run's config goes too: until this run ends, none stands beside weights it did not make
+        for path in (self.summary, self.best, self.last, config_path(self.dir, "classifier")):
             path.unlink(missing_ok=True)
 
     def resume(self, made_by: str, backbone: str, model, ema, optimizer, scaler) -> None:

@@ -94,8 +94,6 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
     Before any model runs, every fold's checkpoint is loaded and the output is checked to be writable; a
     damaged checkpoint or an output that cannot be written is an error naming the file and the fix.
     """
-    import pyarrow as pa
-
     from detector._offline import follow_log_level  # first: ultralytics offline
 
     follow_log_level()

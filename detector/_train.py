@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from vinbig.artifacts import Work, train_command
+from vinbig.artifacts import Work, config_path, train_command
 from vinbig.devices import parse_device
 from vinbig.errors import ConfigError
 
@@ -163,6 +163,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     ddp = f" (DDP over {len(str(args['device']).split(','))} GPUs)" if "," in str(args["device"]) else ""
     logger.info("fold %d: training %s at %d px for %d epochs on device %s%s into %s", fold, cfg["model"],
                 cfg["imgsz"], cfg["epochs"], args["device"], ddp, run_dir)
+    # an earlier run's config goes: until this run ends, none stands beside weights it did not make
+    config_path(run_dir, "detector").unlink(missing_ok=True)
     model.train(trainer=OfflineDetectionTrainer, **args)
     return DetectorRun(run_dir, True)
 

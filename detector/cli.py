@@ -24,8 +24,9 @@ def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
     run = train_fold(work, args.fold, cfg["detector"], resume=args.resume, overwrite=args.overwrite,
                      resume_overrides=given(args).get("detector", {}), outside_boxes=cfg["folds"]["outside_boxes"])
     logger.info("fold %d: %s", args.fold, run.summary)
-    # a resumed run keeps the config it started with
-    return Outcome(0, None if args.resume else config_path(run.run_dir, "detector"))
+    # a resumed run keeps the config it started with (written now if its first session was killed before)
+    saved = config_path(run.run_dir, "detector")
+    return Outcome(0, None if args.resume and saved.is_file() else saved)
 
 
 def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:

@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from vinbig.artifacts import Work, config_path, train_command
+from vinbig.config import settings
 from vinbig.devices import parse_device
 from vinbig.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# detector: keys passed to ultralytics' train() under the same name
-TRAIN_KEYS = ("imgsz", "epochs", "batch", "optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs",
-              "cos_lr", "patience", "fliplr", "mosaic", "close_mosaic", "mixup", "scale", "translate", "degrees",
-              "hsv_v", "workers", "seed", "amp", "cache", "plots")
+# keys of the detector section that vinbig reads itself; every other key goes to ultralytics' train() under its
+# own name, so that a new training setting is one line in configs/default.yaml
+VINBIG_KEYS = ("model", "device", "extra", "conf", "iou", "max_det", "predict_batch")
+TRAIN_KEYS = tuple(s.key for s in settings("detector") if s.key not in VINBIG_KEYS)
 
 
 def resolve_model(model: str) -> str:

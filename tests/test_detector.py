@@ -200,6 +200,17 @@ def test_train_args_map_the_config_to_ultralytics(tmp_path):
         train_args({**cfg, "extra": {"data": "x.yaml"}}, tmp_path / "d.yaml", tmp_path / "fold0")
 
 
+def test_every_training_key_of_the_detector_section_is_an_ultralytics_argument():
+    """A new key of the detector section goes to ultralytics' train() under its name: it must be one of its
+    arguments (or one vinbig reads itself)."""
+    from detector._train import TRAIN_KEYS, VINBIG_KEYS
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from vinbig.config import settings
+
+    assert set(TRAIN_KEYS) | set(VINBIG_KEYS) == {s.key for s in settings("detector")}
+    assert set(TRAIN_KEYS) <= set(DEFAULT_CFG_DICT), sorted(set(TRAIN_KEYS) - set(DEFAULT_CFG_DICT))
+
+
 def two_gpus(monkeypatch, n: int = 2) -> None:
     """Make torch report `n` GPUs (only the device rules run: nothing computes on them)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)

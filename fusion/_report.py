@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, Work, png_path, read_meta, write_csv
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, ArtifactError, Work, atomic_path, png_path, read_meta, write_csv
 from vinbig.boxes import to_png
 from vinbig.metric import Result
 
@@ -58,7 +58,7 @@ def plot_ap(result: Result, path: Path) -> Path:
     ax.set_xlabel("average precision at IoU > 0.4")
     ax.set_title(f"Out-of-fold AP per class; mAP {result.mean_ap:.4f} (dashed)")
     fig.tight_layout()
-    fig.savefig(path)
+    _write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -91,7 +91,7 @@ def plot_pr(result: Result, path: Path) -> Path:
     axes.flat[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(f"Out-of-fold precision/recall per class (IoU > 0.4), mAP {result.mean_ap:.4f}")
     fig.tight_layout()
-    fig.savefig(path)
+    _write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -153,8 +153,21 @@ def draw_overlay(png: Path, meta_row, truth: pd.DataFrame, preds: pd.DataFrame, 
         _label(canvas, f"{c} {CLASS_NAMES[c]} {s:.2f}", x1 + 3, y2 - 3, colours[c], 0.65 * scale + 0.15)
     head = f"{title}   solid: truth   dashed: prediction (score >= {score_thr:g})"
     _label(canvas, head, 0, canvas.shape[0], (40, 40, 40), 0.6 * scale + 0.2)
-    cv2.imwrite(str(out), canvas)
+    ok, buf = cv2.imencode(".png", canvas)
+    if not ok:
+        raise ArtifactError(f"cannot encode the overlay {out} as PNG")
+    _write(out, lambda tmp: tmp.write_bytes(buf.tobytes()))
     return out
+
+
+def _write(path: Path, write) -> None:
+    """`write(tmp)` then rename onto `path`: never a half-written picture; a failed write names the file."""
+    try:
+        with atomic_path(path) as tmp:
+            write(tmp)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {path}: {e.strerror or e}; free space on its disk or give another --out, "
+                            "then run 'vinbig report' again") from None
 
 
 class Report(NamedTuple):

@@ -156,7 +156,7 @@ def test_an_interrupted_export_does_not_look_complete(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
     assert export(work, out) == 2  # one line, no traceback
-    assert "cannot read or write: No space left on device" in caplog.text
+    assert f"cannot write {out / 'detector/fold1/weights/best.pt'}: No space left on device" in caplog.text
     assert not (out / "config.yaml").exists()
     assert not list(out.rglob("*.partial"))
     assert (out / "detector/fold1/weights/best.pt").read_bytes() == b"detector 1"  # the old file, never half-written

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -501,3 +502,22 @@ def test_report_on_a_tiny_work_folder(work_copy, capsys):
     assert image is not None and max(image.shape[:2]) >= 768 and image.std() > 10
     metrics = pd.read_csv(work.report / "metrics.csv")
     assert len(metrics) == 15 and {"ap", "n_truth", "n_pred"} <= set(metrics.columns)
+
+
+def test_report_on_a_full_disk_names_the_picture_and_leaves_no_half_written_file(work_copy, caplog, monkeypatch):
+    import errno
+
+    import matplotlib.figure
+
+    work = Work(work_copy.work)
+    make_detector_preds(work, "oof")
+
+    def full_disk(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")  # what a disk that fills mid-write leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    assert main(["report", "--work", str(work.root), "-q"]) == 2
+    assert f"cannot write {work.report / 'per_class_ap.png'}: No space left on device" in caplog.text
+    assert not (work.report / "per_class_ap.png").exists() and not list(work.report.glob(".*.partial"))
+    assert not (work.report / "config_fusion.yaml").exists()  # a failed run saves no config

@@ -163,8 +163,12 @@ def export(work, out, cfg: dict, classifier: bool = True) -> dict:
     for rel in files:
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(work.root / rel, tmp)
+        try:
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(work.root / rel, tmp)
+        except OSError as e:
+            raise UserError(f"cannot write {dst}: {e.strerror or e}; free space on its disk or choose another --out, "
+                            "then export again (the export is incomplete: config.yaml is written last)") from None
         total += dst.stat().st_size
         logger.info("exported %s (%s)", rel, _size(dst.stat().st_size))
     save_config(any_device(cfg), out / EXPORT_CONFIG)

@@ -64,8 +64,8 @@ def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd
     if split == "oof":
         meta = read_meta(work.images("train"))
         f = read_folds(work)
-        f = f[f.image_id.isin(meta.image_id)]
-        todo = {int(k): list(g.image_id) for k, g in f.groupby("fold")}
+        converted = f[f.image_id.isin(meta.image_id)]
+        todo = {k: list(converted.image_id[converted.fold == k]) for k in fold_ids(f)}
     elif split == "test":
         meta = read_meta(work.images("test"))
         todo = {k: list(meta.image_id) for k in fold_ids(read_folds(work))}
@@ -74,6 +74,10 @@ def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd
     if folds is not None:
         check_fold(work, folds)
         todo = {k: todo[k] for k in folds}
+    empty = [k for k, ids in todo.items() if not ids]
+    if split == "oof" and empty:  # every image of the fold failed to convert
+        raise ArtifactError(f"fold(s) {empty} of {work.folds} have no converted image in {work.images('train')}; "
+                            f"run '{images_command(work.images('train'))}' again")
     return meta.set_index("image_id"), todo
 
 

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, Work, check_fold, folds_command, meta_path, png_path,
-                              read_folds, read_labels, read_meta)
+from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, Work, check_fold, check_outside_boxes, folds_command,
+                              meta_path, png_path, read_folds, read_labels, read_meta)
 from vinbig.boxes import clip
-from vinbig.errors import ArtifactError, ConfigError
+from vinbig.errors import ArtifactError
 from vinbig.log import some
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ def label_text(class_ids, boxes, width: float, height: float) -> str:
                    for c, row in zip(class_ids, xywhn))
 
 
-OUTSIDE_BOXES = ("error", "clip", "drop")  # folds.outside_boxes: what a box beyond its image becomes
 _SLACK = 1e-3  # px: labels.csv is rounded to 1/1000 px, so an edge this far out is on the image
 _LISTED = 20  # boxes an error message lists
 
@@ -77,8 +76,7 @@ def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame, outside_boxes: str 
     out (``"drop"``) with a warning naming the images. Boxes under one pixel wide or high once clipped are
     left out with a warning too. `work` names the files and the command in the messages.
     """
-    if outside_boxes not in OUTSIDE_BOXES:
-        raise ConfigError(f"folds.outside_boxes is {outside_boxes!r}; choose one of {list(OUTSIDE_BOXES)}")
+    check_outside_boxes(outside_boxes)
     boxes = labels[labels.class_id != NO_FINDING]
     line = pd.Series(boxes.index + 2, index=boxes.index)  # the header is line 1
     boxes = boxes.assign(line=line).merge(meta[["image_id", "width", "height"]], on="image_id")

@@ -20,9 +20,9 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from folds._consolidate import consolidate
-from folds._validate import OUTSIDE_BOXES, check_box_extents, validate_train_csv
+from folds._validate import check_box_extents, validate_train_csv
 from vinbig.artifacts import (BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, Work, atomic_path,
-                              check_writable, meta_path, read_meta)
+                              check_outside_boxes, check_writable, meta_path, read_meta)
 from vinbig.errors import ArtifactError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -127,8 +127,7 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     """
     start = time.perf_counter()
     work = Work.of(work)
-    if outside_boxes not in OUTSIDE_BOXES:
-        raise ConfigError(f"folds.outside_boxes is {outside_boxes!r}; use one of {', '.join(OUTSIDE_BOXES)}")
+    check_outside_boxes(outside_boxes)
     train = validate_train_csv(train_csv)
     train = _check_extents(train, train_csv, work, outside_boxes)
     check_writable(work.labels)  # before the fusion, which takes minutes on the real data

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, NO_FINDING_BOX, SAFE_ID, TRAIN_COLUMNS
-from vinbig.errors import ConfigError, TrainCsvError
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, NO_FINDING_BOX, SAFE_ID, TRAIN_COLUMNS, check_outside_boxes
+from vinbig.errors import TrainCsvError
 
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED = 20
-OUTSIDE_BOXES = ("error", "clip", "drop")
 
 
 class _Faults:
@@ -211,8 +210,7 @@ def check_box_extents(train: pd.DataFrame, sizes: pd.DataFrame, *, outside_boxes
 
     Images that `sizes` does not list are not checked.
     """
-    if outside_boxes not in OUTSIDE_BOXES:
-        raise ConfigError(f"folds.outside_boxes is {outside_boxes!r}; use one of {', '.join(OUTSIDE_BOXES)}")
+    check_outside_boxes(outside_boxes)
     size = sizes.drop_duplicates("image_id").set_index("image_id")
     width = pd.to_numeric(train["image_id"].map(size["width"]), errors="coerce").to_numpy(dtype=float)
     height = pd.to_numeric(train["image_id"].map(size["height"]), errors="coerce").to_numpy(dtype=float)

@@ -87,6 +87,19 @@ DETECTOR_PRED_COLUMNS = ("image_id", "fold", "tta", "class_id", "score", *BOX)
 # WORK/preds/classifier_{split}.csv: P(abnormal); for the test split, fold -1 is the mean over folds.
 CLASSIFIER_PRED_COLUMNS = ("image_id", "fold", "p_abnormal")
 SPLITS = ("oof", "test")
+# folds.outside_boxes: what a box beyond its image (meta.csv) becomes, in folds and in the detector's dataset
+OUTSIDE_BOXES = ("error", "clip", "drop")
+
+
+def check_outside_boxes(value: str) -> str:
+    """`value` of folds.outside_boxes, if it is one of OUTSIDE_BOXES; else a ConfigError."""
+    if value not in OUTSIDE_BOXES:
+        from vinbig.errors import ConfigError
+
+        raise ConfigError(f"folds.outside_boxes is {value!r}; use one of {', '.join(OUTSIDE_BOXES)}")
+    return value
+
+
 # WORK/fusion.yaml: the fusion keys 'vinbig tune' chooses
 TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high")
 

@@ -124,12 +124,13 @@ def _px(v: float) -> str:
     return f"{v:g}"
 
 
-def fold_dataset(work: Work, fold: int, outside_boxes: str = "error") -> Path:
+def fold_dataset(work: Work | str | os.PathLike, fold: int, outside_boxes: str = "error") -> Path:
     """Write (or reuse, when its inputs are unchanged) the dataset of `fold`; return its data.yaml.
 
     `outside_boxes` (the config's folds.outside_boxes): what a box of labels.csv beyond its image becomes; see
     training_boxes.
     """
+    work = Work.of(work)
     image_dir = work.images("train")
     meta = read_meta(image_dir)
     labels = read_labels(work)

@@ -1,5 +1,6 @@
 """Fusion stage: weighted boxes fusion of the detector's prediction sets, the "No finding" gate, tuning on
-out-of-fold predictions, the submission and its validator, the report. The metric is `vinbig.metric`.
+out-of-fold predictions, the test submission (written and validated through `vinbig.submission`), the report.
+The metric is `vinbig.metric`.
 
 Names are imported on first use, so `vinbig --help` does not pay for numba, pandas or matplotlib.
 """

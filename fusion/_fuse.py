@@ -11,6 +11,7 @@ there are enough boxes to pay for starting them (ensemble-boxes engine: always).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,11 +19,10 @@ import numpy as np
 import pandas as pd
 
 from vinbig import log
-from vinbig.artifacts import (BOX, CLASS_NAMES, ArtifactError, Work, meta_path, predict_command, read_detector_preds,
-                              read_folds, read_meta)
+from vinbig.artifacts import (BOX, CLASS_NAMES, PRED_COLUMNS, ArtifactError, Work, meta_path, predict_command,
+                              read_detector_preds, read_folds, read_meta)
 from vinbig.boxes import check_wbf_args, clip
 from vinbig.errors import ConfigError
-from vinbig.artifacts import PRED_COLUMNS
 from vinbig.metric import index_of
 from vinbig.parallel import n_workers, process_map
 
@@ -112,12 +112,13 @@ def usable_rows(work: Work, split: str, preds: pd.DataFrame, known: np.ndarray) 
     return ~bad
 
 
-def load_inputs(work: Work, split: str, image_ids=None, weights: dict | None = None) -> FusionInput:
+def load_inputs(work: Work | str | os.PathLike, split: str, image_ids=None, weights: dict | None = None) -> FusionInput:
     """Read the detector's predictions of `split` and arrange them for fusion.
 
     `image_ids`: the images to predict, in order (test: the sample submission's). None means, for
     oof, the images of folds.csv whose fold appears in the prediction file; for test, those of meta.csv.
     """
+    work = Work.of(work)
     weights = weights or {}
     preds = read_detector_preds(work, split)
     meta = read_meta(work.images("train" if split == "oof" else "test")).set_index("image_id")

@@ -34,8 +34,9 @@ from fusion._gate import apply_gate, image_probabilities
 logger = logging.getLogger(__name__)
 
 
-def oof_truth(work: Work, image_ids) -> pd.DataFrame:
+def oof_truth(work: Work | str | os.PathLike, image_ids) -> pd.DataFrame:
     """labels.csv restricted to `image_ids`, prepared for the metric."""
+    work = Work.of(work)
     labels = read_labels(work)
     return prepare_truth(labels[labels["image_id"].isin(set(np.asarray(image_ids).astype(str)))])
 

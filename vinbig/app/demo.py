@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from vinbig.artifacts import Work
 from vinbig.config import packaged_config
 from vinbig.errors import UserError
 
@@ -56,8 +57,6 @@ class Demo:
 
     def train(self, stage: str, command: str, folds: list[int]) -> None:
         """Train every fold; a fold with a run (last.pt) is resumed: a no-op when it is finished."""
-        from vinbig.artifacts import Work
-
         for k in folds:
             resume = Work(self.work).checkpoint(stage, k, "last").is_file()
             self.stage(f"train {stage}s", [command, "--work", str(self.work), "--fold", str(k)]
@@ -78,7 +77,7 @@ def run_demo(out: Path, config: Path | None = None, overrides: list[str] = (), v
         logger.info("demo: using the synthetic dataset already in %s", d.data)
     else:
         d.stage("synthetic data", ["synth", "--out", str(d.data)])
-    d.stage("convert images", *[["images", "--src", str(d.data / s), "--out", str(d.work / "images" / s)]
+    d.stage("convert images", *[["images", "--src", str(d.data / s), "--out", str(Work(d.work).images(s))]
                                 for s in ("train", "test")])
     d.stage("folds", ["folds", "--train-csv", str(d.data / "train.csv"), "--out", w])
     folds = list(range(cfg["folds"]["n_folds"]))
@@ -102,7 +101,7 @@ def summary(d: Demo, config: Path, overrides: list[str]) -> dict:
     import pandas as pd
 
     from fusion import fusion_config, score_oof
-    from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_BOX, Work
+    from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_BOX
     from vinbig.metric import evaluate
 
     work = Work(d.work)

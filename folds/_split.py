@@ -24,6 +24,7 @@ from folds._validate import check_box_extents, validate_train_csv
 from vinbig.artifacts import (BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, Work, atomic_path,
                               check_outside_boxes, check_writable, meta_path, read_meta)
 from vinbig.errors import ArtifactError, ConfigError
+from vinbig.log import some
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,12 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     work = Work.of(work)
     check_outside_boxes(outside_boxes)
     train = validate_train_csv(train_csv)
-    train = _check_extents(train, train_csv, work, outside_boxes)
+    checked = _check_extents(train, train_csv, work, outside_boxes)
+    lost = sorted(set(train["image_id"]) - set(checked["image_id"]))
+    if lost:  # every box of these images lay beyond it and was dropped
+        logger.warning("%d image(s) lost every box to folds.outside_boxes=%s and are left out of labels.csv and "
+                       "folds.csv: %s", len(lost), outside_boxes, some(lost))
+    train = checked
     check_writable(work.labels)  # before the fusion, which takes minutes on the real data
     check_writable(work.folds)
     labels = consolidate(train, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
@@ -144,7 +150,8 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     normal_images = labels.loc[labels["class_id"] == NO_FINDING, "image_id"].nunique()
     r = FoldsResult(
         labels=work.labels, folds=work.folds, images=len(folds), normal=int(normal_images),
-        abnormal=int(len(folds) - normal_images), dropped_images=int(train["image_id"].nunique() - len(folds)),
+        abnormal=int(len(folds) - normal_images),
+        dropped_images=int(train["image_id"].nunique() + len(lost) - len(folds)),
         rows=len(train), boxes_before=int(((train["class_id"] != NO_FINDING) & ~train["rad_id"].isin(exclude)).sum()),
         boxes_after=int((labels["class_id"] != NO_FINDING).sum()),
         fold_images={int(k): int(v) for k, v in folds["fold"].value_counts().sort_index().items()},

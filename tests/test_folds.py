@@ -499,6 +499,15 @@ def test_outside_boxes_drop_leaves_them_out_naming_them(tmp_path, caplog):
     assert boxes.tolist() == [[10, 10, 50, 50]]
 
 
+def test_an_image_whose_every_box_is_dropped_is_named_and_counted(tmp_path, caplog):
+    work = tmp_path / "work"
+    write_meta(work, SIZES)
+    with caplog.at_level(logging.WARNING):
+        result = make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE[:2]]), work, n_folds=2, outside_boxes="drop")
+    assert "1 image(s) lost every box to folds.outside_boxes=drop" in caplog.text and "img_c" in caplog.text
+    assert result.dropped_images == 1 and "img_c" not in set(read_labels(Work(work)).image_id)
+
+
 def test_outside_boxes_unknown_value_and_no_meta_yet(tmp_path, caplog):
     path = write_csv_lines(tmp_path, [*GOOD, *OUTSIDE])
     with pytest.raises(ConfigError, match="folds.outside_boxes is 'cut'; use one of error, clip, drop"):

@@ -25,7 +25,7 @@ from torch import nn
 
 from vinbig.artifacts import atomic_path
 from vinbig.devices import parse_device
-from vinbig.errors import ConfigError
+from vinbig.errors import ConfigError, cause
 
 logger = logging.getLogger(__name__)
 
@@ -183,34 +183,26 @@ def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file: torch, zip and pickle raise many types
         raise ArtifactError(f"{path} is not a readable checkpoint (truncated, damaged or another kind of file: "
-                            f"{_cause(e)}); {again}") from None
+                            f"{cause(e)}); {again}") from None
     if not isinstance(ckpt, dict) or not {"model", "backbone", "imgsz"} <= set(ckpt):
         raise ArtifactError(f"{path} is not a train-classifier checkpoint (it lacks the keys model, backbone and "
                             f"imgsz); {again}")
     return ckpt
 
 
-def _cause(e: BaseException) -> str:
-    """`e` in one short sentence: torch's messages go on for a paragraph."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    text = text.split(". ")[0].rstrip(".")
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def load_classifier(path: str | os.PathLike, device: torch.device,
-                    made_by: str = "vinbig train-classifier") -> tuple[nn.Module, int]:
-    """The model of a best.pt or last.pt, in eval mode on `device`, and the image size it was trained at."""
+def load_classifier(path: str | os.PathLike, device: torch.device, made_by: str = "vinbig train-classifier",
+                    ckpt: dict | None = None) -> tuple[nn.Module, int]:
+    """The model of a best.pt or last.pt (`ckpt`: its contents, already read), in eval mode on `device`, and the
+    image size it was trained at."""
     from vinbig.artifacts import ArtifactError
 
-    ckpt = load_checkpoint(path, made_by)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path, made_by)
     model = create_model(ckpt["backbone"])
     state = ckpt.get("model_ema") or ckpt["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # tensors that do not fit the checkpoint's own backbone: a damaged file
-        raise ArtifactError(f"{path}: its weights do not fit its backbone '{ckpt['backbone']}' ({_cause(e)}); "
+        raise ArtifactError(f"{path}: its weights do not fit its backbone '{ckpt['backbone']}' ({cause(e)}); "
                             f"train the fold again with '{made_by} --overwrite'") from None
     model.to(device).eval()
     if device.type == "cuda":

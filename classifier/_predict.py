@@ -27,7 +27,7 @@ from vinbig.errors import ConfigError
 from vinbig.log import progress
 
 from classifier._data import PngDataset, abnormal_targets, png_paths, worker_init
-from classifier._model import Prepare, load_checkpoint, load_classifier, resolve_device
+from classifier._model import Prepare, cudnn_benchmark, load_checkpoint, load_classifier, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +149,14 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
 
     out, made_by = work.classifier_preds(split), predict_command(work, "classifier", split)
     check_output(out, made_by)  # before any model runs
-    for k in folds:  # every checkpoint readable before the first one scores an image
-        load_checkpoint(ckpts[k], train_command(work, "classifier", k))
+    # every checkpoint read (and so readable) before the first one scores an image
+    loaded = {k: load_checkpoint(ckpts[k], train_command(work, "classifier", k)) for k in folds}
 
-    if split == "test" and _SINGLE_READ:
-        rows = _score_test(work, folds, ckpts, cfg, device, tta)
-    else:
-        rows = [_score_fold(work, split, k, table, ckpts[k], cfg, device, tta) for k in folds]
+    with cudnn_benchmark(device):  # the input size is fixed; the detector may share the process
+        if split == "test" and _SINGLE_READ:
+            rows = _score_test(work, folds, ckpts, loaded, cfg, device, tta)
+        else:
+            rows = [_score_fold(work, split, k, table, ckpts[k], loaded[k], cfg, device, tta) for k in folds]
     preds = pd.concat(rows, ignore_index=True)
     if split == "test":
         mean = preds.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)
@@ -174,10 +175,10 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
     return ClassifierPredictions(path, preds)
 
 
-def _score_fold(work: Work, split: str, k: int, table: pd.DataFrame, ckpt: Path, cfg: dict, device: torch.device,
-                tta: str) -> pd.DataFrame:
+def _score_fold(work: Work, split: str, k: int, table: pd.DataFrame, ckpt: Path, loaded: dict, cfg: dict,
+                device: torch.device, tta: str) -> pd.DataFrame:
     """``image_id, fold, p_abnormal`` of fold `k`'s model on its validation images (oof) or the test images."""
-    model, imgsz = load_classifier(ckpt, device, train_command(work, "classifier", k))
+    model, imgsz = load_classifier(ckpt, device, train_command(work, "classifier", k), loaded)
     if split == "oof":
         ids = table.loc[table["fold"] == k, "image_id"].tolist()
         paths = png_paths(work.images("train"), ids)
@@ -189,10 +190,10 @@ def _score_fold(work: Work, split: str, k: int, table: pd.DataFrame, ckpt: Path,
     return pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p})
 
 
-def _score_test(work: Work, folds: Sequence[int], ckpts: Mapping[int, Path], cfg: dict, device: torch.device,
-                tta: str) -> list[pd.DataFrame]:
+def _score_test(work: Work, folds: Sequence[int], ckpts: Mapping[int, Path], loaded: Mapping[int, dict], cfg: dict,
+                device: torch.device, tta: str) -> list[pd.DataFrame]:
     """One frame per fold, as :func:`_score_fold` makes them, from one read of each test image."""
-    models = {k: load_classifier(ckpts[k], device, train_command(work, "classifier", k)) for k in folds}
+    models = {k: load_classifier(ckpts[k], device, train_command(work, "classifier", k), loaded[k]) for k in folds}
     ids, paths = _test_images(work)
     sizes = tuple(sorted({imgsz for _, imgsz in models.values()}))
     idx, p = infer_folds(models, _loader(paths, sizes, cfg, device), device, cfg["amp"], tta,

@@ -28,10 +28,8 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
 
 def cmd_predict_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     from classifier import predict
-    from classifier._model import cudnn_benchmark, resolve_device
 
-    with cudnn_benchmark(resolve_device(cfg["classifier"]["device"])):  # the detector may share the process
-        result = predict(args.work, args.split, cfg["classifier"])
+    result = predict(args.work, args.split, cfg["classifier"])
     logger.info("%s predictions in %s", args.split, result.path)
     # WORK/preds/config_classifier_{split}.yaml, beside the predictions it made
     return Outcome(0, config_path(Work(args.work).preds, f"classifier_{args.split}"))

@@ -33,7 +33,7 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 import torch  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 
-from vinbig.errors import ArtifactError  # noqa: E402
+from vinbig.errors import ArtifactError, cause  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +100,7 @@ def load_yolo(path: str | os.PathLike, fix: str, error: type[Exception] = Artifa
         return YOLO(str(path))
     except Exception as e:  # torch, zip and pickle raise many types for a damaged file; ultralytics wraps some
         raise error(f"{what}{path} is not a readable ultralytics checkpoint (truncated, damaged or another kind of "
-                    f"file: {_cause(e)}); {fix}") from None
-
-
-def _cause(e: BaseException) -> str:
-    """The original error behind ultralytics' wrapper, in one short sentence."""
-    root = e.__cause__ or e
-    text = str(root).strip().splitlines()[0] if str(root).strip() else ""
-    text = text.split(". ")[0].rstrip(".")
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+                    f"file: {cause(e)}); {fix}") from None
 
 
 def follow_log_level() -> bool:

@@ -61,18 +61,18 @@ def weights_path(work: Work, fold: int, which: str = "best") -> Path:
 
 def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd.DataFrame, dict[int, list[str]]]:
     """The image sizes of `split` and, per fold, the image ids that fold's model predicts."""
+    f = read_folds(work)
     if split == "oof":
         meta = read_meta(work.images("train"))
-        f = read_folds(work)
         converted = f[f.image_id.isin(meta.image_id)]
         todo = {k: list(converted.image_id[converted.fold == k]) for k in fold_ids(f)}
     elif split == "test":
         meta = read_meta(work.images("test"))
-        todo = {k: list(meta.image_id) for k in fold_ids(read_folds(work))}
+        todo = {k: list(meta.image_id) for k in fold_ids(f)}
     else:
         raise ValueError(f"split must be oof or test, not {split!r}")
     if folds is not None:
-        check_fold(work, folds)
+        check_fold(work, folds, f)
         todo = {k: todo[k] for k in folds}
     empty = [k for k, ids in todo.items() if not ids]
     if split == "oof" and empty:  # every image of the fold failed to convert

@@ -125,7 +125,7 @@ def load_inputs(work: Work | str | os.PathLike, split: str, image_ids=None, weig
     bad = ~preds["class_id"].between(0, len(CLASS_NAMES) - 1)
     if bad.any():
         raise ArtifactError(f"{work.detector_preds(split)} has class ids outside 0..{len(CLASS_NAMES) - 1} "
-                            f"({sorted(set(preds.class_id[bad]))[:5]}); run 'vinbig predict-detector' again")
+                            f"({sorted(set(preds.class_id[bad]))[:5]}); run '{predict_command(work, 'detector', split)}' again")
     meta_row = index_of(preds["image_id"], meta.index)  # -1: an image meta.csv does not know
     good = usable_rows(work, split, preds, meta_row >= 0)
     if not good.all():

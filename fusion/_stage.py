@@ -9,7 +9,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from vinbig.artifacts import (TUNED_KEYS, ArtifactError, Work, check_writable, errors_path, images_command, meta_path,
                               read_classifier_preds, read_csv)
@@ -35,11 +34,9 @@ def tuned_files(work: Work, tuned: bool = True) -> list[Path]:
         logger.info("no %s: fusion values from the config (run 'vinbig tune' to choose them on OOF predictions)",
                     path)
         return []
-    try:
-        values = dict((yaml.safe_load(path.read_text()) or {}).get("fusion", {}))
-    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
-        values = {}  # load_config names the fault
-    logger.info("tuned values from %s (%s)", path, ", ".join(f"{k}={values[k]}" for k in TUNED_KEYS if k in values))
+    # read once, by load_config; the values in use are logged where fusion runs
+    logger.info("tuned values from %s (%s), over the config; --set and the options still win", path,
+                ", ".join(TUNED_KEYS))
     return [path]
 
 

@@ -69,7 +69,8 @@ def cmd_fuse(args: argparse.Namespace, cfg: dict) -> Outcome:
     saved = config_path(work.root, "fusion")
     f = cfg["fusion"]
     out = getattr(args, "out", None)
-    for path in (saved, out):  # before the fusion: a read-only WORK, an --out that is a folder or under a file
+    # before the fusion: a read-only WORK, an --out that is a folder or under a file (make_submission checks its own)
+    for path in (saved, out if args.split == "oof" else None):
         if path is not None:
             check_writable(path)
     if args.split == "oof":

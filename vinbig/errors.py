@@ -4,6 +4,17 @@
 from __future__ import annotations
 
 
+def cause(e: BaseException) -> str:
+    """The error behind `e` (a library's wrapper: its ``__cause__``) in one short sentence, for a message that
+    names a damaged file: torch's and ultralytics' own messages go on for a paragraph."""
+    root = e.__cause__ or e
+    text = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    text = text.split(". ")[0].rstrip(".")
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+
+
 class VinbigError(RuntimeError):
     """An error the user can fix; its message names the file, row or value and the fix."""
 

@@ -438,12 +438,13 @@ def table(r: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> str:
+    from vinbig.artifacts import atomic_path
+
     out.mkdir(parents=True, exist_ok=True)
     text = table(report)
     for name, content in (("gpu_check.json", json.dumps(report, indent=2) + "\n"), ("gpu_check.md", text)):
-        tmp = out / f".{name}.partial"
-        tmp.write_text(content)
-        tmp.replace(out / name)
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(content)
     return text
 
 

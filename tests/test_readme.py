@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from vinbig.app.cli import build_parser
-from vinbig.config import default_config_path
+from vinbig.config import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -18,25 +18,21 @@ SECTIONS = {"synth": "the synthetic dataset (`vinbig synth`)",
             "detector": "YOLOv8 training and prediction (`train-detector`, `predict-detector`)",
             "classifier": "the \"No finding\" classifier (`train-classifier`, `predict-classifier`)",
             "fusion": "fusion, the gate, tuning and the report (`fuse`, `tune`, `report`)"}
-KEY_LINE = re.compile(r"^  (\w+):\s*(.*?)\s+# \(([^)]*)\)\s*(.*)$")
 
 
-def config_tables(path: Path = None) -> str:
-    """The README's configuration tables, made from the comments of configs/default.yaml."""
+def config_tables() -> str:
+    """The README's configuration tables, made from the declarations of configs/default.yaml."""
     out, section = [], None
-    for line in (path or default_config_path()).read_text().splitlines():
-        m = re.match(r"^(\w+):\s*$", line)
-        if m:
+    for setting in settings():
+        if setting.section != section:
             if section:
                 out.append("\n</details>\n")
-            section = m.group(1)
+            section = setting.section
             out += [f"<details><summary><code>{section}</code>: {SECTIONS[section]}</summary>\n",
                     "| key | default | type | meaning |", "|---|---|---|---|"]
-            continue
-        m = KEY_LINE.match(line)
-        if m:
-            key, value, kind, meaning = (g.replace("|", "\\|") for g in m.groups())
-            out.append(f"| `{key}` | `{value}` | {kind} | {meaning} |")
+        key, value, kind, meaning = (t.replace("|", "\\|") for t in (setting.key, setting.text, setting.type,
+                                                                     setting.meaning))
+        out.append(f"| `{key}` | `{value}` | {kind} | {meaning} |")
     out.append("\n</details>")
     return "\n".join(out)
 

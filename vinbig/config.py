@@ -57,8 +57,14 @@ def default_config_path() -> Path:
 
 
 @functools.lru_cache(maxsize=4)
+def _defaults(path: Path) -> dict:
+    """configs/default.yaml, parsed once per process (callers copy it before changing it)."""
+    return _read_yaml(path)
+
+
+@functools.lru_cache(maxsize=4)
 def _settings(path: Path) -> tuple[Setting, ...]:
-    defaults = _read_yaml(path)
+    defaults = _defaults(path)
     out, section = [], None
     for line in path.read_text().splitlines():
         m = _SECTION_LINE.match(line)
@@ -147,7 +153,7 @@ def parse_override(text: str) -> dict:
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), extra: Iterable[Path] = ()) -> dict:
     """Defaults, then the keys of the file at `path`, of each file in `extra` (such as the values a stage
     chose, e.g. WORK/fusion.yaml), then each ``section.key=value`` override."""
-    cfg = _read_yaml(default_config_path())
+    cfg = copy.deepcopy(_defaults(default_config_path()))
     if path is not None and Path(path).resolve() != default_config_path().resolve():
         cfg = merge(cfg, _read_yaml(Path(path)), str(path))
     for file in extra:

@@ -317,16 +317,23 @@ def voi_lut(ds: pydicom.Dataset, arr: np.ndarray, *, voi: str = "auto", percenti
     return lut, offset, used, low, high
 
 
+def stored_values(ds: pydicom.Dataset, arr: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """The decoded pixels with their unused high bits cleared (only when a pixel sets them), and their minimum and
+    maximum: what the VOI table is built over."""
+    value_range = int(arr.min()), int(arr.max())
+    cleared = _clear_unused_bits(ds, arr, *value_range)
+    if cleared is not arr:
+        arr, value_range = cleared, (int(cleared.min()), int(cleared.max()))
+    return arr, value_range
+
+
 def read_dicom(path: str | Path, *, voi: str = "auto", percentiles=(0.5, 99.5)) -> Pixels:
     """Read `path` into 8-bit pixels, bone bright. Raises :class:`DicomError` for a file it cannot read."""
     ds = _open(Path(path))
     arr = _decode(ds)
     if arr.shape != (ds.Rows, ds.Columns):
         raise DicomError(f"pixel data of shape {arr.shape} does not match Rows {ds.Rows} x Columns {ds.Columns}")
-    value_range = int(arr.min()), int(arr.max())
-    cleared = _clear_unused_bits(ds, arr, *value_range)
-    if cleared is not arr:
-        arr, value_range = cleared, (int(cleared.min()), int(cleared.max()))
+    arr, value_range = stored_values(ds, arr)
     lut, offset, used, low, high = voi_lut(ds, arr, voi=voi, percentiles=percentiles, value_range=value_range)
     image = apply_lut(lut, offset, arr)
     return Pixels(

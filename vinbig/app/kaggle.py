@@ -22,7 +22,9 @@ import os
 import shutil
 from pathlib import Path
 
-from vinbig.artifacts import Work
+from vinbig import log
+from vinbig.artifacts import Work, atomic_path, config_path, fold_ids, read_folds
+from vinbig.config import save_config
 from vinbig.errors import UserError
 from vinbig.options import work_argument
 
@@ -43,7 +45,6 @@ def _size(n: float) -> str:
 
 def work_folds(work) -> list[int]:
     """The folds of ``WORK/folds.csv``; an error names the file and the command that makes it."""
-    from vinbig.artifacts import fold_ids, read_folds
     work = Work.of(work)
     if not work.folds.is_file():
         raise UserError(f"{work.folds} not found: {work.root} is not a work folder with folds; give the --work of "
@@ -52,10 +53,11 @@ def work_folds(work) -> list[int]:
     return fold_ids(read_folds(work))
 
 
-def model_paths(work, stage: str) -> dict[int, Path]:
-    """``{fold: path}`` of the best.pt every fold of folds.csv has or needs, for "detector" or "classifier"."""
+def model_paths(work, stage: str, folds: list[int] | None = None) -> dict[int, Path]:
+    """``{fold: path}`` of the best.pt every fold of folds.csv (or `folds`, read from it before) has or needs, for
+    "detector" or "classifier"."""
     work = Work.of(work)
-    return {k: work.checkpoint(stage, k) for k in work_folds(work)}
+    return {k: work.checkpoint(stage, k) for k in (work_folds(work) if folds is None else folds)}
 
 
 def missing_models(work, stage: str) -> list[int]:
@@ -63,11 +65,12 @@ def missing_models(work, stage: str) -> list[int]:
     return [k for k, path in model_paths(work, stage).items() if not path.is_file()]
 
 
-def export_files(work, classifier: bool = True) -> list[str]:
+def export_files(work, classifier: bool = True, folds: list[int] | None = None) -> list[str]:
     """The files of `work` an export holds (relative paths, config.yaml aside), after checking every fold is trained."""
     work = Work.of(work)
     root = work.root
-    detectors = model_paths(work, "detector")
+    folds = work_folds(work) if folds is None else folds
+    detectors = model_paths(work, "detector", folds)
     for k, path in detectors.items():
         if not path.is_file():
             raise UserError(f"{path} not found: fold {k} of {work.folds} has no trained detector, and every fold's "
@@ -79,7 +82,7 @@ def export_files(work, classifier: bool = True) -> list[str]:
         logger.warning("no %s: inference fuses with the config's values; run 'vinbig tune --work %s' on the "
                        "out-of-fold predictions first to export tuned ones", work.fusion_config, root)
     files += list(detectors.values())
-    classifiers = model_paths(work, "classifier")
+    classifiers = model_paths(work, "classifier", folds)
     trained = [k for k, p in classifiers.items() if p.is_file()]
     if not trained:
         logger.info("no classifier in %s: the export holds the detectors alone (the 'No finding' gate stays off)",
@@ -97,15 +100,12 @@ def export_files(work, classifier: bool = True) -> list[str]:
     return [p.relative_to(root).as_posix() for p in files]
 
 
-def _warn_if_sizes_differ(work, cfg: dict) -> None:
+def _warn_if_sizes_differ(work: Work, cfg: dict, folds: list[int]) -> None:
     """Warn where the config differs from the sizes the work folder's images and detectors were made with."""
     import yaml
 
-    from vinbig.artifacts import config_path
-
-    work = Work.of(work)
     saved = [(config_path(work.images("train"), "images"), "images", "size")]
-    saved += [(config_path(work.fold_dir("detector", k), "detector"), "detector", "imgsz") for k in work_folds(work)]
+    saved += [(config_path(work.fold_dir("detector", k), "detector"), "detector", "imgsz") for k in folds]
     for path, section, key in saved:
         if not path.is_file():
             continue
@@ -141,16 +141,14 @@ def export(work, out, cfg: dict, classifier: bool = True) -> dict:
     an interrupted export never looks complete. Model files of an earlier export into `out` that this one does not
     hold are removed (inference would otherwise use them). Returns ``{"files": [...], "bytes": n, "out": path}``.
     """
-    from vinbig.artifacts import atomic_path
-    from vinbig.config import save_config
-
     work, out = Work.of(work), Path(out)
     if not work.root.is_dir():
         raise UserError(f"--work {work.root} is not a folder; give the work folder the folds were trained in")
     if out.resolve() == work.root.resolve():
         raise UserError(f"--out {out} is the work folder itself; give another folder (the dataset to upload)")
-    files = export_files(work, classifier)
-    _warn_if_sizes_differ(work, cfg)
+    folds = work_folds(work)
+    files = export_files(work, classifier, folds)
+    _warn_if_sizes_differ(work, cfg, folds)
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_CONFIG).unlink(missing_ok=True)
     earlier = {p.relative_to(out).as_posix() for pattern in ("detector/fold*/weights/best.pt",
@@ -186,8 +184,6 @@ def copy_work(src, dst) -> dict:
     temporary name and renamed, without the source's permissions (a read-only input stays writable here).
     ``detector/data`` (links rebuilt by 'vinbig train-detector') is left out. Returns ``{"copied": n, "bytes": n}``.
     """
-    from vinbig import log
-    from vinbig.artifacts import atomic_path
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():

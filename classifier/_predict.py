@@ -8,7 +8,6 @@ read ahead).
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, check_output, fold_ids,
-                             predict_command, read_folds, read_meta, train_command, write_csv)
+                             predict_command, read_folds, read_meta, train_command, write_csv, write_fix, writing)
 from vinbig.errors import ConfigError
 from vinbig.log import progress
 
@@ -162,12 +161,8 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
         mean = preds.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)
         preds = pd.concat([preds, mean], ignore_index=True)
     preds = preds.sort_values(["fold", "image_id"], kind="stable").reset_index(drop=True)
-    try:
+    with writing(out, lambda e: f"the file was left as it was: {write_fix(e)}, then run '{made_by}' again"):
         path = write_csv(preds, out, CLASSIFIER_PRED_COLUMNS)
-    except OSError as e:  # a full disk, a lost permission: the file is left as it was (write_csv is atomic)
-        fix = "free space on its disk" if e.errno == errno.ENOSPC else "check its folder's permissions and free space"
-        raise ArtifactError(f"cannot write {out}: {e.strerror or e}; the file was left as it was: {fix}, then run "
-                            f"'{made_by}' again") from None
     logger.info("wrote %d rows to %s", len(preds), path)
     if split == "oof":
         return ClassifierPredictions(path, preds, **report_oof(preds.merge(table[["image_id", "abnormal"]],

@@ -14,7 +14,6 @@ so the file is the same as one pass per fold would make.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 from collections import deque
@@ -30,7 +29,7 @@ import pandas as pd
 from vinbig import log
 from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold, check_output,
                               fold_ids, images_command, png_path, predict_command, read_folds, read_meta,
-                              train_command)
+                              train_command, write_fix, writing)
 from vinbig.boxes import clip, to_original
 from vinbig.devices import Device, parse_device
 
@@ -180,14 +179,8 @@ def write_parquet(out: Path, tables: Iterable, schema, made_by: str) -> Path:
 
 def _writing(out: Path, made_by: str, fn, *args):
     """``fn(*args)``, a write to `out`: an OSError becomes one ArtifactError naming the file, the cause and the fix."""
-    try:
+    with writing(out, lambda e: f"the file was left as it was: {write_fix(e)}, then run '{made_by}' again"):
         return fn(*args)
-    except OSError as e:
-        cause = os.strerror(e.errno) if e.errno else str(e).strip().splitlines()[0]
-        fix = ("free space on its disk" if e.errno == errno.ENOSPC or "No space left" in str(e)
-               else "check its folder's permissions and free disk space")
-        raise ArtifactError(f"cannot write {out}: {cause}; the file was left as it was: {fix}, then run "
-                            f"'{made_by}' again") from None
 
 
 def _fp16(device) -> dict:

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, ArtifactError, Work, atomic_path, png_path, read_meta, write_csv
+from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, ArtifactError, Work, atomic_path, png_path, read_meta,
+                              write_csv, writing)
 from vinbig.boxes import to_png
 from vinbig.metric import Result
 
@@ -162,12 +163,9 @@ def draw_overlay(png: Path, meta_row, truth: pd.DataFrame, preds: pd.DataFrame, 
 
 def _write(path: Path, write) -> None:
     """`write(tmp)` then rename onto `path`: never a half-written picture; a failed write names the file."""
-    try:
-        with atomic_path(path) as tmp:
-            write(tmp)
-    except OSError as e:
-        raise ArtifactError(f"cannot write {path}: {e.strerror or e}; free space on its disk or give another --out, "
-                            "then run 'vinbig report' again") from None
+    with writing(path, "free space on its disk or give another --out, then run 'vinbig report' again"), \
+            atomic_path(path) as tmp:
+        write(tmp)
 
 
 class Report(NamedTuple):

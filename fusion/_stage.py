@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import (TUNED_KEYS, ArtifactError, Work, check_writable, errors_path, images_command, meta_path,
-                              read_classifier_preds, read_csv)
+                              read_classifier_preds, read_csv, writing)
 from vinbig.config import load_config
 from vinbig.log import some
 from vinbig.metric import Result, average_precision, match
@@ -87,11 +87,8 @@ class Submission(NamedTuple):
 
 def write_fused(sub: pd.DataFrame, out: Path) -> Path:
     """Write submission rows to `out` atomically; a write error (a full disk) is one ArtifactError naming `out`."""
-    try:
+    with writing(out, "free disk space or choose another --out (nothing was left half-written)"):
         return write_submission(sub, out)
-    except OSError as e:
-        raise ArtifactError(f"cannot write {out}: {e.strerror or e}; free disk space or choose another --out "
-                            "(nothing was left half-written)") from None
 
 
 def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None) -> Fused:

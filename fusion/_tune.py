@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import N_CLASSES, NO_FINDING, ArtifactError, Work, atomic_path, read_classifier_preds, read_labels
+from vinbig.artifacts import N_CLASSES, NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels, writing
 from vinbig.metric import _ap, average_precision, index_of, match, prepare_truth
 
 from fusion._fuse import check_params, fuse, load_inputs
@@ -174,11 +174,8 @@ def write_tuned(path: Path, result: Tuning) -> Path:
     header = (f"# written by 'vinbig tune': out-of-fold mAP@0.4 {result.map:.4f} on {result.n_images} images"
               + (f" (the config's own values: {result.before:.4f})" if result.before is not None else "")
               + ".\n# 'vinbig fuse' and 'vinbig report' read these values over the config; --set still wins.\n")
-    try:
+    with writing(path, "free disk space or fix the folder's permissions, then run 'vinbig tune' again"):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(header + yaml.safe_dump({"fusion": result.values}, sort_keys=False))
-    except OSError as e:  # a full disk: one line naming the file, nothing half-written
-        raise ArtifactError(f"cannot write {path}: {e.strerror or e}; free disk space or fix the folder's "
-                            "permissions, then run 'vinbig tune' again") from None
     return path

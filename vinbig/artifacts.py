@@ -21,11 +21,12 @@ Layout of a work folder ``WORK``::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from vinbig.errors import ArtifactError
 
@@ -253,6 +254,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def write_fix(e: OSError) -> str:
+    """What to do about a failed write: free space on a full disk, else look at the folder."""
+    if e.errno == errno.ENOSPC or "No space left" in str(e):
+        return "free space on its disk"
+    return "check its folder's permissions and free disk space"
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, fix: str | Callable[[OSError], str]) -> Iterator[None]:
+    """A block that writes `path`: an OSError in it (a full disk, a lost permission) becomes one ArtifactError,
+    ``cannot write PATH: cause; FIX`` (`fix` may depend on the error). Pair it with atomic_path, so that nothing is
+    left half-written."""
+    try:
+        yield
+    except OSError as e:
+        cause = e.strerror or (os.strerror(e.errno) if e.errno else str(e).strip().splitlines()[0])
+        raise ArtifactError(f"cannot write {path}: {cause}; {fix(e) if callable(fix) else fix}") from None
 
 
 def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""`vinbig synth`: the Kaggle layout and schema, determinism, DICOM variety and visible lesions."""
+"""`vinbig synth`: the Kaggle layout and schema, the private test truth, the readers' habits, determinism, DICOM
+variety and visible lesions."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from vinbig.artifacts import CLASS_NAMES, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS, TRAIN_COLUMNS
-from vinbig.synth import CLASSES, REF_H, REF_W, make_dataset, render_image
+from vinbig.artifacts import (BOX, CLASS_NAMES, LABEL_COLUMNS, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
+                              TRAIN_COLUMNS)
+from vinbig.boxes import iou
+from vinbig.synth import (CLASSES, PROLIFIC, PROLIFIC_AREA, READER_P, READERS, REF_H, REF_W, latent_lesions,
+                          make_dataset, reader_rows, render_image)
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 SMALL = dict(n_train=24, n_test=8, seed=3, size=192, abnormal_fraction=0.5)
@@ -30,6 +34,11 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def train(data) -> pd.DataFrame:
     return pd.read_csv(data / "train.csv", dtype={"image_id": str})
+
+
+@pytest.fixture(scope="module")
+def truth(data) -> pd.DataFrame:
+    return pd.read_csv(data / "private" / "test_labels.csv", dtype={"image_id": str})
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +121,115 @@ def test_abnormal_fraction_zero_and_one(tmp_path, fraction, normal):
     assert ((train.class_id == NO_FINDING) == normal).all() and train.image_id.nunique() == 5
 
 
+# --------------------------------------------------------------------------- the private test truth
+
+
+def test_the_test_truth_is_written_only_under_private(data):
+    """Beside the Kaggle files, DATA holds one thing more: private/test_labels.csv."""
+    assert sorted(p.name for p in data.iterdir()) == ["private", "sample_submission.csv", "test", "train", "train.csv"]
+    assert [p.name for p in (data / "private").iterdir()] == ["test_labels.csv"]
+    assert not list(data.rglob("*.partial"))
+
+
+def test_the_test_truth_has_the_columns_of_labels_csv_and_one_row_14_per_normal_image(data, truth, headers):
+    assert tuple(truth.columns) == LABEL_COLUMNS
+    assert set(truth.image_id) == {f.stem for f in (data / "test").iterdir()}  # every test image, no train image
+    normal = truth.class_id == NO_FINDING
+    per_image = normal.groupby(truth.image_id).agg(["all", "any", "size"])
+    assert (per_image["all"] == per_image["any"]).all()  # no image mixes "No finding" and boxes
+    assert per_image["all"].any() and not per_image["all"].all()  # both kinds at abnormal_fraction 0.5
+    assert (per_image.loc[per_image["all"], "size"] == 1).all()  # one class-14 row per normal image
+    assert truth.loc[normal, list(BOX)].isna().all().all()  # with an empty box, as labels.csv has it
+    assert (truth.score == 1.0).all() and (truth.n_readers == 5).all()  # a consensus of five
+    boxes = truth[~normal]
+    assert boxes.class_id.between(0, NO_FINDING - 1).all()
+    assert (boxes.x_min >= 0).all() and (boxes.y_min >= 0).all()
+    assert (boxes.x_max <= boxes.image_id.map(lambda i: int(headers[i].Columns))).all()
+    assert (boxes.y_max <= boxes.image_id.map(lambda i: int(headers[i].Rows))).all()
+    assert (boxes.x_max > boxes.x_min).all() and (boxes.y_max > boxes.y_min).all()
+    assert list(truth.image_id) == sorted(truth.image_id)
+
+
+def test_the_test_truth_is_deterministic_for_a_seed_and_differs_for_another(data, tmp_path):
+    make_dataset(tmp_path / "again", workers=1, **SMALL)
+    make_dataset(tmp_path / "other", workers=1, **{**SMALL, "seed": 4})
+    truth = (data / "private" / "test_labels.csv").read_bytes()
+    assert (tmp_path / "again" / "private" / "test_labels.csv").read_bytes() == truth
+    assert (tmp_path / "other" / "private" / "test_labels.csv").read_bytes() != truth
+
+
+# --------------------------------------------------------------------------- the readers' habits
+
+
+def read_habits(n_images: int = 400, height: int = 512, width: int = 470) -> dict[bool, dict]:
+    """Reader rows of `n_images` abnormal images, measured against their latent lesions, for the prolific readers
+    (True) and the careful ones (False): reads, boxes per read, the share of lesions missed, spurious boxes per
+    read, box area over the lesion's (per box, with its class) and IoU with the lesion."""
+    stats = {p: {"reads": 0, "boxes": 0, "lesions": 0, "missed": 0, "spurious": 0, "area": [], "iou": []}
+             for p in (True, False)}
+    for i in range(n_images):
+        rng = np.random.default_rng([11, i])
+        lesions = latent_lesions(rng, height, width)
+        rows = pd.DataFrame(reader_rows(rng, lesions, height, width))
+        for reader, drawn in rows.groupby("rad_id"):
+            s = stats[reader in PROLIFIC]
+            s["reads"] += 1
+            s["boxes"] += len(drawn)
+            box = drawn[list(BOX)].to_numpy()
+            cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
+            free = np.ones(len(drawn), bool)
+            for class_id, x0, y0, x1, y1 in lesions:  # a lesion is seen by a box of its class centred inside it
+                hit = free & (drawn.class_id.to_numpy() == class_id) & (x0 < cx) & (cx < x1) & (y0 < cy) & (cy < y1)
+                s["lesions"] += 1
+                if not hit.any():
+                    s["missed"] += 1
+                    continue
+                j = np.flatnonzero(hit)[0]
+                free[j] = False
+                area = (box[j, 2] - box[j, 0]) * (box[j, 3] - box[j, 1])
+                s["area"].append((class_id, area / ((x1 - x0) * (y1 - y0))))
+                s["iou"].append(float(np.ravel(iou(box[j][None], np.array([[x0, y0, x1, y1]])))[0]))
+            s["spurious"] += int(free.sum())
+    return stats
+
+
+@pytest.fixture(scope="module")
+def habits() -> dict[bool, dict]:
+    return read_habits()
+
+
+def test_the_prolific_readers_read_most_images(habits):
+    assert READERS[7:10] == PROLIFIC and READER_P[7:10].sum() > 0.6
+    share = habits[True]["reads"] / (habits[True]["reads"] + habits[False]["reads"])
+    assert 0.45 < share < 0.65  # 3 of 17 readers do 54 % of the reads (docs/competition.md, The synthetic data)
+
+
+def test_the_prolific_readers_miss_more_and_add_more_spurious_boxes(habits):
+    prolific, careful = habits[True], habits[False]
+    miss = {p: habits[p]["missed"] / habits[p]["lesions"] for p in (True, False)}
+    spurious = {p: habits[p]["spurious"] / habits[p]["reads"] for p in (True, False)}
+    assert 0.10 < miss[True] < 0.20 and 0.04 < miss[False] < 0.10 and miss[True] > 1.5 * miss[False], miss
+    assert spurious[True] > 0.45 and spurious[False] < 0.1, spurious
+    boxes = prolific["boxes"] / prolific["reads"] / (careful["boxes"] / careful["reads"])
+    assert 1.15 < boxes < 1.45, boxes  # more boxes per abnormal read, as in the real data (2.77 against 2.2)
+
+
+def test_the_prolific_readers_draw_tighter_looser_placed_boxes_and_the_careful_ones_the_truth(habits):
+    area = {p: pd.DataFrame(habits[p]["area"], columns=["class_id", "ratio"]) for p in (True, False)}
+    careful = area[False].ratio.median()
+    assert 0.95 < careful < 1.05, careful
+    by_class = area[True].groupby("class_id").ratio.median()
+    for class_id in (0, 3, 8, 9, 10, 11, 13):  # the classes with many lesions: their documented ratio
+        assert by_class[class_id] == pytest.approx(PROLIFIC_AREA[class_id], rel=0.25), (class_id, by_class[class_id])
+    assert area[True].ratio.median() < 0.55
+    ious = {p: np.array(habits[p]["iou"]) for p in (True, False)}
+    assert np.median(ious[False]) > 0.8 and (ious[False] > 0.4).mean() > 0.98  # the truth is the careful readers'
+    assert np.median(ious[True]) < 0.5 and (ious[True] > 0.4).mean() < 0.65  # the metric's IoU 0.4 often missed
+    spread = {p: np.std(np.log(area[p].ratio / area[p].class_id.map(lambda c: PROLIFIC_AREA[c] if p else 1.0)))
+              for p in (True, False)}
+    assert spread[True] > 2 * spread[False], spread  # and jitter more
+
+
 # --------------------------------------------------------------------------- determinism
 
 
@@ -119,7 +237,7 @@ def test_same_seed_gives_byte_identical_files_whatever_the_workers(data, tmp_pat
     again = tmp_path / "again"
     make_dataset(again, workers=1, **SMALL)
     first, second = files(data), files(again)
-    assert sorted(first) == sorted(second)
+    assert sorted(first) == sorted(second) and "private/test_labels.csv" in first
     assert [k for k in first if first[k] != second[k]] == []
 
 
@@ -207,16 +325,17 @@ def test_every_class_is_painted_visibly_inside_its_box(class_id):
         assert diff[~inside].max() < 1e-3
 
 
-def test_lesions_in_the_dicoms_lie_in_the_readers_boxes(tmp_path):
-    """Image i of a seed has the same anatomy with or without lesions: the difference is in the boxes."""
-    kwargs = dict(n_train=8, n_test=0, seed=5, size=192, compressed_fraction=0.5, workers=1)
+def test_lesions_in_the_dicoms_lie_in_the_truth_boxes(tmp_path):
+    """Image i of a seed has the same anatomy with or without lesions: the difference is in the truth's boxes, and
+    every one of them shows its lesion."""
+    kwargs = dict(n_train=0, n_test=8, seed=5, size=192, compressed_fraction=0.5, workers=1)
     make_dataset(tmp_path / "sick", abnormal_fraction=1.0, **kwargs)
     make_dataset(tmp_path / "healthy", abnormal_fraction=0.0, **kwargs)
-    train = pd.read_csv(tmp_path / "sick" / "train.csv", dtype={"image_id": str})
-    assert train.image_id.nunique() == 8 and (train.class_id != NO_FINDING).all()
+    truth = pd.read_csv(tmp_path / "sick" / "private" / "test_labels.csv", dtype={"image_id": str})
+    assert truth.image_id.nunique() == 8 and (truth.class_id != NO_FINDING).all()
     inside_diffs, outside_diffs = [], []
-    for image_id, boxes in train.groupby("image_id"):
-        sick_path, healthy_path = (tmp_path / d / "train" / f"{image_id}.dicom" for d in ("sick", "healthy"))
+    for image_id, boxes in truth.groupby("image_id"):
+        sick_path, healthy_path = (tmp_path / d / "test" / f"{image_id}.dicom" for d in ("sick", "healthy"))
         ds = pydicom.dcmread(sick_path, stop_before_pixels=True)
         far = np.ones((ds.Rows, ds.Columns), bool)  # away from the boxes, grown where a soft edge or heart reaches
         for b in boxes.itertuples():
@@ -225,10 +344,10 @@ def test_lesions_in_the_dicoms_lie_in_the_readers_boxes(tmp_path):
             far[max(int(b.y_min - grow * h), 0):int(b.y_max + grow * h) + 2,
                 max(int(b.x_min - 0.15 * w), 0):int(b.x_max + 0.15 * w) + 2] = False
         diff = np.abs(display(sick_path, far) - display(healthy_path, far))  # one window for both
-        inside_diffs.append(max(np.percentile(diff[int(b.y_min):int(b.y_max) + 1, int(b.x_min):int(b.x_max) + 1], 95)
-                                for b in boxes.itertuples()))
+        inside_diffs += [np.percentile(diff[int(b.y_min):int(b.y_max) + 1, int(b.x_min):int(b.x_max) + 1], 95)
+                         for b in boxes.itertuples()]
         outside_diffs.append(np.percentile(diff[far], 99))
-    assert min(inside_diffs) > 20, inside_diffs  # every abnormal image shows a lesion in one of its boxes
+    assert min(inside_diffs) > 20, inside_diffs  # every truth box shows its lesion
     assert max(outside_diffs) < 2, outside_diffs  # and nothing changes elsewhere but rounding
 
 

@@ -3,19 +3,24 @@
 ``make_dataset(out)`` writes::
 
     out/train/<image_id>.dicom   chest-like radiographs, about `abnormal_fraction` of them with lesions
-    out/test/<image_id>.dicom    the same generator; their labels are written nowhere
+    out/test/<image_id>.dicom    the same generator
     out/train.csv                three readers per train image: boxes, or one "No finding" row each
     out/sample_submission.csv    every test image once with "14 1 0 0 1 1"
+    out/private/test_labels.csv  the test images' truth (LABEL_COLUMNS): the latent lesions, for
+                                 `vinbig score` only; no stage reads it (the synthetic leaderboard)
 
 The images show torso, lungs, mediastinum, heart, diaphragm, ribs, clavicles and humeri; one painter
-per class draws a lesion inside its latent box, which each reader then draws with jitter, misses and
-spurious extras. The files vary like the real ones: MONOCHROME1 and 2, BitsStored 12 to 16, window and
-rescale tags or none, JPEG 2000 lossless or Explicit VR Little Endian, sizes around `size`, never square.
+per class draws a lesion inside its latent box, which each reader then draws after the habits of their
+kind (HABITS): the fourteen careful readers close to the latent box, the prolific R8, R9 and R10 with
+more misses, more spurious boxes and tighter, more jittered boxes (docs/competition.md, The synthetic
+data). The files vary like the real ones: MONOCHROME1 and 2, BitsStored 12 to 16, window and rescale
+tags or none, JPEG 2000 lossless or Explicit VR Little Endian, sizes around `size`, never square.
 
 Every image draws from its own generator ``np.random.default_rng([seed, split, index])``, and every UID
 and date derives from it, so the same seed gives byte-identical files whatever the number of workers.
 An image's size, anatomy and noise come before and apart from its labels: the same seed with
-``abnormal_fraction=0`` gives every image's lesion-free twin.
+``abnormal_fraction=0`` gives every image's lesion-free twin. The readers draw from a child generator
+of their own, so their habits can change without changing any image.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import pandas as pd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-from vinbig.artifacts import (CLASS_NAMES, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
+from vinbig.artifacts import (BOX, CLASS_NAMES, LABEL_COLUMNS, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
                               TRAIN_COLUMNS, atomic_path, write_csv)
 from vinbig.errors import ConfigError
 from vinbig.log import progress
@@ -40,6 +45,8 @@ from vinbig.parallel import n_workers, process_map
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+PRIVATE_TRUTH = Path("private") / "test_labels.csv"  # under the dataset folder: the test truth no stage reads
+TRUTH_READERS = 5  # the test truth stands for a consensus of five radiologists (docs/competition.md, Metric)
 RENDER_MAX = 768  # anatomy and lesions are drawn with a long side of at most this, then resized
 REF_W, REF_H = 2600.0, 2850.0  # the image size the per-class pixel figures are taken at (a modelling choice: docs/competition.md, Classes and boxes)
 
@@ -71,7 +78,26 @@ CLASSES = {
 CLASS_P = np.array([CLASSES[c][0] for c in range(14)], dtype=float) / sum(v[0] for v in CLASSES.values())
 
 MEAN_EXTRA_LESIONS = 0.9  # an abnormal image has 1 + Poisson(this) latent lesions
-P_MISS, P_SPURIOUS, JITTER = 0.15, 0.12, 0.04  # per reader: miss a lesion, add a box, box jitter (of size)
+
+
+@dataclass(frozen=True)
+class Habit:
+    """How a kind of reader draws the lesions of an abnormal image (docs/competition.md, The synthetic data)."""
+
+    miss: float  # chance of leaving out each latent lesion (every reader of an abnormal image still draws one)
+    spurious: float  # mean number of extra boxes (Poisson) where no lesion is painted, each placed like a lesion
+    jitter: float  # sd of the log of each box side and of the centre's shift, as a fraction of the box side
+    area: tuple  # per class 0..13: median box area as a fraction of the lesion's box (the sides scale by its root)
+
+
+# The prolific readers' box area relative to the careful readers', per class: the real data's ratios
+# (docs/competition.md, Readers) where recorded; Atelectasis (larger there) 1.3 and the four classes not
+# recorded (Consolidation, Infiltration, Pneumothorax, Pulmonary fibrosis) 0.5 are choices of this project.
+PROLIFIC_AREA = (0.36, 1.3, 0.5, 0.48, 0.5, 1.0, 0.5, 1.0, 0.13, 0.35, 0.29, 0.33, 0.5, 0.5)
+PROLIFIC = ("R8", "R9", "R10")
+CAREFUL_HABIT = Habit(miss=0.10, spurious=0.05, jitter=0.04, area=(1.0,) * 14)
+PROLIFIC_HABIT = Habit(miss=0.20, spurious=0.6, jitter=0.10, area=PROLIFIC_AREA)
+HABITS = {r: PROLIFIC_HABIT if r in PROLIFIC else CAREFUL_HABIT for r in READERS}
 
 
 # --------------------------------------------------------------------------- drawing helpers
@@ -306,16 +332,18 @@ def sample_lesion(rng, class_id: int, height: int, width: int) -> tuple:
     return class_id, float(x0), float(y0), float(max(x1, x0 + 2)), float(max(y1, y0 + 2))
 
 
-def _latent_lesions(rng, height, width) -> list[tuple]:
+def latent_lesions(rng, height, width) -> list[tuple]:
+    """The lesions of an abnormal image: 1 + Poisson(MEAN_EXTRA_LESIONS), at most one heart and one aorta."""
     classes = rng.choice(14, size=1 + rng.poisson(MEAN_EXTRA_LESIONS), p=CLASS_P)
     classes = [c for k, c in enumerate(classes) if c not in (0, 3) or c not in classes[:k]]  # one heart, one aorta
     return [sample_lesion(rng, int(c), height, width) for c in classes]
 
 
-def _reader_box(rng, lesion, height, width) -> dict:
+def _reader_box(rng, habit: Habit, lesion, height, width) -> dict:
     class_id, x0, y0, x1, y1 = lesion
-    w, h = (x1 - x0) * np.exp(rng.normal(0, JITTER)), (y1 - y0) * np.exp(rng.normal(0, JITTER))
-    cx, cy = (x0 + x1) / 2 + rng.normal(0, JITTER) * w, (y0 + y1) / 2 + rng.normal(0, JITTER) * h
+    side, jitter = np.sqrt(habit.area[class_id]), habit.jitter
+    w, h = (x1 - x0) * side * np.exp(rng.normal(0, jitter)), (y1 - y0) * side * np.exp(rng.normal(0, jitter))
+    cx, cy = (x0 + x1) / 2 + rng.normal(0, jitter) * w, (y0 + y1) / 2 + rng.normal(0, jitter) * h
     x0, x1 = (float(t) for t in np.clip([cx - w / 2, cx + w / 2], 0, width - 1).round(1))
     y0, y1 = (float(t) for t in np.clip([cy - h / 2, cy + h / 2], 0, height - 1).round(1))
     x1, y1 = max(x1, round(x0 + 1, 1)), max(y1, round(y0 + 1, 1))  # no zero-size boxes, even at the border
@@ -324,17 +352,30 @@ def _reader_box(rng, lesion, height, width) -> dict:
 
 
 def reader_rows(rng, lesions, height, width) -> list[dict]:
-    """train.csv rows of three distinct readers for one image (no image_id yet)."""
+    """train.csv rows of three distinct readers (drawn with READER_P) for one image, no image_id yet: "No finding"
+    on a normal image; on an abnormal one the latent `lesions` each reader sees, plus spurious boxes, drawn after
+    the reader's habit (HABITS). Every reader of an abnormal image draws at least one of its lesions."""
     rows = []
     for reader in rng.choice(READERS, size=3, replace=False, p=READER_P):
+        reader = str(reader)
         if not lesions:
-            rows.append({"rad_id": str(reader), "class_name": CLASS_NAMES[NO_FINDING], "class_id": NO_FINDING})
+            rows.append({"rad_id": reader, "class_name": CLASS_NAMES[NO_FINDING], "class_id": NO_FINDING})
             continue
-        seen = [les for les in lesions if rng.random() >= P_MISS] or [lesions[rng.integers(len(lesions))]]
-        if rng.random() < P_SPURIOUS:
-            seen.append(sample_lesion(rng, int(rng.choice(14, p=CLASS_P)), height, width))
-        rows += [{"rad_id": str(reader), **_reader_box(rng, les, height, width)} for les in seen]
+        habit = HABITS[reader]
+        seen = [les for les in lesions if rng.random() >= habit.miss] or [lesions[rng.integers(len(lesions))]]
+        seen += [sample_lesion(rng, int(rng.choice(14, p=CLASS_P)), height, width)
+                 for _ in range(rng.poisson(habit.spurious))]
+        rows += [{"rad_id": reader, **_reader_box(rng, habit, les, height, width)} for les in seen]
     return rows
+
+
+def truth_rows(lesions) -> list[dict]:
+    """The private truth of one test image (LABEL_COLUMNS, no image_id yet): its latent lesions, rounded to 0.1 px
+    like train.csv, each with score 1 and TRUTH_READERS readers; a normal image one class-14 row with an empty box."""
+    if not lesions:
+        return [{"class_id": NO_FINDING, "score": 1.0, "n_readers": TRUTH_READERS}]
+    return [{"class_id": int(c), **{k: round(float(t), 1) for k, t in zip(BOX, box)}, "score": 1.0,
+             "n_readers": TRUTH_READERS} for c, *box in lesions]
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -381,37 +422,46 @@ def _dicom(rng, density, image_id, compressed) -> Dataset:
 
 
 def _make_one(job) -> dict:
-    """Write one image; return its id, its train.csv rows (train only) and what it holds."""
+    """Write one image; return its id, its train.csv rows (train) or its truth rows (test) and what it holds."""
     out, split_index, index, seed, size, abnormal_fraction, compressed_fraction = job
     rng = np.random.default_rng([seed, split_index, index])
     image_id = rng.bytes(16).hex()
     height = int(round(size * rng.uniform(0.8, 1.2)))
     width = int(round(height * rng.uniform(0.8, 1.05)))
     width = width - 1 if width == height else width  # never square
-    lesions = _latent_lesions(rng, height, width) if rng.random() < abnormal_fraction else []
+    lesions = latent_lesions(rng, height, width) if rng.random() < abnormal_fraction else []
     compressed = bool(rng.random() < compressed_fraction)
-    rows = reader_rows(rng, lesions, height, width) if SPLITS[split_index] == "train" else []
-    density = render_image(rng.spawn(1)[0], height, width, lesions)
+    render_rng, reader_rng = rng.spawn(2)
+    train = SPLITS[split_index] == "train"
+    rows = reader_rows(reader_rng, lesions, height, width) if train else truth_rows(lesions)
+    density = render_image(render_rng, height, width, lesions)
     ds = _dicom(rng, density, image_id, compressed)
     path = Path(out) / SPLITS[split_index] / f"{image_id}.dicom"
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return {"image_id": image_id, "rows": [{"image_id": image_id, **r} for r in rows],
-            "boxes": sum("x_min" in r for r in rows), "compressed": compressed}
+            "boxes": sum(r["class_id"] != NO_FINDING for r in rows), "compressed": compressed}
 
 
 @dataclass(frozen=True)
 class SynthResult:
-    """What `vinbig synth` wrote into `out`: image counts, reader boxes, JPEG 2000 files."""
+    """What `vinbig synth` wrote into `out`: image counts, reader boxes (train), truth boxes (test), JPEG 2000 files."""
 
     out: Path
     train: int
     test: int
     boxes: int
     compressed: int
+    truth_boxes: int = 0
 
     def __str__(self) -> str:
-        return f"train {self.train}, test {self.test}, boxes {self.boxes}, compressed {self.compressed}"
+        return (f"train {self.train}, test {self.test}, boxes {self.boxes}, test truth boxes {self.truth_boxes}, "
+                f"compressed {self.compressed}")
+
+    @property
+    def truth(self) -> Path:
+        """The test images' truth, for `vinbig score` only."""
+        return self.out / PRIVATE_TRUTH
 
 
 def make_dataset(out, *, n_train: int = 60, n_test: int = 20, seed: int = 0, size: int = 512,
@@ -438,10 +488,13 @@ def make_dataset(out, *, n_train: int = 60, n_test: int = 20, seed: int = 0, siz
     write_csv(rows, out / "train.csv", TRAIN_COLUMNS)
     sub = pd.DataFrame({"image_id": [r["image_id"] for r in test], "PredictionString": NO_FINDING_PREDICTION})
     write_csv(sub, out / "sample_submission.csv", SUBMISSION_COLUMNS)
+    truth = pd.DataFrame([r for res in test for r in res["rows"]], columns=list(LABEL_COLUMNS))
+    truth = truth.astype({"class_id": np.int64, "n_readers": np.int64})
+    write_csv(truth.sort_values(["image_id", "class_id", *BOX], kind="stable"), out / PRIVATE_TRUTH, LABEL_COLUMNS)
     for split, res in (("train", train), ("test", test)):
         stale = {p.stem for p in (out / split).glob("*.dicom")} - {r["image_id"] for r in res}
         if stale:
             logger.warning("%s holds %d .dicom file(s) that this run did not write (another seed or n?); "
                            "delete the folder and rerun for a clean dataset", out / split, len(stale))
-    return SynthResult(out, len(train), len(test), int(sum(r["boxes"] for r in results)),
-                       int(sum(r["compressed"] for r in results)))
+    return SynthResult(out, len(train), len(test), int(sum(r["boxes"] for r in train)),
+                       int(sum(r["compressed"] for r in results)), int(sum(r["boxes"] for r in test)))

@@ -17,13 +17,17 @@ def cmd_synth(args: argparse.Namespace, cfg: dict) -> Outcome:
 
     result = make_dataset(args.out, **cfg["synth"])
     logger.info("synthetic dataset in %s: %s", result.out, result)
+    logger.info("the test images' truth is in %s, for the synthetic leaderboard only (no stage reads it): "
+                "vinbig score --truth %s --submission WORK/submission.csv", result.truth, result.truth)
     return Outcome(0, config_path(args.out, "synth"))
 
 
 def register(add) -> None:
     p = add("synth", cmd_synth, "write a synthetic dataset in the Kaggle layout",
             "Write train/*.dicom, test/*.dicom, train.csv and sample_submission.csv in the layout of the "
-            "Kaggle competition: chest-like radiographs with class-specific lesions, three readers per image, "
-            "mixed photometry, bit depths, VOI tags and JPEG 2000 compression. Deterministic for a seed.",
+            "Kaggle competition: chest-like radiographs with class-specific lesions, three readers per image "
+            "(the prolific R8, R9 and R10 with habits of their own), mixed photometry, bit depths, VOI tags and "
+            "JPEG 2000 compression; and the test images' truth in private/test_labels.csv, which no stage reads, "
+            "for 'vinbig score' (the synthetic leaderboard). Deterministic for a seed.",
             sections=["synth"])
     p.add_argument("--out", required=True, type=Path, metavar="DATA", help="dataset folder to write")

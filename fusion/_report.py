@@ -1,5 +1,7 @@
 """`vinbig report`: pictures of the fused out-of-fold predictions in WORK/report/.
 
+* ``index.html``: a page to open in a browser (fusion._html): the AP table, PR curves and an error browser of
+  every image's TP / FP / FN boxes, with thumbnails in ``images/``;
 * ``per_class_ap.png``: AP per class and the mean (matplotlib, Agg backend);
 * ``pr_curves.png``: precision/recall curve of each class, with its interpolated envelope;
 * ``metrics.csv``: the per-class table;
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -89,7 +92,9 @@ def plot_pr(result: Result, path: Path) -> Path:
         ax.set_xlabel("recall")
     for ax in axes[:, 0]:
         ax.set_ylabel("precision")
-    axes.flat[0].legend(loc="lower left", fontsize=8)
+    drawn = [ax for ax in axes.flat if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(f"Out-of-fold precision/recall per class (IoU > 0.4), mAP {result.mean_ap:.4f}")
     fig.tight_layout()
     _write(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -176,8 +181,14 @@ class Report(NamedTuple):
 
 
 def write_report(work: Work | str | os.PathLike, result: Result, preds: pd.DataFrame, truth: pd.DataFrame,
-                 out: Path | None = None, per_class: int = 2, score_thr: float = 0.3) -> Report:
-    """All pictures and the metric table of the out-of-fold predictions into `out` (default WORK/report)."""
+                 out: Path | None = None, per_class: int = 2, score_thr: float = 0.3, *,
+                 runs: Mapping[str, Result] | None = None, p_abnormal: pd.Series | None = None,
+                 low: float | None = None, high: float | None = None, readers: pd.DataFrame | None = None,
+                 max_images: int = 1000) -> Report:
+    """All pictures and the metric table of the out-of-fold predictions into `out` (default WORK/report), and the
+    page index.html (fusion._html): the AP table (a column per run of `runs` when there are several), the PR curves
+    and the error browser, with the gate's `p_abnormal` (by image id), `low` and `high` and the readers' boxes
+    (`readers`, default WORK/readers.csv when it exists)."""
     work = Work.of(work)
     out = Path(out or work.report)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,5 +211,11 @@ def write_report(work: Work | str | os.PathLike, result: Result, preds: pd.DataF
             written.append(draw_overlay(png_path(image_dir, image_id), meta.loc[image_id], t_by[image_id],
                                         p_by.get(image_id, empty), path, f"{image_id[:12]} ({CLASS_NAMES[c]})",
                                         score_thr))
-    logger.info("report in %s: %d files (%d overlays)", out, len(written), len(written) - 3)
+    n_overlays = len(written) - 3
+    from fusion._html import write_page  # here, not at the top: fusion._html imports this module
+
+    written += write_page(work, out, result, preds, truth, runs=runs, p_abnormal=p_abnormal, low=low, high=high,
+                          readers=readers, score_thr=score_thr, max_images=max_images)
+    logger.info("report in %s: %d files (%d overlays); open %s in a browser", out, len(written), n_overlays,
+                out / "index.html")
     return Report(out, written)

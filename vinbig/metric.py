@@ -20,7 +20,8 @@ Everything is vectorized: matching pairs each detection with the truth boxes of 
 (one sort and a ``searchsorted``), so scoring is a few numpy passes over the detections. Matching
 (:func:`match`) and AP (:func:`average_precision`) are separate so that tuning can drop whole
 images from a matched set without matching again: a detection's TP/FP status depends only on its
-own image.
+own image. :func:`mark` gives the same matching row by row (TP/FP per detection, found/missed per truth
+box) for the report's error browser.
 """
 
 from __future__ import annotations
@@ -180,6 +181,12 @@ class Matches:
 
 def match(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHOLD) -> Matches:
     """Rank and match `preds` (PRED_COLUMNS, submission order) against `truth` (from :func:`prepare_truth`)."""
+    return _match(truth, preds, iou_thr)[0]
+
+
+def _match(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float) -> tuple[Matches, np.ndarray, np.ndarray]:
+    """:func:`match`, and per ranked detection its row in `preds` and the truth row a true positive claimed
+    (-1 for a false positive)."""
     image_ids = pd.unique(truth["image_id"])
     t_img = index_of(truth["image_id"], image_ids)
     t_cls = truth["class_id"].to_numpy(np.int64)
@@ -196,6 +203,7 @@ def match(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHO
 
     # rank: class, score descending, submission order (stable)
     order = np.lexsort((np.arange(len(p_cls)), -p_score, p_cls))
+    rows = np.flatnonzero(keep)[order]
     p_img, p_cls, p_score, p_box = p_img[order], p_cls[order], p_score[order], p_box[order]
 
     # pair every detection with the truth boxes of its image and class
@@ -224,7 +232,40 @@ def match(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHO
     valid = np.flatnonzero(best_truth >= 0)
     _, first_hit = np.unique(best_truth[valid], return_index=True)  # rank order: the first claim wins
     tp[valid[first_hit]] = True
-    return Matches(p_cls, p_score, tp, p_img, n_truth, np.asarray(image_ids), ignored)
+    claimed = np.where(tp, best_truth, -1)
+    return Matches(p_cls, p_score, tp, p_img, n_truth, np.asarray(image_ids), ignored), rows, claimed
+
+
+@dataclass
+class Marks:
+    """Every predicted box marked TP or FP and every truth box found or missed, by the matching that
+    :func:`average_precision` scores (`matches`): counts taken from here agree with `vinbig score`."""
+
+    tp: np.ndarray  # (len(preds),) bool: a true positive
+    scored: np.ndarray  # (len(preds),) bool: False for rows the metric ignores (image absent from the truth)
+    found_by: np.ndarray  # (len(truth),) int: the row of preds that found the truth box, -1 when missed (FN)
+    matches: Matches
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.found_by >= 0
+
+
+def mark(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRESHOLD) -> Marks:
+    """The competition's matching of `preds` (PRED_COLUMNS, submission order) against `truth` (from
+    :func:`prepare_truth`), row by row: which detections are true positives and which truth boxes they found.
+
+    A truth box counts as found at a score threshold t when the score of its ``found_by`` row is >= t: matching is
+    greedy in rank order, so dropping the detections below t changes no status above it.
+    """
+    m, rows, claimed = _match(truth, preds, iou_thr)
+    tp = np.zeros(len(preds), dtype=bool)
+    tp[rows[m.tp]] = True
+    scored = np.zeros(len(preds), dtype=bool)
+    scored[rows] = True
+    found_by = np.full(len(truth), -1, dtype=np.int64)
+    found_by[claimed[m.tp]] = rows[m.tp]
+    return Marks(tp, scored, found_by, m)
 
 
 # --------------------------------------------------------------------------- average precision

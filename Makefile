@@ -9,6 +9,9 @@ DATA   ?= data/synth
 WORK   ?= work/synth
 CONFIG ?= configs/default.yaml
 FOLDS  ?= 0 1 2 3 4
+# named runs (the config's runs section; 'default' without one): RUNS="s1024 m640" narrows training and prediction
+# to those runs; a stage none of whose runs is named keeps all of its runs
+RUNS   ?=
 TTA    ?= hflip
 DEMO   ?= work/demo
 # torch and torchvision are installed first, as a matching pair (pip takes these from the local disk
@@ -28,8 +31,18 @@ VENV_OK := $(VENV)/.installed
 TRAIN_IMAGES := $(WORK)/images/train/meta.csv
 TEST_IMAGES  := $(WORK)/images/test/meta.csv
 FOLDS_CSV    := $(WORK)/folds.csv
-DETECTORS    := $(foreach k,$(FOLDS),$(WORK)/detector/fold$(k)/.trained)
-CLASSIFIERS  := $(foreach k,$(FOLDS),$(WORK)/classifier/fold$(k)/.trained)
+# the runs of each stage, as `vinbig runs` reads them from the config (before the venv exists: 'default')
+runs_of = $(or $(shell test -x $(VINBIG) && $(VINBIG) runs --stage $(1) $(ARGS) 2>/dev/null),default)
+DET_ALL      := $(call runs_of,detector)
+CLS_ALL      := $(call runs_of,classifier)
+DET_RUNS     := $(or $(filter $(RUNS),$(DET_ALL)),$(DET_ALL))
+CLS_RUNS     := $(or $(filter $(RUNS),$(CLS_ALL)),$(CLS_ALL))
+# --run options of the predict commands when RUNS narrows them (the other runs' rows are kept)
+empty :=
+space := $(empty) $(empty)
+only_runs = $(if $(filter-out $(2),$(1)),$(space)$(foreach r,$(2),--run $(r)))
+DETECTORS    := $(foreach r,$(DET_RUNS),$(foreach k,$(FOLDS),$(WORK)/detector/$(r)/fold$(k)/.trained))
+CLASSIFIERS  := $(foreach r,$(CLS_RUNS),$(foreach k,$(FOLDS),$(WORK)/classifier/$(r)/fold$(k)/.trained))
 DET_PREDS    := $(WORK)/preds/detector_oof.parquet $(WORK)/preds/detector_test.parquet
 CLS_PREDS    := $(WORK)/preds/classifier_oof.csv $(WORK)/preds/classifier_test.csv
 TUNED        := $(WORK)/fusion.yaml
@@ -52,7 +65,7 @@ kept = $(if $(wildcard $(1)/.trained),@echo "make: $(1) was trained before $(2) 
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" TTA=$(TTA) DEMO=$(DEMO)"
+	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" RUNS=\"$(RUNS)\" TTA=$(TTA) DEMO=$(DEMO)"
 	@echo "             KAGGLE_WHEELS=$(KAGGLE_WHEELS) KAGGLE_MODELS=$(KAGGLE_MODELS)"
 
 $(BIN)/activate:
@@ -99,29 +112,33 @@ folds: $(FOLDS_CSV) ## convert the train images if needed, validate DATA/train.c
 
 # ----------------------------------------------------------------------------- training
 
-$(WORK)/detector/fold%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
+# $* is RUN/foldK
+run_of = $(patsubst %/,%,$(dir $(1)))
+fold_of = $(patsubst fold%,%,$(notdir $(1)))
+
+$(WORK)/detector/%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
 	$(call kept,$(@D),$?)
-	$(VINBIG) train-detector --work $(WORK) --fold $* $(ARGS) $(call resume,$(@D)/weights/last.pt)
+	$(VINBIG) train-detector --work $(WORK) --run $(call run_of,$*) --fold $(call fold_of,$*) $(ARGS) $(call resume,$(@D)/weights/last.pt)
 	@touch $@
 
-$(WORK)/classifier/fold%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
+$(WORK)/classifier/%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
 	$(call kept,$(@D),$?)
-	$(VINBIG) train-classifier --work $(WORK) --fold $* $(ARGS) $(call resume,$(@D)/last.pt)
+	$(VINBIG) train-classifier --work $(WORK) --run $(call run_of,$*) --fold $(call fold_of,$*) $(ARGS) $(call resume,$(@D)/last.pt)
 	@touch $@
 
-train-detector: $(DETECTORS) ## train the YOLOv8 detector of each fold in FOLDS (one fold per machine: FOLDS=3)
+train-detector: $(DETECTORS) ## train the YOLOv8 detector of each run and fold in FOLDS (one fold per machine: FOLDS=3)
 
-train-classifier: $(CLASSIFIERS) ## train the 'No finding' classifier of each fold in FOLDS
+train-classifier: $(CLASSIFIERS) ## train the 'No finding' classifier of each run and fold in FOLDS
 
 train: train-detector train-classifier ## convert the train images if needed, train the detectors and classifiers
 
 # ----------------------------------------------------------------------------- prediction and fusion
 
 $(WORK)/preds/detector_%.parquet: $(DETECTORS) | $(VENV_OK)
-	$(VINBIG) predict-detector --work $(WORK) --split $* $(if $(TTA),--tta $(TTA)) $(ARGS)
+	$(VINBIG) predict-detector --work $(WORK) --split $* $(if $(TTA),--tta $(TTA))$(call only_runs,$(DET_ALL),$(DET_RUNS)) $(ARGS)
 
 $(WORK)/preds/classifier_%.csv: $(CLASSIFIERS) | $(VENV_OK)
-	$(VINBIG) predict-classifier --work $(WORK) --split $* $(ARGS)
+	$(VINBIG) predict-classifier --work $(WORK) --split $*$(call only_runs,$(CLS_ALL),$(CLS_RUNS)) $(ARGS)
 
 $(WORK)/preds/detector_test.parquet $(WORK)/preds/classifier_test.csv: $(TEST_IMAGES)
 

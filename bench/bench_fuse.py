@@ -1,7 +1,7 @@
 """Benchmark `vinbig fuse` against single-process ensemble-boxes, and time `vinbig tune`.
 
 Input (generated, shaped like the real test set (docs/competition.md)): 3,000 test images of real sizes, 10 prediction sets
-(5 folds x 2 TTA) of 300 boxes each (about 20 objects per image; 60 % of the boxes near an
+(one run, "default": 5 folds x 2 TTA) of 300 boxes each (about 20 objects per image; 60 % of the boxes near an
 object, the rest scattered with low scores), written as WORK/preds/detector_test.parquet.
 
 * baseline: ensemble-boxes' ``weighted_boxes_fusion``, one call per image in one process, on the
@@ -69,8 +69,9 @@ def detector_rows(meta: pd.DataFrame, sets: list[tuple[int, str]], image_sets, b
     score = np.where(near, rng.beta(2, 3, m), rng.uniform(0.001, 0.1, m))
     folds = np.array([f for f, _ in sets])[set_idx]
     ttas = np.array([t for _, t in sets])[set_idx]
-    df = pd.DataFrame({"image_id": meta.image_id.to_numpy()[img], "fold": folds, "tta": ttas, "class_id": label,
-                       "score": score, "x_min": box[:, 0], "y_min": box[:, 1], "x_max": box[:, 2], "y_max": box[:, 3]})
+    df = pd.DataFrame({"image_id": meta.image_id.to_numpy()[img], "run": "default", "fold": folds, "tta": ttas,
+                       "class_id": label, "score": score, "x_min": box[:, 0], "y_min": box[:, 1], "x_max": box[:, 2],
+                       "y_max": box[:, 3]})
     return df[(df.x_max > df.x_min) & (df.y_max > df.y_min)].loc[:, list(DETECTOR_PRED_COLUMNS)]
 
 
@@ -111,8 +112,8 @@ def make_oof_work(root: Path, n: int, boxes: int, n_folds: int = 5, seed: int = 
     work.preds.mkdir(parents=True, exist_ok=True)
     df.to_parquet(work.detector_preds("oof"), index=False)
     p = np.clip(np.where(abnormal, rng.beta(5, 2, n), rng.beta(2, 5, n)), 0, 1)
-    write_csv(pd.DataFrame({"image_id": ids, "fold": fold, "p_abnormal": p}), work.classifier_preds("oof"),
-              CLASSIFIER_PRED_COLUMNS)
+    write_csv(pd.DataFrame({"image_id": ids, "run": "default", "fold": fold, "p_abnormal": p}),
+              work.classifier_preds("oof"), CLASSIFIER_PRED_COLUMNS)
     return work
 
 

@@ -1,9 +1,9 @@
 """Test prediction with one read per image against the loop it replaced (a pass over the images per fold).
 
-The demo's setting: five folds, 256 px PNGs, a YOLOv8n predicting at 160 px with hflip TTA, a
-test_efficientnet classifier at 128 px, on the CPU. The fold models are saved by hand (untrained, with
-random weights and head biases so that the detector finds boxes): prediction costs the same whatever
-the weights. For the detector and the classifier, each way is timed
+The demo's setting: five folds of every run of configs/demo.yaml (runs.detector: two YOLOv8n runs predicting
+at 160 px with hflip TTA; runs.classifier: one test_efficientnet run at 128 px), 256 px PNGs, on the CPU. The
+fold models are saved by hand (untrained, with random weights and head biases so that the detector finds
+boxes): prediction costs the same whatever the weights. For the detector and the classifier, each way is timed
 
 - in-process: ``predict(...)`` of ``detector._predict`` / ``classifier._predict``, `--repeats` times each,
   alternating, median; and
@@ -11,11 +11,11 @@ the weights. For the detector and the classifier, each way is timed
   (process start, imports, checkpoint loading included), `--repeats` times each, median,
 
 with the number of PNG decodes (``cv2.imread`` calls) of each. "per fold" is the loop of before: a pass over
-the images per fold model, each image read in the main thread when its batch is needed (``_SINGLE_READ =
+the images per fold model (of each run), each image read in the main thread when its batch is needed (``_SINGLE_READ =
 False``, ``_PREFETCH = 0``); "single read" is what the commands do now. Both ways must write the same file,
 byte for byte; the script stops if they do not.
 
-    python bench/bench_predict.py                      # 64 test images, about 3 minutes on 2 cores
+    python bench/bench_predict.py                      # 64 test images, a few minutes on 2 cores
     python bench/bench_predict.py --n-test 100 --repeats 5 --json bench_predict.json
     python bench/bench_predict.py --png-size 1024        # the real PNG size, where decoding costs more
 """
@@ -77,8 +77,17 @@ def make_work(root: Path, n_test: int, size: int) -> Path:
     return work
 
 
+def demo_runs(stage: str) -> dict:
+    """The runs of `stage` in configs/demo.yaml, each with its own section, on the CPU."""
+    from vinbig.config import load_config
+    from vinbig.runs import run_config, run_names
+
+    cfg = load_config(DEMO, [f"{stage}.device=cpu"])
+    return {name: run_config(cfg, stage, name) for name in run_names(cfg, stage)}
+
+
 def save_models(work: Path) -> None:
-    """Every fold's best.pt of both stages, as training writes them, from random weights."""
+    """Every fold's best.pt of every run of both stages, as training writes them, from random weights."""
     from detector._offline import follow_log_level  # first: ultralytics offline
     from classifier._model import create_model, save_checkpoint
     from ultralytics.nn.tasks import DetectionModel
@@ -86,19 +95,23 @@ def save_models(work: Path) -> None:
 
     follow_log_level()
     w = Work(work)
-    for k in range(FOLDS):
-        torch.manual_seed(k)
-        model = DetectionModel("yolov8n.yaml", nc=14, verbose=False)
-        with torch.no_grad():
-            for head in (*model.model[-1].cv2, *model.model[-1].cv3):  # untrained, it finds no box above conf
-                head[-1].bias.normal_(0, 1)
-        path = w.checkpoint("detector", k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
-        model = create_model("test_efficientnet")
-        torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
-        save_checkpoint({"model": model.state_dict(), "backbone": "test_efficientnet", "imgsz": 128, "epoch": 0,
-                         "auc": 0.5}, w.checkpoint("classifier", k))
+    for r, run in enumerate(demo_runs("detector")):
+        for k in range(FOLDS):
+            torch.manual_seed(100 * r + k)
+            model = DetectionModel("yolov8n.yaml", nc=14, verbose=False)
+            with torch.no_grad():
+                for head in (*model.model[-1].cv2, *model.model[-1].cv3):  # untrained, it finds no box above conf
+                    head[-1].bias.normal_(0, 1)
+            path = w.checkpoint("detector", k, run=run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
+    for r, run in enumerate(demo_runs("classifier")):
+        for k in range(FOLDS):
+            torch.manual_seed(100 * r + k)
+            model = create_model("test_efficientnet")
+            torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
+            save_checkpoint({"model": model.state_dict(), "backbone": "test_efficientnet", "imgsz": 128, "epoch": 0,
+                             "auc": 0.5}, w.checkpoint("classifier", k, run=run))
 
 
 def set_way(way: str) -> None:
@@ -116,16 +129,17 @@ def in_process(stage: str, work: Path, repeats: int) -> dict:
 
     log.setup(-1)
     cfg = load_config(DEMO, [f"{stage}.device=cpu"])[stage]
+    runs = demo_runs(stage)  # every run, as the command predicts them
     if stage == "detector":
         from detector._predict import predict
 
         def run():
-            return predict(work, "test", cfg, tta=["hflip"]).path
+            return predict(work, "test", cfg, tta=["hflip"], runs=runs).path
     else:
         from classifier._predict import predict
 
         def run():
-            return predict(work, "test", cfg).path
+            return predict(work, "test", cfg, runs=runs).path
 
     reads, imread = [0], cv2.imread
 
@@ -189,13 +203,15 @@ def main() -> int:
     work = make_work(root, args.n_test, args.png_size)
     save_models(work)
     n = len((work / "images" / "test" / "meta.csv").read_text().splitlines()) - 1
-    results = {"test_images": n, "png_size": args.png_size, "folds": FOLDS, "cpus": os.cpu_count()}
+    runs = {stage: list(demo_runs(stage)) for stage in ("detector", "classifier")}
+    results = {"test_images": n, "png_size": args.png_size, "folds": FOLDS, "runs": runs, "cpus": os.cpu_count()}
     for stage in ("detector", "classifier"):
         results[stage] = {"in_process": in_process(stage, work, args.repeats),
                           "command": whole_command(stage, work, args.repeats)}
 
     print(f"{n} test PNGs of {args.png_size} px, {FOLDS} folds, CPU ({os.cpu_count()} cores), median of "
-          f"{args.repeats}; detector yolov8n at 160 px with hflip, classifier test_efficientnet at 128 px")
+          f"{args.repeats}; detector runs {', '.join(runs['detector'])} (yolov8n at 160 px with hflip), classifier "
+          f"run{'s' * (len(runs['classifier']) > 1)} {', '.join(runs['classifier'])} (test_efficientnet at 128 px)")
     print(f"{'':38s} {'per fold':>10s} {'single read':>12s} {'ratio':>7s} {'reads':>13s}  same file")
     for stage in ("detector", "classifier"):
         for how, label in (("in_process", "in-process predict()"), ("command", f"vinbig predict-{stage}")):

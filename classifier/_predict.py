@@ -1,9 +1,10 @@
 """Scoring images with trained fold models, the out-of-fold AUC and the "No finding" gate's operating point.
 
 ``vinbig predict-classifier --split oof``: each fold's best.pt scores its own validation images;
-``--split test``: every fold's best.pt scores every test image, and rows with fold -1 hold the mean. The test
-images are read once: every fold model scores a batch before the next one is read (the data loader's workers
-read ahead).
+``--split test``: every fold's best.pt scores every test image, and rows with fold -1 hold the mean. Each
+classifier run (vinbig.runs) is scored in turn, at its own input size, with a ``run`` column. The test images are
+read once per run: every fold model of the run scores a batch before the next one is read (the data loader's
+workers read ahead).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, SPLITS, ArtifactError, Work, check_output, fold_ids,
-                             predict_command, read_folds, read_meta, train_command, write_csv, write_fix, writing)
+from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, DEFAULT_RUN, SPLITS, ArtifactError, Work, check_output,
+                             fold_ids, predict_command, read_classifier_preds, read_folds, read_meta, train_command,
+                             write_csv, write_fix, writing)
 from vinbig.errors import ConfigError
 from vinbig.log import progress
 
@@ -123,57 +125,93 @@ class ClassifierPredictions:
     gate: dict | None = None
 
 
-def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | None = None) -> ClassifierPredictions:
-    """Score `split` ("oof" or "test") with the best.pt of every fold and write ``work.classifier_preds(split)``.
+def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | None = None,
+            runs: Mapping[str, dict] | None = None, keep_runs: Sequence[str] = ()) -> ClassifierPredictions:
+    """Score `split` ("oof" or "test") with the best.pt of every fold of every run and write
+    ``work.classifier_preds(split)``.
 
-    `cfg` is the ``classifier`` config section. Before any model runs, every checkpoint is read and the output
-    checked to be writable; a damaged checkpoint or a failed write is an error naming the file and the fix.
+    `cfg` is the ``classifier`` config section; `runs` maps each run to score to its own section
+    (vinbig.runs.run_config; None: the run ``default`` with `cfg`); the rows of the runs `keep_runs` in the
+    existing file are kept. Before any model runs, every checkpoint is read and the output checked to be
+    writable; a damaged checkpoint or a failed write is an error naming the file and the fix.
     """
     work = Work.of(work)
-    tta = tta or cfg["tta"]
+    runs = dict(runs or {DEFAULT_RUN: cfg})
     if split not in SPLITS:
         raise ConfigError(f"split {split!r} is not one of {list(SPLITS)}")
-    if tta not in TTA:
-        raise ConfigError(f"classifier.tta {tta!r} is not one of {list(TTA)}")
+    for c in runs.values():
+        if (tta or c["tta"]) not in TTA:
+            raise ConfigError(f"classifier.tta {tta or c['tta']!r} is not one of {list(TTA)}")
     device = resolve_device(cfg["device"])
     # the test split needs only folds.csv and the checkpoints (a Kaggle weights dataset holds no train labels)
     table = abnormal_targets(work) if split == "oof" else read_folds(work)
     folds = fold_ids(table)
-    ckpts = {k: work.checkpoint("classifier", k) for k in folds}
-    missing = [k for k, p in ckpts.items() if not p.is_file()]
+    ckpts = {(run, k): work.checkpoint("classifier", k, "best", run) for run in runs for k in folds}
+    missing = [key for key, p in ckpts.items() if not p.is_file()]
     if missing:
-        commands = "; ".join(f"'{train_command(work, 'classifier', k)}'" for k in missing)
-        raise ArtifactError(f"no trained classifier for fold(s) {missing}: {ckpts[missing[0]]} not found; "
-                            f"run {commands}")
+        commands = "; ".join(f"'{train_command(work, 'classifier', k, run)}'" for run, k in missing)
+        raise ArtifactError(f"no trained classifier for {len(missing)} fold(s): {ckpts[missing[0]]} not found; "
+                            f"run {commands}{work.old_layout_hint('classifier')}")
 
     out, made_by = work.classifier_preds(split), predict_command(work, "classifier", split)
     check_output(out, made_by)  # before any model runs
+    kept = _kept_rows(work, split, keep_runs)
     # every checkpoint read (and so readable) before the first one scores an image
-    loaded = {k: load_checkpoint(ckpts[k], train_command(work, "classifier", k)) for k in folds}
+    loaded = {key: load_checkpoint(path, train_command(work, "classifier", key[1], key[0]))
+              for key, path in ckpts.items()}
 
+    frames = []
     with cudnn_benchmark(device):  # the input size is fixed; the detector may share the process
-        if split == "test" and _SINGLE_READ:
-            rows = _score_test(work, folds, ckpts, loaded, cfg, device, tta)
-        else:
-            rows = [_score_fold(work, split, k, table, ckpts[k], loaded[k], cfg, device, tta) for k in folds]
-    preds = pd.concat(rows, ignore_index=True)
-    if split == "test":
-        mean = preds.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)
-        preds = pd.concat([preds, mean], ignore_index=True)
-    preds = preds.sort_values(["fold", "image_id"], kind="stable").reset_index(drop=True)
+        for run, c in runs.items():
+            run_tta = tta or c["tta"]
+            r_ckpts = {k: ckpts[run, k] for k in folds}
+            r_loaded = {k: loaded[run, k] for k in folds}
+            if split == "test" and _SINGLE_READ:
+                rows = _score_test(work, folds, r_ckpts, r_loaded, c, device, run_tta, run)
+            else:
+                rows = [_score_fold(work, split, k, table, r_ckpts[k], r_loaded[k], c, device, run_tta, run)
+                        for k in folds]
+            preds = pd.concat(rows, ignore_index=True)
+            if split == "test":
+                mean = preds.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)
+                preds = pd.concat([preds, mean], ignore_index=True)
+            frames.append(preds.assign(run=run))
+    preds = pd.concat([*frames, kept], ignore_index=True)
+    order = {run: i for i, run in enumerate([*runs, *keep_runs])}
+    preds = (preds.assign(_run=preds["run"].map(order)).sort_values(["_run", "fold", "image_id"], kind="stable")
+             .drop(columns="_run").reset_index(drop=True).loc[:, list(CLASSIFIER_PRED_COLUMNS)])
     with writing(out, lambda e: f"the file was left as it was: {write_fix(e)}, then run '{made_by}' again"):
         path = write_csv(preds, out, CLASSIFIER_PRED_COLUMNS)
     logger.info("wrote %d rows to %s", len(preds), path)
     if split == "oof":
-        return ClassifierPredictions(path, preds, **report_oof(preds.merge(table[["image_id", "abnormal"]],
-                                                                           on="image_id"), cfg["gate_miss"]))
+        scored = {}
+        for run in runs:
+            if len(runs) > 1:
+                logger.info("run %s:", run)
+            mine = preds[preds["run"] == run].merge(table[["image_id", "abnormal"]], on="image_id")
+            scored[run] = report_oof(mine, runs[run]["gate_miss"])
+        return ClassifierPredictions(path, preds, **scored[next(iter(runs))])
     return ClassifierPredictions(path, preds)
 
 
+def _kept_rows(work: Work, split: str, keep_runs: Sequence[str]) -> pd.DataFrame:
+    """The rows of the runs `keep_runs` in the existing predictions of `split` (none if it has none)."""
+    path = work.classifier_preds(split)
+    if not keep_runs or not path.is_file():
+        return pd.DataFrame(columns=list(CLASSIFIER_PRED_COLUMNS))
+    head = pd.read_csv(path, nrows=0).columns
+    if "run" not in head:
+        logger.warning("%s was written before named runs; the rows of runs %s are not kept: predict them again "
+                       "(without --run)", path, ", ".join(keep_runs))
+        return pd.DataFrame(columns=list(CLASSIFIER_PRED_COLUMNS))
+    old = read_classifier_preds(work, split)
+    return old[old["run"].isin(keep_runs)]
+
+
 def _score_fold(work: Work, split: str, k: int, table: pd.DataFrame, ckpt: Path, loaded: dict, cfg: dict,
-                device: torch.device, tta: str) -> pd.DataFrame:
+                device: torch.device, tta: str, run: str = DEFAULT_RUN) -> pd.DataFrame:
     """``image_id, fold, p_abnormal`` of fold `k`'s model on its validation images (oof) or the test images."""
-    model, imgsz = load_classifier(ckpt, device, train_command(work, "classifier", k), loaded)
+    model, imgsz = load_classifier(ckpt, device, train_command(work, "classifier", k, run), loaded)
     if split == "oof":
         ids = table.loc[table["fold"] == k, "image_id"].tolist()
         paths = png_paths(work.images("train"), ids)
@@ -186,9 +224,10 @@ def _score_fold(work: Work, split: str, k: int, table: pd.DataFrame, ckpt: Path,
 
 
 def _score_test(work: Work, folds: Sequence[int], ckpts: Mapping[int, Path], loaded: Mapping[int, dict], cfg: dict,
-                device: torch.device, tta: str) -> list[pd.DataFrame]:
+                device: torch.device, tta: str, run: str = DEFAULT_RUN) -> list[pd.DataFrame]:
     """One frame per fold, as :func:`_score_fold` makes them, from one read of each test image."""
-    models = {k: load_classifier(ckpts[k], device, train_command(work, "classifier", k), loaded[k]) for k in folds}
+    models = {k: load_classifier(ckpts[k], device, train_command(work, "classifier", k, run), loaded[k])
+              for k in folds}
     ids, paths = _test_images(work)
     sizes = tuple(sorted({imgsz for _, imgsz in models.values()}))
     idx, p = infer_folds(models, _loader(paths, sizes, cfg, device), device, cfg["amp"], tta,

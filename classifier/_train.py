@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from vinbig.artifacts import Work, check_fold, config_path, read_csv, train_command, write_csv
+from vinbig.artifacts import DEFAULT_RUN, Work, check_fold, config_path, read_csv, train_command, write_csv
 from vinbig.devices import visible_gpus
 from vinbig.errors import ConfigError, UserError
 from vinbig.log import progress
@@ -92,10 +92,10 @@ def _check(cfg: dict) -> None:
             raise ConfigError(f"classifier.{key} is {cfg[key]}; it must be at least 1")
 
 
-def check_fresh(work: Work, fold: int, resume: bool, overwrite: bool) -> None:
+def check_fresh(work: Work, fold: int, resume: bool, overwrite: bool, run: str = DEFAULT_RUN) -> None:
     """Refuse to start over a fold's run unless asked: trained weights are not thrown away by a rerun."""
-    if not resume and not overwrite and work.checkpoint("classifier", fold, "last").is_file():
-        raise UserError(f"{work.fold_dir('classifier', fold)} already holds a run (last.pt); use --resume to continue "
+    if not resume and not overwrite and work.checkpoint("classifier", fold, "last", run).is_file():
+        raise UserError(f"{work.fold_dir('classifier', fold, run)} already holds a run (last.pt); use --resume to continue "
                         "it or --overwrite to start over")
 
 
@@ -110,8 +110,9 @@ class ClassifierRun:
 
 
 def train_fold(work: Work | str | os.PathLike, fold: int, cfg: dict, resume: bool = False,
-               overwrite: bool = False) -> ClassifierRun:
-    """Train fold `fold` with `cfg` (the ``classifier`` config section); under torchrun, one process of many.
+               overwrite: bool = False, run: str = DEFAULT_RUN) -> ClassifierRun:
+    """Train fold `fold` of the run `run` (WORK/classifier/RUN/foldK) with `cfg` (the run's ``classifier``
+    section); under torchrun, one process of many.
 
     A fold that already holds a run is refused unless `resume` (continue it) or `overwrite` (start over).
 
@@ -126,15 +127,16 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: dict, resume: boo
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         work = Work.of(work)
-        check_fresh(work, fold, resume, overwrite)
+        check_fresh(work, fold, resume, overwrite, run)
         with cudnn_benchmark(device):
-            return _train(work, fold, cfg, resume, env, device)
+            return _train(work, fold, cfg, resume, env, device, run)
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: torch.device) -> ClassifierRun:
+def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: torch.device,
+           run: str = DEFAULT_RUN) -> ClassifierRun:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -142,7 +144,7 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
 
     table = abnormal_targets(work)
     check_fold(work, fold, table)
-    out_dir = work.fold_dir("classifier", fold)
+    out_dir = work.fold_dir("classifier", fold, run)
     train_df, val_df = table[table["fold"] != fold], table[table["fold"] == fold]
     n_pos = int(train_df["abnormal"].sum())
     n_neg = len(train_df) - n_pos
@@ -187,9 +189,9 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     pos_weight = torch.tensor(n_neg / n_pos, device=device) if cfg["balance"] == "pos_weight" else None
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     torch.manual_seed(cfg["seed"] * 1000 + env.rank)  # augmentation and dropout differ between ranks
-    state = _State(work, fold)
+    state = _State(work, fold, run)
     if resume:
-        state.resume(train_command(work, "classifier", fold), cfg["backbone"], model, ema,
+        state.resume(train_command(work, "classifier", fold, run), cfg["backbone"], model, ema,
                      optimizer, scaler)
         if env.main and state.start < cfg["epochs"]:
             logger.info("resuming fold %d from %s at epoch %d of %d", fold, state.last, state.start + 1, cfg["epochs"])
@@ -256,10 +258,11 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
 class _State:
     """A fold's run folder: where training starts, the best AUC so far, summary.csv, best.pt and last.pt."""
 
-    def __init__(self, work: Work, fold: int):
-        self.dir = work.fold_dir("classifier", fold)
-        self.last, self.best = work.checkpoint("classifier", fold, "last"), work.checkpoint("classifier", fold, "best")
-        self.summary = work.classifier_summary(fold)
+    def __init__(self, work: Work, fold: int, run: str = DEFAULT_RUN):
+        self.dir = work.fold_dir("classifier", fold, run)
+        self.last = work.checkpoint("classifier", fold, "last", run)
+        self.best = work.checkpoint("classifier", fold, "best", run)
+        self.summary = work.classifier_summary(fold, run)
         self.start, self.best_auc, self.best_epoch = 0, -math.inf, -1
         self.rows: list[dict] = []
 

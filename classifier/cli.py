@@ -7,7 +7,8 @@ import logging
 import os
 
 from vinbig.artifacts import Work, config_path
-from vinbig.options import Outcome, predict_arguments, train_arguments
+from vinbig.options import Outcome, given, predict_arguments, train_arguments
+from vinbig.runs import one_run, run_argument, run_config, run_names, select
 
 logger = logging.getLogger("vinbig")
 
@@ -19,9 +20,13 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     rank0 = int(os.environ.get("RANK", 0)) == 0
     if not rank0:
         log.setup(-1)  # under torchrun only rank 0 reports progress
-    result = train_fold(args.work, args.fold, cfg["classifier"], resume=args.resume, overwrite=args.overwrite)
-    logger.info("fold %d: best validation AUC %.4f at epoch %d; best.pt, last.pt and summary.csv in %s",
-                args.fold, result.best_auc, result.best_epoch + 1, result.out_dir)
+    name = one_run(cfg, "classifier", args.run)
+    # the options given on the command line win over the run's keys; the run's section is saved with its weights
+    cfg["classifier"] = {**run_config(cfg, "classifier", name), **given(args).get("classifier", {})}
+    result = train_fold(args.work, args.fold, cfg["classifier"], resume=args.resume, overwrite=args.overwrite,
+                        run=name)
+    logger.info("%sfold %d: best validation AUC %.4f at epoch %d; best.pt, last.pt and summary.csv in %s",
+                f"run {name}, " if len(run_names(cfg, "classifier")) > 1 else "", args.fold, result.best_auc, result.best_epoch + 1, result.out_dir)
     # saved once the run is done (or last.pt was accepted for --resume), by rank 0 only
     return Outcome(0, config_path(result.out_dir, "classifier") if rank0 else None)
 
@@ -29,7 +34,11 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
 def cmd_predict_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     from classifier import predict
 
-    result = predict(args.work, args.split, cfg["classifier"])
+    chosen = select(cfg, "classifier", args.runs)
+    given_keys = given(args).get("classifier", {})
+    runs = {name: {**run_config(cfg, "classifier", name), **given_keys} for name in chosen}
+    keep = [name for name in run_names(cfg, "classifier") if name not in chosen]
+    result = predict(args.work, args.split, cfg["classifier"], runs=runs, keep_runs=keep)
     logger.info("%s predictions in %s", args.split, result.path)
     # WORK/preds/config_classifier_{split}.yaml, beside the predictions it made
     return Outcome(0, config_path(Work(args.work).preds, f"classifier_{args.split}"))
@@ -39,17 +48,21 @@ def register(add) -> None:
     """Add this stage's subcommands with ``add(name, func, help, description, sections)``."""
     p = add("train-classifier", cmd_train_classifier, "train the 'No finding' classifier on one fold",
             "Train a timm model (classifier.backbone, one logit: P(abnormal)) on the PNGs of WORK/images/train "
-            "of folds != K and validate on fold K. Writes WORK/classifier/fold{K}/: summary.csv (a row per "
+            "of folds != K and validate on fold K. Writes WORK/classifier/RUN/fold{K}/ (RUN: one of the config's "
+            "runs.classifier, 'default' when none is declared; --run NAME when there are several): summary.csv (a row per "
             "epoch), best.pt (best validation AUC), last.pt and config_classifier.yaml. One process uses one GPU; "
             "several GPUs: torchrun --standalone --nproc_per_node N -m vinbig train-classifier ... (each process "
             "takes GPU LOCAL_RANK; classifier.batch and classifier.workers are per process). --resume continues "
             "on this session's device and processes, whatever the run started on.",
-            sections=["classifier"])
+            sections=["classifier"], reads=["runs"])
     train_arguments(p, "classifier")
+    run_argument(p, "classifier", many=False)
 
     p = add("predict-classifier", cmd_predict_classifier, "score out-of-fold or test images with the fold models",
+            "Every run of the config's runs.classifier (or --run NAME, keeping the other runs' rows): "
             "oof: each fold's best.pt scores its validation images, and the OOF AUC and the gate's operating "
             "point are reported. test: every fold's best.pt scores every image of WORK/images/test; rows "
             "with fold -1 hold the mean over folds. Writes WORK/preds/classifier_{split}.csv "
-            "(image_id,fold,p_abnormal).", sections=["classifier"])
+            "(image_id,run,fold,p_abnormal).", sections=["classifier"], reads=["runs"])
     predict_arguments(p)
+    run_argument(p, "classifier", many=True)

@@ -1,17 +1,28 @@
-"""One ultralytics dataset per fold: linked PNGs, YOLO label files and data.yaml.
+"""One ultralytics dataset per fold of a detector run: linked PNGs, YOLO label files and data.yaml.
 
-Layout of ``WORK/detector/data/fold{k}/``::
+Layout of ``WORK/detector/{run}/data/fold{k}/``::
 
-    images/train/<image_id>.png -> ../../../../../images/train/<image_id>.png   (relative links)
+    images/train/<name>.png -> ../../../../../../images/train/<image_id>.png   (relative links)
     images/val/<image_id>.png
-    labels/train/<image_id>.txt     one line per box: class cx cy w h, normalized; empty for "No finding"
+    labels/train/<name>.txt         one line per box: class cx cy w h, normalized; empty for "No finding"
     labels/val/<image_id>.txt
     data.yaml                       the 14 class names in competition order, no absolute paths
-    source.sha1                     fingerprint of the labels, folds and sizes it was made from
+    source.sha1                     fingerprint of the labels, settings, folds and sizes it was made from
 
-Training images are the other folds' images, validation images fold k's. A YOLO label is normalized by
-the original DICOM width and height: with vinbig's per-axis scaling (vinbig.boxes) the normalized box
-is the same on the PNG, whatever size the PNG has.
+Training images are the other folds' images, validation images fold k's. What a training image's label holds is
+the run's ``labels`` setting (its detector section, vinbig.runs):
+
+* ``consolidated`` without the run's own ``exclude_readers`` or ``reader_weights``: the boxes of labels.csv;
+  ``<name>`` is the image id.
+* ``consolidated`` with them: the boxes of WORK/readers.csv without the excluded readers, fused per image and
+  class as ``vinbig folds`` fuses them (folds.iou_thr, folds.conf_type; folds.reader_weights updated by the run's).
+* ``per_reader``: an image with findings once per reader who read it, with that reader's boxes only, named
+  ``<image_id>__<rad_id>`` (a reader who wrote "No finding" gives an empty label); an image without findings once.
+
+An image whose every reader is excluded is left out of the run's training. The validation images are always one
+per image with the boxes of labels.csv, the truth the OOF predictions are scored against. A YOLO label is
+normalized by the original DICOM width and height: with vinbig's per-axis scaling (vinbig.boxes) the normalized
+box is the same on the PNG, whatever size the PNG has.
 """
 
 from __future__ import annotations
@@ -20,16 +31,18 @@ import hashlib
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, Work, check_fold, check_outside_boxes, folds_command,
-                              meta_path, png_path, read_folds, read_labels, read_meta)
+from vinbig.artifacts import (BOX, CLASS_NAMES, DEFAULT_RUN, NO_FINDING, Work, check_fold, check_outside_boxes,
+                              folds_command, meta_path, png_path, read_folds, read_labels, read_meta, read_readers)
 from vinbig.boxes import clip
-from vinbig.errors import ArtifactError
+from vinbig.errors import ArtifactError, ConfigError
 from vinbig.log import some
 
 logger = logging.getLogger(__name__)
@@ -68,13 +81,14 @@ _LISTED = 20  # boxes an error message lists
 
 
 def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame, outside_boxes: str = "error",
-                   work: Work | None = None) -> pd.DataFrame:
-    """The finding boxes of labels.csv (`labels` as read: its index is the row), within their image.
+                   work: Work | None = None, source: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The finding boxes of labels.csv or readers.csv (`labels` as read: its index is the row), within their image.
 
     A box beyond its image (the width and height of meta.csv) is an error that lists such boxes by image and
-    line of labels.csv (``outside_boxes="error"``), or it is moved to the image's edge (``"clip"``) or left
+    line of the file (``outside_boxes="error"``), or it is moved to the image's edge (``"clip"``) or left
     out (``"drop"``) with a warning naming the images. Boxes under one pixel wide or high once clipped are
-    left out with a warning too. `work` names the files and the command in the messages.
+    left out with a warning too. `work` names the files and the command in the messages; `source` the file
+    the rows come from (default: work.labels).
     """
     check_outside_boxes(outside_boxes)
     boxes = labels[labels.class_id != NO_FINDING]
@@ -83,11 +97,11 @@ def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame, outside_boxes: str 
     xyxy = boxes[list(BOX)].to_numpy(dtype=np.float64)
     w, h = boxes.width.to_numpy(np.float64), boxes.height.to_numpy(np.float64)
     outside = ((xyxy[:, 0] < -_SLACK) | (xyxy[:, 1] < -_SLACK) | (xyxy[:, 2] > w + _SLACK) | (xyxy[:, 3] > h + _SLACK))
-    source = str(work.labels) if work else "labels.csv"
+    source = str(source or (work.labels if work else "labels.csv"))
     if outside.any():
         beyond = boxes[outside]
         if outside_boxes == "error":
-            raise ArtifactError(_outside_message(beyond, work))
+            raise ArtifactError(_outside_message(beyond, work, source))
         where = some([f"{i} (line {n})" for i, n in zip(beyond.image_id, beyond.line)], 5)
         if outside_boxes == "drop":
             logger.warning("%d box(es) of %s lie beyond their image and are left out (folds.outside_boxes=drop): %s",
@@ -106,13 +120,13 @@ def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame, outside_boxes: str 
     return boxes[keep].drop(columns="line")
 
 
-def _outside_message(beyond: pd.DataFrame, work: Work | None) -> str:
+def _outside_message(beyond: pd.DataFrame, work: Work | None, source: str) -> str:
     """The error for boxes beyond their image: each box (the first _LISTED), its image, line and size, and the fixes."""
     listed = "; ".join(
         f"{r.image_id} line {r.line}: ({_px(r.x_min)}, {_px(r.y_min)}, {_px(r.x_max)}, {_px(r.y_max)}) on "
         f"{int(r.width)} x {int(r.height)} px" for r in beyond.head(_LISTED).itertuples())
     more = f"; and {len(beyond) - _LISTED} more" if len(beyond) > _LISTED else ""
-    source, sizes = (work.labels, meta_path(work.images("train"))) if work else ("labels.csv", "meta.csv")
+    sizes = meta_path(work.images("train")) if work else "meta.csv"
     rerun = folds_command(work) if work else "vinbig folds"
     return (f"{source}: {len(beyond)} box(es) lie beyond their image (x_min, y_min, x_max, y_max on the width x "
             f"height of {sizes}): {listed}{more}. Fix them in train.csv and rerun '{rerun}', or choose what "
@@ -124,13 +138,76 @@ def _px(v: float) -> str:
     return f"{v:g}"
 
 
-def fold_dataset(work: Work | str | os.PathLike, fold: int, outside_boxes: str = "error") -> Path:
-    """Write (or reuse, when its inputs are unchanged) the dataset of `fold`; return its data.yaml.
+LABEL_MODES = ("consolidated", "per_reader")
+COPY_SEPARATOR = "__"  # a per_reader copy is named <image_id>__<rad_id>
 
-    `outside_boxes` (the config's folds.outside_boxes): what a box of labels.csv beyond its image becomes; see
-    training_boxes.
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """What a detector run trains on (its detector section's labels, exclude_readers, reader_weights) and how
+    readers' boxes are fused (the folds section)."""
+
+    mode: str = "consolidated"
+    exclude: tuple[str, ...] = ()  # the run's readers and folds.exclude_readers
+    weights: dict = field(default_factory=dict)  # folds.reader_weights updated by the run's
+    iou_thr: float = 0.4
+    skip_box_thr: float = 0.0
+    conf_type: str = "avg"
+    plain: bool = True  # labels.csv as it is: consolidated without the run's own readers settings
+    named: tuple[str, ...] = ()  # the readers the run's own settings name
+
+    def describe(self) -> str:
+        if self.plain:
+            return "labels=consolidated (labels.csv)"
+        weights = ",".join(f"{r}:{w:g}" for r, w in sorted(self.weights.items()))
+        return (f"labels={self.mode} exclude={','.join(self.exclude)} weights={weights} iou_thr={self.iou_thr:g} "
+                f"skip_box_thr={self.skip_box_thr:g} conf_type={self.conf_type}")
+
+
+def label_settings(run_cfg: Mapping | None, folds_cfg: Mapping | None, run: str = DEFAULT_RUN) -> LabelSettings:
+    """The LabelSettings of run `run` from its detector section `run_cfg` and the config's folds section;
+    a value of the wrong kind is a ConfigError naming the key."""
+    from vinbig.consolidate import check_reader_weights
+
+    run_cfg, folds_cfg = dict(run_cfg or {}), dict(folds_cfg or {})
+    where = f"detector run {run!r}"
+    mode = run_cfg.get("labels") or "consolidated"
+    if mode not in LABEL_MODES:
+        raise ConfigError(f"detector.labels of {where} is {mode!r}; use one of {', '.join(LABEL_MODES)}")
+    exclude = run_cfg.get("exclude_readers") or []
+    weights = run_cfg.get("reader_weights") or {}
+    if isinstance(exclude, str) or not isinstance(exclude, (list, tuple)):
+        raise ConfigError(f"detector.exclude_readers of {where} is {exclude!r}; give a list of reader ids, "
+                          "e.g. [R8, R9, R10]")
+    if not isinstance(weights, Mapping):
+        raise ConfigError(f"detector.reader_weights of {where} is {weights!r}; give reader ids and weights, "
+                          "e.g. {R8: 0.5}")
+    weights = {str(r): w for r, w in weights.items()}
+    check_reader_weights(weights, "detector")
+    if mode == "per_reader" and weights:
+        logger.warning("%s trains on each reader's own boxes (labels per_reader): its reader_weights %s are unused",
+                       where, weights)
+    return LabelSettings(
+        mode=mode,
+        exclude=tuple(sorted({str(r) for r in exclude} | {str(r) for r in folds_cfg.get("exclude_readers") or ()})),
+        weights={**{str(r): w for r, w in (folds_cfg.get("reader_weights") or {}).items()}, **weights},
+        iou_thr=float(folds_cfg.get("iou_thr", 0.4)), skip_box_thr=float(folds_cfg.get("skip_box_thr", 0.0)),
+        conf_type=str(folds_cfg.get("conf_type", "avg")),
+        plain=mode == "consolidated" and not exclude and not weights,
+        named=tuple(sorted({str(r) for r in exclude} | set(weights))))
+
+
+def fold_dataset(work: Work | str | os.PathLike, fold: int, outside_boxes: str = "error", *, run: str = DEFAULT_RUN,
+                 run_cfg: Mapping | None = None, folds_cfg: Mapping | None = None) -> Path:
+    """Write (or reuse, when its inputs are unchanged) the dataset of `fold` of detector run `run` in
+    WORK/detector/{run}/data/fold{k}; return its data.yaml.
+
+    `run_cfg` is the run's detector section (labels, exclude_readers, reader_weights: see the module doc; None:
+    labels.csv as it is), `folds_cfg` the config's folds section (how readers' boxes are fused). `outside_boxes`
+    (folds.outside_boxes): what a box of labels.csv or readers.csv beyond its image becomes; see training_boxes.
     """
     work = Work.of(work)
+    settings = label_settings(run_cfg, folds_cfg, run)
     image_dir = work.images("train")
     meta = read_meta(image_dir)
     labels = read_labels(work)
@@ -141,39 +218,138 @@ def fold_dataset(work: Work | str | os.PathLike, fold: int, outside_boxes: str =
         logger.warning("%d image(s) of folds.csv have no PNG in %s (failed conversion?), left out: %s",
                        len(missing), image_dir, some(missing))
     folds = folds[folds.image_id.isin(meta.image_id)]
-    boxes = training_boxes(labels[labels.image_id.isin(folds.image_id)], meta, outside_boxes, work)
+    val_ids = folds.image_id[folds.fold == fold]
+    train_ids = folds.image_id[folds.fold != fold]
+    # labels.csv's boxes of the validation images, and of the training images when the run trains on them
+    truth = training_boxes(labels[labels.image_id.isin(folds.image_id if settings.plain else val_ids)], meta,
+                           outside_boxes, work)
+    if settings.plain:
+        samples, boxes = _labels_samples("train", truth, train_ids)
+    else:
+        samples, boxes = _reader_samples(work, settings, train_ids, meta, outside_boxes, run, fold)
+    val_samples, val_boxes = _labels_samples("val", truth, val_ids)
+    samples = pd.concat([samples, val_samples], ignore_index=True)
+    boxes = pd.concat([boxes, val_boxes], ignore_index=True)
 
-    out = work.detector_data(fold)
-    stamp = _fingerprint(fold, folds, boxes, meta, image_dir)
+    out = work.detector_data(fold, run)
+    stamp = _fingerprint(fold, settings, samples, boxes, meta, image_dir)
     if (out / "source.sha1").is_file() and (out / "source.sha1").read_text() == stamp:
-        logger.info("fold %d dataset is up to date in %s", fold, out)
-        return work.data_yaml(fold)
+        logger.info("fold %d dataset of run %s is up to date in %s", fold, run, out)
+        return work.data_yaml(fold, run)
+    _write(out, fold, run, stamp, samples, boxes, meta, image_dir)
+    n_train = int((samples.subset == "train").sum())
+    n_images = samples.loc[samples.subset == "train", "image_id"].nunique()
+    copies = f" ({n_images} images, {settings.mode})" if n_train != n_images else ""
+    logger.info("fold %d dataset of run %s: %d train%s and %d val images, %d boxes, in %s",
+                fold, run, n_train, copies, len(samples) - n_train, len(boxes), out)
+    return work.data_yaml(fold, run)
 
+
+def _labels_samples(subset: str, truth: pd.DataFrame, ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One sample per image of `ids`, named by its id, with its boxes of `truth` (training_boxes of labels.csv)."""
+    boxes = truth[truth.image_id.isin(ids)]
+    ids = ids.to_numpy(dtype=object)
+    samples = pd.DataFrame({"subset": subset, "name": ids, "image_id": ids})
+    return samples, _named(boxes.assign(name=boxes.image_id), subset)
+
+
+def _named(boxes: pd.DataFrame, subset: str) -> pd.DataFrame:
+    return boxes.assign(subset=subset).loc[:, ["subset", "name", "image_id", "class_id", *BOX]]
+
+
+def _read_readers(work: Work, run: str, settings: LabelSettings) -> pd.DataFrame:
+    """WORK/readers.csv; a work folder of an older vinbig, which had none, is an error naming the fix."""
+    if not work.readers.is_file():
+        why = ("labels per_reader" if settings.mode == "per_reader"
+               else f"its own exclude_readers or reader_weights ({', '.join(settings.named)})")
+        raise ArtifactError(f"{work.readers} not found: detector run {run!r} trains on each reader's own boxes "
+                            f"({why}), which 'vinbig folds' keeps in that file; {work.root} was made by an older "
+                            f"vinbig: run '{folds_command(work)}' again (with the same settings labels.csv and "
+                            "folds.csv come out the same)")
+    return read_readers(work)
+
+
+def _reader_samples(work: Work, settings: LabelSettings, ids: pd.Series, meta: pd.DataFrame, outside_boxes: str,
+                    run: str, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training samples of a run that trains on readers.csv: per reader, or fused without its excluded
+    readers. Images left without a reader are left out, in one warning."""
+    readers = _read_readers(work, run, settings)
+    unknown = sorted(set(settings.named) - set(readers.rad_id))
+    if unknown:
+        logger.warning("detector run %r names reader(s) %s in exclude_readers or reader_weights, who read no image "
+                       "of %s", run, unknown, work.readers)
+    rows = readers[readers.image_id.isin(ids) & ~readers.rad_id.isin(settings.exclude)]
+    dropped = sorted(set(ids) - set(rows.image_id))
+    why = f"once {', '.join(settings.exclude)} are excluded" if settings.exclude else f"in {work.readers}"
+    if dropped:
+        logger.warning("run %s, fold %d: %d of %d training image(s) have no reader left %s and are left out of its "
+                       "training: %s", run, fold, len(dropped), len(ids), why, some(dropped, 5))
+    if rows.empty:
+        raise ConfigError(f"detector run {run!r}, fold {fold}: no training image has a reader left {why}; "
+                          "exclude fewer readers")
+    found = training_boxes(rows, meta, outside_boxes, work, work.readers)  # findings only, within the image
+    if settings.mode == "per_reader":
+        return _per_reader(rows, found)
+    nf = rows[rows.class_id == NO_FINDING]  # who read the image and saw nothing still counts as a reader
+    fused = _fuse_readers(pd.concat([found.loc[:, list(rows.columns)], nf]), settings, str(work.readers))
+    image_ids = pd.Series(sorted(set(rows.image_id)), dtype=object)
+    samples = pd.DataFrame({"subset": "train", "name": image_ids, "image_id": image_ids})
+    fused = fused[fused.class_id != NO_FINDING]
+    return samples, _named(fused.assign(name=fused.image_id), "train")
+
+
+def _fuse_readers(rows: pd.DataFrame, settings: LabelSettings, source: str) -> pd.DataFrame:
+    """`rows` of readers.csv fused per image and class as `vinbig folds` fuses train.csv into labels.csv (boxes
+    rounded to 1/1000 px, scores to 6 decimals); weights of readers absent from `rows` are not used."""
+    from vinbig.consolidate import consolidate  # ensemble-boxes and numba: only for the runs that need them
+
+    present = set(rows.rad_id)
+    fused = consolidate(rows, iou_thr=settings.iou_thr, skip_box_thr=settings.skip_box_thr,
+                        conf_type=settings.conf_type,
+                        reader_weights={r: w for r, w in settings.weights.items() if r in present}, source=source)
+    fused[list(BOX)] = fused[list(BOX)].round(3)
+    fused["score"] = fused["score"].round(6)
+    return fused
+
+
+def _per_reader(rows: pd.DataFrame, found: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One sample per (image, reader) of an image with findings, one per image without; each reader's boxes."""
+    pairs = rows.loc[:, ["image_id", "rad_id"]].drop_duplicates().sort_values(["image_id", "rad_id"])
+    abnormal = pairs.image_id.isin(set(found.image_id))
+    copies = pairs[abnormal]
+    normal = pd.Series(sorted(set(pairs.image_id[~abnormal])), dtype=object)
+    samples = pd.concat([
+        pd.DataFrame({"name": (copies.image_id + COPY_SEPARATOR + copies.rad_id).to_numpy(dtype=object),
+                      "image_id": copies.image_id.to_numpy(dtype=object)}),
+        pd.DataFrame({"name": normal, "image_id": normal})], ignore_index=True)
+    samples = samples.sort_values("name", ignore_index=True).assign(subset="train")
+    return samples.loc[:, ["subset", "name", "image_id"]], _named(
+        found.assign(name=found.image_id + COPY_SEPARATOR + found.rad_id), "train")
+
+
+def _write(out: Path, fold: int, run: str, stamp: str, samples: pd.DataFrame, boxes: pd.DataFrame,
+           meta: pd.DataFrame, image_dir: Path) -> None:
+    """The dataset in a temporary folder beside `out`, renamed onto it once complete."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     sizes = meta.set_index("image_id")[["width", "height"]]
-    by_image = {i: g for i, g in boxes.groupby("image_id")}
-    for subset, ids in (("train", folds.image_id[folds.fold != fold]), ("val", folds.image_id[folds.fold == fold])):
+    by_name = {key: g for key, g in boxes.groupby(["subset", "name"], sort=False)}
+    for subset in ("train", "val"):
         (tmp / "images" / subset).mkdir(parents=True)
         (tmp / "labels" / subset).mkdir(parents=True)
-        for image_id in ids:
-            _link(png_path(image_dir, image_id), png_path(tmp / "images" / subset, image_id))
-            g = by_image.get(image_id)
-            text = "" if g is None else label_text(g.class_id, g[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
-                                                    *sizes.loc[image_id])
-            (tmp / "labels" / subset / f"{image_id}.txt").write_text(text)
+    for subset, name, image_id in samples.itertuples(index=False):
+        _link(png_path(image_dir, image_id), png_path(tmp / "images" / subset, name))
+        g = by_name.get((subset, name))
+        text = "" if g is None else label_text(g.class_id, g[list(BOX)].to_numpy(), *sizes.loc[image_id])
+        (tmp / "labels" / subset / f"{name}.txt").write_text(text)
     data = {"train": "images/train", "val": "images/val",
             "nc": len(DETECTOR_CLASSES), "names": dict(enumerate(DETECTOR_CLASSES))}
-    (tmp / work.data_yaml(fold).name).write_text(
-        f"# ultralytics dataset of fold {fold}, written by vinbig train-detector; paths are relative to this file\n"
-        + yaml.safe_dump(data, sort_keys=False))
+    (tmp / "data.yaml").write_text(
+        f"# ultralytics dataset of fold {fold} of detector run {run}, written by vinbig train-detector; paths are "
+        "relative to this file\n" + yaml.safe_dump(data, sort_keys=False))
     (tmp / "source.sha1").write_text(stamp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    n_val = int((folds.fold == fold).sum())
-    logger.info("fold %d dataset: %d train and %d val images, %d boxes, in %s",
-                fold, len(folds) - n_val, n_val, len(boxes), out)
-    return work.data_yaml(fold)
 
 
 def _link(target: Path, link: Path) -> None:
@@ -187,9 +363,11 @@ def _link(target: Path, link: Path) -> None:
             shutil.copyfile(target, link)
 
 
-def _fingerprint(fold: int, folds: pd.DataFrame, boxes: pd.DataFrame, meta: pd.DataFrame, image_dir: Path) -> str:
-    h = hashlib.sha1(f"v1 fold={fold} images={image_dir.resolve()}\n".encode())
-    for df, cols in ((folds, ["image_id", "fold"]), (boxes, ["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]),
+def _fingerprint(fold: int, settings: LabelSettings, samples: pd.DataFrame, boxes: pd.DataFrame,
+                 meta: pd.DataFrame, image_dir: Path) -> str:
+    """sha1 of everything the dataset is made of: the label settings, the samples, their boxes and the sizes."""
+    h = hashlib.sha1(f"v2 fold={fold} images={image_dir.resolve()} {settings.describe()}\n".encode())
+    for df, cols in ((samples, ["subset", "name", "image_id"]), (boxes, ["subset", "name", "class_id", *BOX]),
                      (meta, ["image_id", "width", "height", "png_width", "png_height"])):
         h.update(df.sort_values(cols).to_csv(columns=cols, index=False).encode())
     return h.hexdigest()

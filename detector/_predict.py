@@ -1,14 +1,15 @@
-"""Predict with every fold's detector: out-of-fold on the train images, all folds on the test images.
+"""Predict with every fold's detector of every run: out-of-fold on the train images, all folds on the test images.
 
-Each (fold, tta) pair is one prediction set; the fusion stage merges them. Boxes are mapped from the
+Each (run, fold, tta) triple is one prediction set; the fusion stage merges them. Boxes are mapped from the
 PNG back to original DICOM pixels and clipped to the image. Rows are written to the parquet file in
 row groups as they come, so memory does not grow with the number of images; the file appears only
 when complete.
 
-Each PNG is read once: on the test split every fold model (and every TTA set) predicts a batch before the
-next batch is read, and background threads read the batches ahead. The rows are written fold by fold, in the
-order a loop over the folds would write them (later folds' rows wait in ``.partial`` files beside the output),
-so the file is the same as one pass per fold would make.
+Each PNG is read once: on the test split every fold model of every run (and every TTA set) predicts a batch
+before the next batch is read, and background threads read the batches ahead. The rows are written model by
+model, in the order a loop over the runs and folds would write them (later models' rows wait in ``.partial``
+files beside the output), so the file is the same as one pass per model would make. Predicting some runs only
+(``--run``) keeps the other runs' rows of the existing file.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from vinbig import log
-from vinbig.artifacts import (DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold, check_output,
-                              fold_ids, images_command, png_path, predict_command, read_folds, read_meta,
-                              train_command, write_fix, writing)
+from vinbig.artifacts import (DEFAULT_RUN, DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold,
+                              check_output, fold_ids, images_command, png_path, predict_command, read_folds,
+                              read_meta, train_command, write_fix, writing)
 from vinbig.boxes import clip, to_original
 from vinbig.devices import Device, parse_device
 
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 TTAS = ("none", "hflip")
 _ROW_GROUP = 200_000  # rows buffered before a parquet row group is written
 _PREFETCH = 2  # batches read ahead by background threads (0: read in the main thread as each batch is needed)
-_SINGLE_READ = True  # test split: every fold model predicts each batch read (False: a pass over the images per fold)
+_SINGLE_READ = True  # models that predict the same images share each batch read (False: a pass over the images per model)
 
 
 def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
@@ -51,10 +52,12 @@ def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
     return np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1)
 
 
-def weights_path(work: Work, fold: int, which: str = "best") -> Path:
-    path = work.checkpoint("detector", fold, which)
+def weights_path(work: Work, fold: int, which: str = "best", run: str = DEFAULT_RUN) -> Path:
+    path = work.checkpoint("detector", fold, which, run)
     if not path.is_file():
-        raise ArtifactError(f"no detector weights for fold {fold} at {path}; run '{train_command(work, 'detector', fold)}'")
+        what = f"fold {fold}" + (f" of run {run}" if run != DEFAULT_RUN else "")
+        raise ArtifactError(f"no detector weights for {what} at {path}; run "
+                            f"'{train_command(work, 'detector', fold, run)}'{work.old_layout_hint('detector')}")
     return path
 
 
@@ -82,7 +85,7 @@ def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd
 
 @dataclass(frozen=True)
 class DetectorPredictions:
-    """``path``: the parquet file written; ``boxes`` rows from ``sets`` (fold x TTA) over ``images`` images."""
+    """``path``: the parquet file written; ``boxes`` rows from ``sets`` (run x fold x TTA) over ``images`` images."""
 
     path: Path
     boxes: int
@@ -91,10 +94,13 @@ class DetectorPredictions:
 
 
 def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Sequence[str] = (),
-            folds: Sequence[int] | None = None, weights: str = "best", out: Path | None = None) -> DetectorPredictions:
+            folds: Sequence[int] | None = None, weights: str = "best", out: Path | None = None,
+            runs: Mapping[str, Mapping] | None = None, keep_runs: Sequence[str] = ()) -> DetectorPredictions:
     """Write ``WORK/preds/detector_{split}.parquet`` (or `out`).
 
-    Before any model runs, every fold's checkpoint is loaded and the output is checked to be writable; a
+    `runs` maps each run to predict to its detector section (vinbig.runs.run_config); None predicts the run
+    ``default`` with `cfg`. The rows of the runs `keep_runs` in the existing file are kept as they are.
+    Before any model runs, every checkpoint is loaded and the output is checked to be writable; a
     damaged checkpoint or an output that cannot be written is an error naming the file and the fix.
     """
     from detector._offline import follow_log_level  # first: ultralytics offline
@@ -106,57 +112,98 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
     if bad:
         raise ValueError(f"unknown TTA {bad}; choose from {list(TTAS[1:])}")
     sets = list(dict.fromkeys(["none", *tta]))  # each set once: a repeated one would count twice in fusion
-    meta, todo = plan(work, split, folds)
-    paths = {k: weights_path(work, k, weights) for k in todo}  # all present before any work starts
+    runs = dict(runs or {DEFAULT_RUN: cfg})
+    meta, by_fold = plan(work, split, folds)
+    keys = [(run, k) for run in runs for k in by_fold]  # one model per run and fold; todo, models: by index
+    todo = {m: by_fold[k] for m, (run, k) in enumerate(keys)}
+    paths = {m: weights_path(work, k, weights, run) for m, (run, k) in enumerate(keys)}  # all present first
     out = Path(out or work.detector_preds(split))
     made_by = predict_command(work, "detector", split)
     check_output(out, made_by)
-    models = {k: load_fold_model(work, k, weights, path) for k, path in paths.items()}  # all readable
+    kept = kept_rows(out, keep_runs, made_by)
+    models = {m: load_fold_model(work, keys[m][1], weights, path, keys[m][0]) for m, path in paths.items()}
     schema = parquet_schema()
-    device = parse_device(cfg["device"], "detector.device")
-    if len(device.gpus) > 1:
-        logger.warning("prediction runs on one device; using GPU %d of %s", device.gpus[0], list(device.gpus))
-        device = Device("cuda", device.gpus[:1])
-    args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
-                device=device.ultralytics)
-    args.update(_fp16(args["device"]))
+    device = prediction_device(cfg["device"])
+    args = {run: predict_args(c, device) for run, c in runs.items()}
     image_dir = work.images("train" if split == "oof" else "test")
     counted = {"boxes": 0}
 
-    def batches(ids: Sequence[str], pass_folds: Sequence[int]) -> Iterator[tuple[int, pd.DataFrame]]:
-        """``(fold, rows of one batch)``: each batch of `ids` read once, predicted by every fold of `pass_folds`."""
+    def batches(ids: Sequence[str], pass_models: Sequence[int]) -> Iterator[tuple[int, pd.DataFrame]]:
+        """``(model, rows of one batch)``: each batch of `ids` read once, predicted by every model of the pass."""
+        names = [f"{keys[m][0]}/{keys[m][1]}" if len(runs) > 1 else str(keys[m][1]) for m in pass_models]
         bar = log.progress(total=len(ids), unit="img",
-                           desc=f"{split} fold{'s' * (len(pass_folds) > 1)} {','.join(map(str, pass_folds))}")
-        for chunk, images in read_batches(image_dir, ids, cfg["predict_batch"], _PREFETCH):
+                           desc=f"{split} fold{'s' * (len(pass_models) > 1)} {','.join(names)}")
+        batch = min(c["predict_batch"] for c in runs.values())
+        for chunk, images in read_batches(image_dir, ids, batch, _PREFETCH):
             flipped = [cv2.flip(im, 1) for im in images] if "hflip" in sets else None
-            for fold in pass_folds:
-                rows = _predict_images(models[fold], chunk, images, flipped, meta, fold, sets, args)
+            for m in pass_models:
+                run, fold = keys[m]
+                rows = _predict_images(models[m], chunk, images, flipped, meta, fold, sets, args[run], run)
                 counted["boxes"] += len(rows)
-                yield fold, rows
+                yield m, rows
             bar.update(len(chunk))
         bar.close()
-        for fold in pass_folds:
-            del models[fold]  # released once its pass is done
+        for m in pass_models:
+            del models[m]  # released once its pass is done
 
     def frames() -> Iterator[pd.DataFrame]:
-        for ids, pass_folds in passes(split, todo):
-            yield from fold_order(batches(ids, pass_folds), pass_folds, out, made_by, schema)
+        pairs = (item for ids, pass_models in passes(split, todo) for item in batches(ids, pass_models))
+        yield from fold_order(pairs, list(todo), out, made_by, schema)  # model by model, whatever the passes
+        yield from kept
 
     with contextlib.closing(row_groups(frames(), schema)) as tables:  # spill files go, also on an error
         write_parquet(out, tables, schema, made_by)
     n_boxes, n_images = counted["boxes"], len({i for v in todo.values() for i in v})
-    logger.info("%s: %d boxes from %d fold model(s) x %d prediction set(s) (%s) on %d images -> %s", split,
-                n_boxes, len(todo), len(sets), ", ".join(sets), n_images, out)
-    return DetectorPredictions(out, n_boxes, n_images, len(todo) * len(sets))
+    logger.info("%s: %d boxes from %d model(s) (run%s %s, folds %s) x %d prediction set(s) (%s) on %d images -> %s%s",
+                split, n_boxes, len(keys), "s" * (len(runs) > 1), ", ".join(runs), ",".join(map(str, by_fold)),
+                len(sets), ", ".join(sets), n_images, out,
+                f"; kept the rows of run(s) {', '.join(keep_runs)}" if keep_runs and out.is_file() else "")
+    return DetectorPredictions(out, n_boxes, n_images, len(keys) * len(sets))
 
 
-def load_fold_model(work: Work, fold: int, weights: str, path: Path):
+def prediction_device(device_cfg) -> Device:
+    """detector.device for prediction: one device (the first GPU of several)."""
+    device = parse_device(device_cfg, "detector.device")
+    if len(device.gpus) > 1:
+        logger.warning("prediction runs on one device; using GPU %d of %s", device.gpus[0], list(device.gpus))
+        device = Device("cuda", device.gpus[:1])
+    return device
+
+
+def predict_args(cfg: Mapping, device: Device) -> dict:
+    """ultralytics' predict() arguments of a run's detector section `cfg` on `device`."""
+    args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
+                device=device.ultralytics)
+    args.update(_fp16(args["device"]))
+    return args
+
+
+def kept_rows(out: Path, keep_runs: Sequence[str], made_by: str) -> list[pd.DataFrame]:
+    """The rows of the runs `keep_runs` in the existing prediction file `out` (read now, before it is replaced)."""
+    if not keep_runs or not out.is_file():
+        return []
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(out).names
+        if "run" not in names:
+            logger.warning("%s was written before named runs; the rows of runs %s are not kept: predict them again "
+                           "(without --run)", out, ", ".join(keep_runs))
+            return []
+        df = pd.read_parquet(out, filters=[("run", "in", list(keep_runs))])
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise ArtifactError(f"{out} is not a readable parquet file ({e}), so the other runs' rows cannot be kept; "
+                            f"run '{made_by}' without --run") from None
+    return [df] if len(df) else []
+
+
+def load_fold_model(work: Work, fold: int, weights: str, path: Path, run: str = DEFAULT_RUN):
     """The ultralytics model of `path`, fold `fold`'s `weights` checkpoint; a damaged file names the fixes."""
     from detector._offline import load_yolo
 
     other = "last" if weights == "best" else "best"
     return load_yolo(path, f"predict with each fold's {other}.pt (--weights {other}) or train fold {fold} again: "
-                           f"'{train_command(work, 'detector', fold)} --overwrite'")
+                           f"'{train_command(work, 'detector', fold, run)} --overwrite'")
 
 
 def write_parquet(out: Path, tables: Iterable, schema, made_by: str) -> Path:
@@ -194,11 +241,15 @@ def _fp16(device) -> dict:
 
 
 def passes(split: str, todo: Mapping[int, Sequence[str]]) -> list[tuple[list[str], list[int]]]:
-    """The passes over the images, ``(image ids, folds predicting them)``: the test split is one pass in which
-    every fold predicts each image read (all of them see the same images); oof is one pass per fold."""
-    if split == "test" and _SINGLE_READ and todo:
-        return [(list(next(iter(todo.values()))), list(todo))]
-    return [(list(ids), [fold]) for fold, ids in todo.items()]
+    """The passes over the images, ``(image ids, models predicting them)``: models that predict the same images
+    share a pass in which each predicts every batch read: on the test split every model, on oof the runs'
+    models of one fold."""
+    if not _SINGLE_READ:
+        return [(list(ids), [m]) for m, ids in todo.items()]
+    groups: dict[tuple, list[int]] = {}
+    for m, ids in todo.items():
+        groups.setdefault(tuple(ids), []).append(m)
+    return [(list(ids), models) for ids, models in groups.items()]
 
 
 def read_batches(image_dir: Path, ids: Sequence[str], batch: int, prefetch: int = _PREFETCH
@@ -242,7 +293,8 @@ def parquet_schema():
     the boxes float32."""
     import pyarrow as pa
 
-    types = {"image_id": pa.string(), "fold": pa.int16(), "tta": pa.string(), "class_id": pa.int16()}
+    types = {"image_id": pa.string(), "run": pa.string(), "fold": pa.int16(), "tta": pa.string(),
+             "class_id": pa.int16()}
     return pa.schema([(c, types.get(c, pa.float32())) for c in DETECTOR_PRED_COLUMNS])
 
 
@@ -309,7 +361,8 @@ def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
 
 
 def _predict_images(model, ids: Sequence[str], images: list[np.ndarray], flipped: list[np.ndarray] | None,
-                    meta: pd.DataFrame, fold: int, sets: Sequence[str], args: Mapping) -> pd.DataFrame:
+                    meta: pd.DataFrame, fold: int, sets: Sequence[str], args: Mapping,
+                    run: str = DEFAULT_RUN) -> pd.DataFrame:
     """The rows of one fold model's prediction sets on one batch (`flipped`: the images mirrored, for hflip)."""
     frames = []
     for tta in sets:
@@ -320,16 +373,16 @@ def _predict_images(model, ids: Sequence[str], images: list[np.ndarray], flipped
             if tta == "hflip":
                 xyxy = unflip_boxes(xyxy, im.shape[1])
             frames.append(_rows(image_id, fold, tta, boxes.cls.cpu().numpy(), boxes.conf.cpu().numpy(),
-                                xyxy, meta.loc[image_id]))
+                                xyxy, meta.loc[image_id], run))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DETECTOR_PRED_COLUMNS)
 
 
 def _rows(image_id: str, fold: int, tta: str, cls: np.ndarray, conf: np.ndarray, xyxy_png: np.ndarray,
-          m: pd.Series) -> pd.DataFrame:
+          m: pd.Series, run: str = DEFAULT_RUN) -> pd.DataFrame:
     xyxy = clip(to_original(xyxy_png, m.width, m.height, m.png_width, m.png_height), m.width, m.height)
     keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     n = int(keep.sum())
-    return pd.DataFrame({"image_id": [image_id] * n, "fold": fold, "tta": tta, "class_id": cls[keep].astype(int),
+    return pd.DataFrame({"image_id": [image_id] * n, "run": run, "fold": fold, "tta": tta, "class_id": cls[keep].astype(int),
                          "score": conf[keep], "x_min": xyxy[keep, 0], "y_min": xyxy[keep, 1],
                          "x_max": xyxy[keep, 2], "y_max": xyxy[keep, 3]})
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from vinbig.artifacts import Work, config_path, train_command
+from vinbig.artifacts import DEFAULT_RUN, Work, config_path, train_command
 from vinbig.config import settings
 from vinbig.devices import parse_device
 from vinbig.errors import ConfigError
@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 # keys of the detector section that vinbig reads itself; every other key goes to ultralytics' train() under its
 # own name, so that a new training setting is one line in configs/default.yaml
-VINBIG_KEYS = ("model", "device", "extra", "conf", "iou", "max_det", "predict_batch")
+VINBIG_KEYS = ("model", "device", "extra", "conf", "iou", "max_det", "predict_batch", "labels", "exclude_readers",
+               "reader_weights")
 TRAIN_KEYS = tuple(s.key for s in settings("detector") if s.key not in VINBIG_KEYS)
 
 
@@ -100,8 +101,9 @@ class DetectorRun:
 
 def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resume: bool = False,
                overwrite: bool = False, resume_overrides: Mapping | None = None,
-               callbacks: Mapping[str, Callable] | None = None, outside_boxes: str = "error") -> DetectorRun:
-    """Train fold `fold` with the detector config section `cfg`.
+               callbacks: Mapping[str, Callable] | None = None, outside_boxes: str = "error",
+               run: str = DEFAULT_RUN, folds_cfg: Mapping | None = None) -> DetectorRun:
+    """Train fold `fold` of the run `run` (WORK/detector/RUN/foldK) with the run's detector section `cfg`.
 
     `resume` continues ``weights/last.pt`` of an interrupted run with the run's own arguments, changed
     only by `resume_overrides` (keys of RESUME_KEYS) and the device, which is always this session's (``cfg``'s
@@ -109,6 +111,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     as it is. `callbacks` maps ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the
     trainer of this process (the workers of a DDP run over several GPUs do not get them). `outside_boxes`
     (folds.outside_boxes: error, clip or drop) says what a box of labels.csv beyond its image becomes.
+    `cfg`'s labels, exclude_readers and reader_weights choose the training labels, with the folds section
+    `folds_cfg` (see detector._dataset.fold_dataset).
     A damaged last.pt (or .pt given as detector.model) is an error naming the file and the fix.
     """
     from detector._dataset import fold_dataset
@@ -117,13 +121,14 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
 
     verbose = follow_log_level()
     work = Work.of(work)
-    run_dir = work.fold_dir("detector", fold)
-    last = work.checkpoint("detector", fold, "last")
+    run_dir = work.fold_dir("detector", fold, run)
+    last = work.checkpoint("detector", fold, "last", run)
+    again = train_command(work, "detector", fold, run)
     if resume:
         if not last.is_file():
             raise ConfigError(f"--resume: no {last} to resume from; train without --resume first")
         model = load_yolo(last, f"the run cannot continue from it: start fold {fold} over with "
-                                f"'{train_command(work, 'detector', fold)} --overwrite'")
+                                f"'{again} --overwrite'")
         ckpt = model.ckpt or {}
         # A finished run's last.pt has no optimizer and epoch -1; given one, ultralytics would start a new
         # training on its default dataset (coco8, a download) instead of refusing.
@@ -132,7 +137,7 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
                         fold, run_dir)
             return DetectorRun(run_dir, False)
         _add_callbacks(model, callbacks)
-        data_yaml = work.data_yaml(fold)
+        data_yaml = work.data_yaml(fold, run)
         logger.info("fold %d: resuming %s after epoch %d", fold, last, ckpt["epoch"] + 1)
         changes = dict(resume_overrides or {})
         ignored = sorted(set(changes) - set(RESUME_KEYS))
@@ -158,7 +163,7 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
                           ConfigError, "detector.model: ")
     else:
         model = YOLO(model_path)
-    data_yaml = fold_dataset(work, fold, outside_boxes)
+    data_yaml = fold_dataset(work, fold, outside_boxes, run=run, run_cfg=cfg, folds_cfg=folds_cfg)
     _add_callbacks(model, callbacks)
     args = {"verbose": verbose, **train_args(cfg, data_yaml, run_dir)}
     ddp = f" (DDP over {len(str(args['device']).split(','))} GPUs)" if "," in str(args["device"]) else ""

@@ -7,6 +7,7 @@ import logging
 
 from vinbig.artifacts import Work, check_fold, config_path
 from vinbig.options import Outcome, given, predict_arguments, train_arguments
+from vinbig.runs import one_run, run_argument, run_config, run_names, select
 
 logger = logging.getLogger("vinbig")
 
@@ -20,10 +21,16 @@ def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
 
     work = Work(args.work)
     check_fold(work, args.fold)
+    name = one_run(cfg, "detector", args.run)
+    # the options given on the command line win over the run's keys, as over the rest of the config
+    section = {**run_config(cfg, "detector", name), **given(args).get("detector", {})}
     # folds.outside_boxes (--set folds.outside_boxes=clip): what a box of labels.csv beyond its image becomes
-    run = train_fold(work, args.fold, cfg["detector"], resume=args.resume, overwrite=args.overwrite,
-                     resume_overrides=given(args).get("detector", {}), outside_boxes=cfg["folds"]["outside_boxes"])
-    logger.info("fold %d: %s", args.fold, run.summary)
+    run = train_fold(work, args.fold, section, resume=args.resume, overwrite=args.overwrite,
+                     resume_overrides=given(args).get("detector", {}), outside_boxes=cfg["folds"]["outside_boxes"],
+                     run=name, folds_cfg=cfg["folds"])
+    cfg["detector"] = section  # saved beside the weights: the run's own section
+    logger.info("%sfold %d: %s", f"run {name}, " if len(run_names(cfg, "detector")) > 1 else "", args.fold,
+                run.summary)
     # a resumed run keeps the config it started with (written now if its first session was killed before)
     saved = config_path(run.run_dir, "detector")
     return Outcome(0, None if args.resume and saved.is_file() else saved)
@@ -32,8 +39,12 @@ def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
 def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
     from detector._predict import predict
 
+    chosen = select(cfg, "detector", args.runs)
+    given_keys = given(args).get("detector", {})
+    runs = {name: {**run_config(cfg, "detector", name), **given_keys} for name in chosen}
+    keep = [name for name in run_names(cfg, "detector") if name not in chosen]
     result = predict(args.work, args.split, cfg["detector"], tta=args.tta or (), folds=args.folds,
-                     weights=args.weights)
+                     weights=args.weights, runs=runs, keep_runs=keep)
     return Outcome(0, config_path(result.path.parent, f"detector_{args.split}"))
 
 
@@ -45,21 +56,26 @@ def register(add) -> None:
             "detector section. A box of labels.csv beyond its image stops the command with a list of them, "
             "unless --set folds.outside_boxes=clip (moved to the edge) or drop (left out). The model is an "
             "architecture yaml trained from scratch or a local .pt file; nothing is downloaded. Outputs: "
-            "WORK/detector/foldK/ (weights/best.pt, weights/last.pt, results.csv, args.yaml, plots). GPUs: "
+            "WORK/detector/RUN/foldK/ (weights/best.pt, weights/last.pt, results.csv, args.yaml, plots); RUN is "
+            "one of the config's runs.detector, each the detector section with the keys it changes ('default' "
+            "when none is declared; --run NAME when there are several). GPUs: "
             "detector.device null trains on every GPU torch sees (DDP over several; GPU 0 alone with --batch -1), "
             "--device 0,1 on those; --resume continues on this session's device, whatever the run started on. "
             "One fold per job spreads folds over machines.", sections=["detector"],
-            reads=["folds"])
+            reads=["folds", "runs"])
     train_arguments(p, "detector")
+    run_argument(p, "detector", many=False)
 
-    p = add("predict-detector", cmd_predict, "predict boxes with the fold detectors",
+    p = add("predict-detector", cmd_predict, "predict boxes with the fold detectors of every run",
+            "Every run of the config's runs.detector (or --run NAME) predicts with its own size and thresholds; "
             "oof: each fold's model predicts its own validation images; test: every fold's model predicts "
             "every image of WORK/images/test. Keeps low-confidence boxes (the metric does not punish them). "
             "--tta hflip adds the flipped image's boxes, flipped back, as a separate prediction set. Writes "
-            "WORK/preds/detector_{oof,test}.parquet: image_id, fold, tta, class_id, score, x_min, y_min, "
-            "x_max, y_max in original DICOM pixels, clipped to the image.", sections=["detector"],
-            aliases={"--batch": "predict_batch"})
+            "WORK/preds/detector_{oof,test}.parquet: image_id, run, fold, tta, class_id, score, x_min, y_min, "
+            "x_max, y_max in original DICOM pixels, clipped to the image; with --run, the other runs' rows of the "
+            "file are kept.", sections=["detector"], aliases={"--batch": "predict_batch"}, reads=["runs"])
     predict_arguments(p)
+    run_argument(p, "detector", many=True)
     p.add_argument("--tta", action="append", choices=["hflip"],
                    help="test-time augmentation: hflip adds the mirrored image's boxes as their own set")
     p.add_argument("--folds", type=_folds, metavar="0,1,2", help="only these folds (default: all of folds.csv)")

@@ -10,7 +10,7 @@ _EXPORTS = {
     "validate_train_csv": "folds._validate",
     "check_box_extents": "folds._validate",
     "TrainCsvError": "vinbig.errors",
-    "consolidate": "folds._consolidate",
+    "consolidate": "vinbig.consolidate",
     "split_folds": "folds._split",
     "make_folds": "folds._split",
 }

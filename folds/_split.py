@@ -1,4 +1,5 @@
-"""`vinbig folds`: validate train.csv, fuse the readers' boxes into labels.csv, split images into folds.csv.
+"""`vinbig folds`: validate train.csv, fuse the readers' boxes into labels.csv, split images into folds.csv, keep
+each reader's own boxes in readers.csv.
 
 Folds split images, never rows: every row of an image (all its readers, all its boxes) lands in
 the image's one fold. The split is a multilabel stratified k-fold (iterative stratification) on
@@ -19,10 +20,10 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from folds._consolidate import consolidate
 from folds._validate import check_box_extents, validate_train_csv
-from vinbig.artifacts import (BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, Work, atomic_path,
-                              check_outside_boxes, check_writable, meta_path, read_meta)
+from vinbig.artifacts import (BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, READER_COLUMNS, Work,
+                              atomic_path, check_outside_boxes, check_writable, meta_path, read_meta)
+from vinbig.consolidate import consolidate
 from vinbig.errors import ArtifactError, ConfigError
 from vinbig.log import some
 
@@ -72,10 +73,11 @@ def _class_table(labels: pd.DataFrame, folds: pd.DataFrame, n_folds: int) -> str
 
 @dataclass(frozen=True)
 class FoldsResult:
-    """What `vinbig folds` wrote: WORK/labels.csv and WORK/folds.csv, and what they hold."""
+    """What `vinbig folds` wrote: WORK/labels.csv, WORK/folds.csv and WORK/readers.csv, and what they hold."""
 
     labels: Path
     folds: Path
+    readers: Path
     images: int
     normal: int
     abnormal: int
@@ -98,33 +100,48 @@ def _check_extents(train: pd.DataFrame, train_csv, work: Work, outside_boxes: st
                              sizes_path=meta_path(image_dir))
 
 
-def _write_pair(work: Work, labels: pd.DataFrame, folds: pd.DataFrame) -> None:
-    """labels.csv and folds.csv, renamed into place only when both are written; a failed write names the file."""
+def reader_boxes(train: pd.DataFrame, images: Iterable[str], exclude_readers: Iterable[str] = ()) -> pd.DataFrame:
+    """readers.csv (READER_COLUMNS): the rows of `train` (validated, boxes beyond their image already handled) of
+    `images` whose reader is not excluded; "No finding" rows keep their empty box. Sorted by image, reader, class
+    and box, so the same train.csv always gives the same file."""
+    rows = train[train["image_id"].isin(set(images)) & ~train["rad_id"].isin(set(exclude_readers or ()))]
+    return rows.loc[:, list(READER_COLUMNS)].sort_values(["image_id", "rad_id", "class_id", *BOX], kind="stable",
+                                                          ignore_index=True)
+
+
+def _write_outputs(work: Work, labels: pd.DataFrame, folds: pd.DataFrame, readers: pd.DataFrame) -> None:
+    """labels.csv, folds.csv and readers.csv, renamed into place only when all three are written, so they never
+    disagree; a failed write names the file."""
     target = work.labels
     try:
-        with atomic_path(work.labels) as labels_tmp, atomic_path(work.folds) as folds_tmp:
+        with (atomic_path(work.labels) as labels_tmp, atomic_path(work.folds) as folds_tmp,
+              atomic_path(work.readers) as readers_tmp):
             labels.loc[:, list(LABEL_COLUMNS)].to_csv(labels_tmp, index=False)
             target = work.folds
             folds.loc[:, list(FOLD_COLUMNS)].to_csv(folds_tmp, index=False)
+            target = work.readers
+            readers.loc[:, list(READER_COLUMNS)].to_csv(readers_tmp, index=False)
     except OSError as e:
         raise ArtifactError(f"cannot write {target}: {e.strerror or e}; free some disk space or fix the "
-                            f"permissions of {work.root}, then rerun the same command (the earlier labels.csv and "
-                            "folds.csv, if any, are unchanged)") from None
+                            f"permissions of {work.root}, then rerun the same command (the earlier labels.csv, "
+                            "folds.csv and readers.csv, if any, are unchanged)") from None
 
 
 def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, n_folds: int = 5, seed: int = 42,
                iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
                reader_weights: Mapping[str, float] | None = None, exclude_readers: Iterable[str] = (),
                outside_boxes: str = "error") -> FoldsResult:
-    """The `vinbig folds` stage: validate train.csv, write WORK/labels.csv and WORK/folds.csv.
+    """The `vinbig folds` stage: validate train.csv, write WORK/labels.csv, WORK/folds.csv and WORK/readers.csv.
 
-    labels.csv holds the fused boxes (see folds._consolidate; coordinates rounded to 1/1000 px,
+    labels.csv holds the fused boxes (see vinbig.consolidate; coordinates rounded to 1/1000 px,
     scores to 6 decimals, which only removes WBF's float32 noise). folds.csv holds the images
     that remain in labels.csv, stratified on their train.csv rows of all readers, so excluding
     readers does not move an image to another fold. When WORK/images/train/meta.csv exists, every box
     is checked against the size of its image first (`outside_boxes`: error, clip or drop; see
-    folds._validate.check_box_extents). Both files are written only once both are ready, after the
-    work folder has been checked to be writable: a failed run leaves the earlier pair in place.
+    folds._validate.check_box_extents). readers.csv holds every reader's own boxes of the images of folds.csv
+    (train.csv's rows after `exclude_readers` and `outside_boxes`), for detector runs that train on them. The
+    three files are written only once all are ready, after the work folder has been checked to be writable: a
+    failed run leaves the earlier ones in place.
     """
     start = time.perf_counter()
     work = Work.of(work)
@@ -138,18 +155,19 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     train = checked
     check_writable(work.labels)  # before the fusion, which takes minutes on the real data
     check_writable(work.folds)
+    check_writable(work.readers)
     labels = consolidate(train, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
                          reader_weights=reader_weights, exclude_readers=exclude_readers)
     labels[list(BOX)] = labels[list(BOX)].round(3)
     labels["score"] = labels["score"].round(6)
     kept = set(labels["image_id"].unique())
     folds = split_folds(train[train["image_id"].isin(kept)], n_folds=n_folds, seed=seed)
-    _write_pair(work, labels, folds)
+    _write_outputs(work, labels, folds, reader_boxes(train, folds["image_id"], exclude_readers))
 
     exclude = set(exclude_readers or ())
     normal_images = labels.loc[labels["class_id"] == NO_FINDING, "image_id"].nunique()
     r = FoldsResult(
-        labels=work.labels, folds=work.folds, images=len(folds), normal=int(normal_images),
+        labels=work.labels, folds=work.folds, readers=work.readers, images=len(folds), normal=int(normal_images),
         abnormal=int(len(folds) - normal_images),
         dropped_images=int(train["image_id"].nunique() + len(lost) - len(folds)),
         rows=len(train), boxes_before=int(((train["class_id"] != NO_FINDING) & ~train["rad_id"].isin(exclude)).sum()),
@@ -159,5 +177,5 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     logger.info("%s: %d rows, %d images (%d normal, %d abnormal, %d dropped); %d reader boxes fused into %d",
                 train_csv, r.rows, r.images, r.normal, r.abnormal, r.dropped_images, r.boxes_before, r.boxes_after)
     logger.info("images per class and fold:\n%s", _class_table(labels, folds, n_folds))
-    logger.info("wrote %s and %s in %.1f s", work.labels, work.folds, r.seconds)
+    logger.info("wrote %s, %s and %s in %.1f s", work.labels, work.folds, work.readers, r.seconds)
     return r

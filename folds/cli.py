@@ -46,8 +46,10 @@ def register(add) -> None:
             "Validate train.csv (stops naming the row and column of every fault; exact duplicate rows are "
             "reported and counted once), check every box against the size of its image once `vinbig images` has "
             "written WORK/images/train/meta.csv (--outside-boxes), fuse the three readers' boxes per image and "
-            "class with weighted boxes fusion into WORK/labels.csv, and split the images into folds stratified on "
-            "class presence into WORK/folds.csv.", sections=["folds"])
+            "class with weighted boxes fusion into WORK/labels.csv, split the images into folds stratified on class "
+            "presence into WORK/folds.csv, and keep every reader's own boxes of those images in WORK/readers.csv "
+            "(for detector runs with labels per_reader or their own exclude_readers / reader_weights). The three "
+            "files are replaced together.", sections=["folds"])
     p.add_argument("--train-csv", required=True, type=Path, dest="train_csv", metavar="PATH",
                    help="the competition's train.csv")
     p.add_argument("--out", required=True, type=Path, metavar="WORK", help="work folder")

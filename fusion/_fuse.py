@@ -1,9 +1,10 @@
 """Fuse the detector's prediction sets of each image with weighted boxes fusion.
 
-A prediction set is one (fold, tta) of ``WORK/preds/detector_{split}.parquet``. Each image's boxes
+A prediction set is one (run, fold, tta) of ``WORK/preds/detector_{split}.parquet``. Each image's boxes
 are normalized by its original width and height (meta.csv) and fused over the sets that predicted
-it: every set of the file for the test split; the sets of the image's own fold (folds.csv) for
-the out-of-fold split. A set that gave no box for the image still counts as a model (it lowers
+it: every set of the file for the test split; the sets of the image's own fold (folds.csv), of every run, for
+the out-of-fold split. A set weighs its run's weight (fusion.run_weights; 0 leaves the run out) times its own
+(fusion.weights). A set that gave no box for the image still counts as a model (it lowers
 the fused scores, as in ensemble-boxes). Images are fused in chunks, in parallel processes when
 there are enough boxes to pay for starting them (ensemble-boxes engine: always).
 """
@@ -52,20 +53,27 @@ class FusionInput:
     model: np.ndarray  # (n,) index of the box's set in its image's model list
     group: np.ndarray  # (m,) index into group_weights: which sets predicted the image
     group_weights: list  # one weight array per group (one weight per set, in set order)
-    sets: list  # "FOLD/TTA" names of the sets, in file order
+    sets: list  # "RUN/FOLD/TTA" names of the sets, in file order
 
     @property
     def n_boxes(self) -> int:
         return len(self.scores)
 
 
-def set_weight(name: str, weights: dict) -> float:
-    """The weight of set ``"FOLD/TTA"``: key FOLD/TTA, else */TTA, else FOLD/*, else 1."""
-    fold, tta = name.split("/", 1)
-    for key in (name, f"*/{tta}", f"{fold}/*"):
-        if key in weights:
-            return float(weights[key])
-    return 1.0
+def set_weight(name: str, weights: dict, run_weights: dict | None = None) -> float:
+    """The weight of set ``"RUN/FOLD/TTA"``: the run's weight in `run_weights` (unnamed: 1) times the first key of
+    `weights` that matches it, the most specific first (``*`` matches any part; a key FOLD/TTA means
+    */FOLD/TTA), else 1."""
+    parts = name.split("/", 2)
+    best, found = -1, 1.0
+    for key, w in weights.items():
+        pattern = str(key).split("/")
+        pattern = ["*", *pattern] if len(pattern) == 2 else pattern
+        if all(p in ("*", v) for p, v in zip(pattern, parts)):
+            specific = sum(p != "*" for p in pattern)
+            if specific > best:
+                best, found = specific, float(w)
+    return found * float((run_weights or {}).get(parts[0], 1.0))
 
 
 def check_params(iou_thr: float, skip_box_thr: float, conf_type: str, engine: str, weights: dict) -> None:
@@ -73,10 +81,10 @@ def check_params(iou_thr: float, skip_box_thr: float, conf_type: str, engine: st
     if engine not in ENGINES:
         raise ConfigError(f"fusion.engine is {engine!r}; use one of {list(ENGINES)}")
     bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0
-           or str(k).count("/") != 1}
+           or str(k).count("/") not in (1, 2)}
     if bad:
-        raise ConfigError(f"fusion.weights {bad}: keys are FOLD/TTA, */TTA or FOLD/* (e.g. '*/hflip') and "
-                          "weights numbers above 0")
+        raise ConfigError(f"fusion.weights {bad}: keys are RUN/FOLD/TTA with * for any part (e.g. '*/*/hflip', "
+                          "'m640/*/*'; FOLD/TTA means */FOLD/TTA) and weights numbers above 0")
 
 
 def usable_rows(work: Work, split: str, preds: pd.DataFrame, known: np.ndarray) -> np.ndarray:
@@ -112,15 +120,42 @@ def usable_rows(work: Work, split: str, preds: pd.DataFrame, known: np.ndarray) 
     return ~bad
 
 
-def load_inputs(work: Work | str | os.PathLike, split: str, image_ids=None, weights: dict | None = None) -> FusionInput:
+def load_inputs(work: Work | str | os.PathLike, split: str, image_ids=None, weights: dict | None = None,
+                run_weights: dict | None = None, runs=None) -> FusionInput:
     """Read the detector's predictions of `split` and arrange them for fusion.
 
     `image_ids`: the images to predict, in order (test: the sample submission's). None means, for
     oof, the images of folds.csv whose fold appears in the prediction file; for test, those of meta.csv.
+    `runs`: only these detector runs' sets (None: every run of the file); a run of weight 0 in `run_weights`
+    is left out.
     """
+    src = prepare(work, split, image_ids, runs, run_weights)
+    return arrange(src.preds, src.meta, src.image_ids, weights, run_weights, src.fold_of, src.meta_row)
+
+
+@dataclass
+class Prepared:
+    """The usable rows of a prediction file, the image sizes, the images to predict and their folds (oof)."""
+
+    preds: pd.DataFrame
+    meta: pd.DataFrame
+    image_ids: np.ndarray
+    fold_of: np.ndarray | None
+    meta_row: np.ndarray  # each row's image in meta
+
+    def only(self, runs) -> "Prepared":
+        """The rows of the detector runs `runs`."""
+        keep = self.preds["run"].isin(list(runs)).to_numpy()
+        return Prepared(self.preds[keep].reset_index(drop=True), self.meta, self.image_ids, self.fold_of,
+                        self.meta_row[keep])
+
+
+def prepare(work: Work | str | os.PathLike, split: str, image_ids=None, runs=None,
+            run_weights: dict | None = None) -> Prepared:
+    """The detector's predictions of `split` checked and read once, before :func:`arrange` (see load_inputs)."""
     work = Work.of(work)
-    weights = weights or {}
     preds = read_detector_preds(work, split)
+    preds = only_runs(preds, runs, run_weights, work.detector_preds(split))
     meta = read_meta(work.images("train" if split == "oof" else "test")).set_index("image_id")
     bad = ~preds["class_id"].between(0, len(CLASS_NAMES) - 1)
     if bad.any():
@@ -147,15 +182,44 @@ def load_inputs(work: Work | str | os.PathLike, split: str, image_ids=None, weig
         fold_of = folds.reindex(image_ids).to_numpy()
     elif image_ids is None:
         image_ids = meta.index.to_numpy()
+    return Prepared(preds, meta, np.asarray(image_ids).astype(str), fold_of, meta_row)
+
+
+def only_runs(preds: pd.DataFrame, runs, run_weights: dict | None, path) -> pd.DataFrame:
+    """The rows of `preds` of the runs `runs` (None: all) whose weight in `run_weights` is not 0."""
+    present = list(pd.unique(preds["run"]))
+    if runs is None and not present:  # not one box
+        return preds
+    keep = present if runs is None else list(runs)
+    missing = [r for r in keep if r not in present]
+    if missing:
+        raise ArtifactError(f"{path} holds no predictions of run(s) {', '.join(missing)} (it has "
+                            f"{', '.join(present) or 'none'}); run 'vinbig predict-detector' for them")
+    keep = [r for r in keep if float((run_weights or {}).get(r, 1.0)) != 0]
+    if not keep:
+        raise ConfigError(f"fusion.run_weights leaves out every detector run ({', '.join(present)}); give one a "
+                          "weight above 0")
+    return preds if len(keep) == len(present) else preds[preds["run"].isin(keep)].reset_index(drop=True)
+
+
+def arrange(preds: pd.DataFrame, meta: pd.DataFrame, image_ids, weights: dict | None = None,
+            run_weights: dict | None = None, fold_of=None, meta_row=None) -> FusionInput:
+    """The boxes of `preds` (DETECTOR_PRED_COLUMNS, original pixels) of the images `image_ids`, in that order,
+    arranged for :func:`fuse`. `meta`: width and height indexed by image_id. `fold_of`: each image's fold
+    (out-of-fold: only the sets of that fold predict it); None: every set predicts every image. A set weighs
+    :func:`set_weight`."""
+    weights = weights or {}
+    if meta_row is None:
+        meta_row = index_of(preds["image_id"], meta.index)
     image_ids = np.asarray(image_ids).astype(str)
     size = meta.reindex(image_ids)[["width", "height"]].to_numpy(np.float64)
 
-    tta_codes, tta_names = pd.factorize(preds["tta"].astype(str), sort=False)
-    n_tta = max(len(tta_names), 1)
-    set_codes, set_keys = pd.factorize(preds["fold"].to_numpy(np.int64) * n_tta + tta_codes, sort=False)
-    sets = [f"{k // n_tta}/{tta_names[k % n_tta]}" for k in set_keys]  # "FOLD/TTA", in file order
-    set_fold = np.array([int(s.split("/", 1)[0]) for s in sets])
-    img = index_of(meta.index, image_ids)[meta_row]  # boxes of images not in meta.csv are gone (usable_rows)
+    names = (preds["run"].astype(str) + "/" + preds["fold"].astype(np.int64).astype(str) + "/"
+             + preds["tta"].astype(str))
+    set_codes, sets = pd.factorize(names, sort=False)
+    sets = list(sets)  # "RUN/FOLD/TTA", in file order
+    set_fold = np.array([int(s.split("/")[1]) for s in sets], dtype=np.int64)
+    img = np.where(meta_row >= 0, index_of(meta.index, image_ids)[np.maximum(meta_row, 0)], -1)
     no_meta = np.isnan(size[:, 0])
     n_outside = int((img < 0).sum())
     if n_outside:
@@ -169,7 +233,7 @@ def load_inputs(work: Work | str | os.PathLike, split: str, image_ids=None, weig
         folds_u = sorted(set(set_fold))
         group = np.array([folds_u.index(f) if f in folds_u else 0 for f in fold_of], dtype=np.int64)
         members = [np.flatnonzero(set_fold == f) for f in folds_u]
-    group_weights = [np.array([set_weight(sets[i], weights) for i in m]) for m in members]
+    group_weights = [np.array([set_weight(sets[i], weights, run_weights) for i in m]) for m in members]
     local = np.full((len(members), len(sets)), -1, dtype=np.int64)
     for g, m in enumerate(members):
         local[g, m] = np.arange(len(m))

@@ -1,6 +1,6 @@
 """The "No finding" gate: a binary classifier's P(abnormal) decides what class 14 gets.
 
-With p averaged over folds:
+With p averaged over folds (and over the classifier runs, weighted):
 
 * p < low: the image gets only ``14 1 0 0 1 1`` (its boxes are dropped);
 * low <= p < high: its boxes stay and ``14 (1-p) 0 0 1 1`` is appended;
@@ -25,14 +25,30 @@ from vinbig.metric import index_of
 logger = logging.getLogger(__name__)
 
 
-def image_probabilities(clf: pd.DataFrame) -> pd.Series:
-    """P(abnormal) per image: the fold -1 row (mean over folds) where there is one, else the mean of its rows."""
+def image_probabilities(clf: pd.DataFrame, weights: dict | None = None, runs=None) -> pd.Series:
+    """P(abnormal) per image: per classifier run, the fold -1 row (mean over folds) where there is one, else the
+    mean of its rows; then the mean over the runs (`runs`, None: all) weighted by `weights` (fusion.classifier_weights:
+    unnamed runs weigh 1, 0 leaves a run out)."""
     clf = clf.assign(image_id=clf["image_id"].astype(str))
-    mean_rows = clf[clf["fold"] == -1]
-    p = clf[clf["fold"] != -1].groupby("image_id", sort=False)["p_abnormal"].mean()
-    p = pd.concat([p[~p.index.isin(mean_rows["image_id"])],
-                   mean_rows.drop_duplicates("image_id", keep="last").set_index("image_id")["p_abnormal"]])
-    return p.astype(np.float64)
+    if "run" not in clf:
+        clf = clf.assign(run="default")
+    weights = weights or {}
+    total, weight = None, None
+    for run, g in clf.groupby("run", sort=False):
+        w = float(weights.get(run, 1.0))
+        if w == 0 or (runs is not None and run not in runs):
+            continue
+        mean_rows = g[g["fold"] == -1]
+        p = g[g["fold"] != -1].groupby("image_id", sort=False)["p_abnormal"].mean()
+        p = pd.concat([p[~p.index.isin(mean_rows["image_id"])],
+                       mean_rows.drop_duplicates("image_id", keep="last").set_index("image_id")["p_abnormal"]])
+        p = p.astype(np.float64) * w
+        ws = pd.Series(w, index=p.index)
+        total = p if total is None else total.add(p, fill_value=0)
+        weight = ws if weight is None else weight.add(ws, fill_value=0)
+    if total is None:
+        return pd.Series(dtype=np.float64)
+    return (total / weight).astype(np.float64)
 
 
 def _no_finding_rows(image_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:

@@ -10,11 +10,12 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import (TUNED_KEYS, ArtifactError, Work, check_writable, errors_path, images_command, meta_path,
+from vinbig.artifacts import (CLASS_NAMES, TUNED_KEYS, ArtifactError, Work, check_writable, errors_path, images_command, meta_path,
                               read_classifier_preds, read_csv, writing)
 from vinbig.config import load_config
 from vinbig.log import some
 from vinbig.metric import Result, average_precision, match
+from vinbig.runs import check_weights, weight_of
 
 from fusion._fuse import check_params, fuse, load_inputs
 from fusion._gate import apply_gate, check_thresholds, image_probabilities
@@ -46,8 +47,9 @@ def fusion_config(work: Work, config=None, overrides=(), tuned: bool = True) -> 
     return load_config(config, overrides, extra=tuned_files(Work.of(work), tuned))
 
 
-def gate_probabilities(work: Work, split: str, gate: bool) -> pd.Series | None:
-    """P(abnormal) per image for the gate, or None (gate off; logged with the reason)."""
+def gate_probabilities(work: Work, split: str, gate: bool, weights: dict | None = None) -> pd.Series | None:
+    """P(abnormal) per image for the gate (the mean over classifier runs weighted by `weights`,
+    fusion.classifier_weights), or None (gate off; logged with the reason)."""
     path = work.classifier_preds(split)
     if not gate:
         logger.info("gate off: fusion.gate is false")
@@ -56,8 +58,13 @@ def gate_probabilities(work: Work, split: str, gate: bool) -> pd.Series | None:
         logger.info("gate off: no classifier predictions at %s (run 'vinbig predict-classifier --work %s "
                     "--split %s' to use it)", path, work.root, split)
         return None
-    p = image_probabilities(read_classifier_preds(work, split))
-    logger.info("gate on: P(abnormal) of %d images from %s", len(p), path)
+    clf = read_classifier_preds(work, split)
+    runs = list(pd.unique(clf["run"]))
+    check_weights(weights or {}, runs, "classifier_weights")
+    p = image_probabilities(clf, weights)
+    logger.info("gate on: P(abnormal) of %d images from %s%s", len(p), path,
+                f" (classifier runs {', '.join(f'{r}: {weight_of(weights or {}, r):g}' for r in runs)})"
+                if len(runs) > 1 else "")
     return p
 
 
@@ -91,18 +98,19 @@ def write_fused(sub: pd.DataFrame, out: Path) -> Path:
         return write_submission(sub, out)
 
 
-def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None) -> Fused:
-    """Fuse and gate `split` with the fusion section `f`."""
+def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None, runs=None) -> Fused:
+    """Fuse and gate `split` with the fusion section `f`; `runs`: only these detector runs (None: all)."""
     work = Work.of(work)
     check_params(f["iou_thr"], f["skip_box_thr"], f["conf_type"], f["engine"], f["weights"])
     check_thresholds(f["low"], f["high"])
-    inp = load_inputs(work, split, image_ids, f["weights"])
+    check_weights(f["run_weights"], [], "run_weights")
+    inp = load_inputs(work, split, image_ids, f["weights"], f["run_weights"] if runs is None else {}, runs)
     logger.info("fusing %d images of %s: %d boxes from %d prediction sets (%s); iou_thr %g, skip_box_thr %g, %s",
                 len(inp.image_ids), split, inp.n_boxes, len(inp.sets), ", ".join(inp.sets[:12]), f["iou_thr"],
                 f["skip_box_thr"], f["conf_type"])
     fused = fuse(inp, iou_thr=f["iou_thr"], skip_box_thr=f["skip_box_thr"], conf_type=f["conf_type"],
                  engine=f["engine"], workers=f["workers"])
-    p = gate_probabilities(work, split, f["gate"])
+    p = gate_probabilities(work, split, f["gate"], f["classifier_weights"])
     if p is not None:
         missing = ~pd.Index(inp.image_ids).isin(p.index)
         if missing.any():
@@ -113,12 +121,42 @@ def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None)
     return Fused(inp.image_ids, final, np.diff(inp.offsets) == 0)
 
 
-def score_oof(work: Work | str | os.PathLike, f: dict, curves: bool = False) -> OofScore:
-    """Fused, gated out-of-fold predictions scored against labels.csv."""
+def score_oof(work: Work | str | os.PathLike, f: dict, curves: bool = False, runs=None) -> OofScore:
+    """Fused, gated out-of-fold predictions (of the detector runs `runs`; None: all) scored against labels.csv."""
     work = Work.of(work)
-    image_ids, final, _ = predict(work, "oof", f)
+    image_ids, final, _ = predict(work, "oof", f, runs=runs)
     truth = oof_truth(work, image_ids)
     return OofScore(average_precision(match(truth, final), curves=curves), final, truth)  # truth prepared
+
+
+def run_results(work: Work | str | os.PathLike, f: dict) -> dict[str, Result]:
+    """With several detector runs: each run alone, fused and gated as the ensemble is, scored on OOF (per-class AP
+    and curves); {} with one run."""
+    import pyarrow.parquet as pq
+
+    work = Work.of(work)
+    runs = pq.read_table(work.detector_preds("oof"), columns=["run"]).column("run").unique().to_pylist()
+    if len(runs) < 2:
+        return {}
+    out = {}
+    for run in runs:
+        logger.info("run %s alone:", run)
+        out[str(run)] = score_oof(work, f, curves=True, runs=[run]).result
+    return out
+
+
+def format_run_ap(ensemble: Result, runs: dict[str, Result]) -> str:
+    """Per-class AP of each detector run alone and of the ensemble, side by side."""
+    names = [*runs, "ensemble"]
+    results = [*runs.values(), ensemble]
+    width = max(9, *(len(n) + 1 for n in names))
+    lines = [f"{'id':>2}  {'class':<20}" + "".join(f"{n:>{width}}" for n in names)]
+    for c, name in enumerate(CLASS_NAMES):
+        if not ensemble.present[c]:
+            continue
+        lines.append(f"{c:>2}  {name:<20}" + "".join(f"{r.ap[c]:>{width}.4f}" for r in results))
+    lines.append(f"{'':>2}  {'mAP':<20}" + "".join(f"{r.mean_ap:>{width}.4f}" for r in results))
+    return "\n".join(lines)
 
 
 def failed_images(work: Work) -> list[str]:
@@ -129,16 +167,18 @@ def failed_images(work: Work) -> list[str]:
     return read_csv(path, ["image_id"], images_command(work.images("test")), dtype={"image_id": str})["image_id"].tolist()
 
 
-def make_submission(work: Work | str | os.PathLike, f: dict, sample: Path, out: Path | None = None) -> Submission:
+def make_submission(work: Work | str | os.PathLike, f: dict, sample: Path, out: Path | None = None,
+                    runs=None) -> Submission:
     """Write the test submission (default WORK/submission.csv) for every image of `sample`, in its order, and
-    validate it. That `out` can be written is checked before the fusion starts."""
+    validate it; `runs`: only these detector runs (None: all). That `out` can be written is checked before the
+    fusion starts."""
     work = Work.of(work)
     out = Path(out or work.submission)
     if not Path(sample).is_file():
         raise ArtifactError(f"sample submission not found at {sample}; give --sample DATA/sample_submission.csv")
     image_ids = np.asarray(read_sample(sample), dtype=object)
     check_writable(out)
-    image_ids, final, no_preds = predict(work, "test", f, image_ids)
+    image_ids, final, no_preds = predict(work, "test", f, image_ids, runs)
     failed = set(failed_images(work)) & set(image_ids)
     if failed:
         logger.warning("%d test images whose DICOM failed to convert get '14 1 0 0 1 1': %s",

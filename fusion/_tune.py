@@ -10,6 +10,11 @@ Every WBF setting of the grid (iou_thr x skip_box_thr x conf_type) is fused once
   its score per image follows from p, low, high and whether the image kept boxes.
 
 The result equals scoring ``apply_gate(fused, ...)`` with :func:`vinbig.metric.evaluate` (a test checks it).
+
+With several detector or classifier runs, one weight per run (fusion.run_weights, fusion.classifier_weights) is
+then chosen from fusion.tune_run_weights, one run at a time, twice over every run (coordinate search), with the
+best WBF setting and the best gate pair of each trial; the runs table shows each run alone and the ensemble with
+equal and with tuned weights.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import yaml
 from vinbig.artifacts import N_CLASSES, NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels, writing
 from vinbig.metric import _ap, average_precision, index_of, match, prepare_truth
 
-from fusion._fuse import check_params, fuse, load_inputs
+from fusion._fuse import Prepared, arrange, check_params, fuse, prepare
 from fusion._gate import apply_gate, image_probabilities
 
 logger = logging.getLogger(__name__)
@@ -86,6 +91,7 @@ class Tuning(NamedTuple):
     n_images: int
     before: float | None
     table: pd.DataFrame
+    runs: pd.DataFrame | None = None  # several runs: each run alone and the ensemble (what, detector, classifier, map)
 
 
 def tune(work: Work | str | os.PathLike, fusion_cfg: dict) -> Tuning:
@@ -100,12 +106,14 @@ def tune(work: Work | str | os.PathLike, fusion_cfg: dict) -> Tuning:
     for iou, skip, ct in grid:
         check_params(iou, skip, ct, f["engine"], f["weights"])
     start = time.perf_counter()
-    inp = load_inputs(work, "oof", weights=f["weights"])
+    src = prepare(work, "oof")
+    inp = arrange(src.preds, src.meta, src.image_ids, f["weights"], f["run_weights"], src.fold_of, src.meta_row)
     truth = oof_truth(work, inp.image_ids)
-    p = None
+    p = clf = None
+    lows, highs = f["tune_low"] or [f["low"]], f["tune_high"] or [f["high"]]
     if f["gate"] and work.classifier_preds("oof").is_file():
-        p = image_probabilities(read_classifier_preds(work, "oof"))
-        lows, highs = f["tune_low"] or [f["low"]], f["tune_high"] or [f["high"]]
+        clf = read_classifier_preds(work, "oof")
+        p = image_probabilities(clf, f["classifier_weights"])
         logger.info("tuning %d WBF settings x %d gate pairs on %d out-of-fold images (%d boxes)", len(grid),
                     sum(lo <= hi for lo in lows for hi in highs), len(inp.image_ids), inp.n_boxes)
     else:
@@ -139,12 +147,115 @@ def tune(work: Work | str | os.PathLike, fusion_cfg: dict) -> Tuning:
               "conf_type": str(best.conf_type)}
     if p is not None:
         values.update(low=float(best.low), high=float(best.high))
-    logger.info("tuning took %.1f s", time.perf_counter() - start)
     same = (table.iou_thr == f["iou_thr"]) & (table.skip_box_thr == f["skip_box_thr"]) & (table.conf_type == f["conf_type"])
     if table["low"].notna().all():
         same &= (table.low == f["low"]) & (table.high == f["high"])
     before = float(table.loc[same, "map"].iloc[0]) if same.any() else None
-    return Tuning(values, float(best["map"]), len(inp.image_ids), before, table)
+    best_map, runs = float(best["map"]), None
+    det_runs = list(pd.unique(src.preds["run"]))
+    clf_runs = list(pd.unique(clf["run"])) if clf is not None else []
+    if len(det_runs) > 1 or len(clf_runs) > 1:
+        search = _RunSearch(src, truth, clf, f, values, lows, highs)
+        run_w, clf_w, best_map, runs = search.run(det_runs, clf_runs)
+        values.update(run_weights=run_w, classifier_weights=clf_w)
+        if clf is not None:
+            values.update(low=search.gate[0], high=search.gate[1])
+    logger.info("tuning took %.1f s", time.perf_counter() - start)
+    return Tuning(values, best_map, len(inp.image_ids), before, table, runs)
+
+
+class _RunSearch:
+    """Scores of run weights with the chosen WBF setting: each detector weighting fused once."""
+
+    def __init__(self, src: Prepared, truth: pd.DataFrame, clf: pd.DataFrame | None, f: dict, values: dict,
+                 lows, highs):
+        self.src, self.truth, self.clf, self.f, self.values = src, truth, clf, f, values
+        self.lows, self.highs = lows, highs
+        self.fused: dict[tuple, pd.DataFrame] = {}
+        self.gate: tuple[float, float] = (values.get("low", 0.0), values.get("high", 0.0))
+
+    def score(self, run_w: dict, clf_w: dict) -> tuple[float, float, float]:
+        """OOF mAP of the weights, with the best gate pair: ``(map, low, high)``."""
+        key = tuple(sorted(run_w.items()))
+        if key not in self.fused:
+            src = self.src.only([r for r, w in run_w.items() if w > 0])
+            inp = arrange(src.preds, src.meta, src.image_ids, self.f["weights"], run_w, src.fold_of, src.meta_row)
+            v = self.values
+            self.fused[key] = (fuse(inp, iou_thr=v["iou_thr"], skip_box_thr=v["skip_box_thr"],
+                                    conf_type=v["conf_type"], engine=self.f["engine"], workers=self.f["workers"],
+                                    desc="fuse runs"), inp.image_ids)
+        fused, image_ids = self.fused[key]
+        if self.clf is None:
+            r = average_precision(match(self.truth, apply_gate(fused, image_ids, None, 0.0, 0.0)))
+            return r.mean_ap, np.nan, np.nan
+        tab = gate_scores(self.truth, fused, image_ids, image_probabilities(self.clf, clf_w), self.lows, self.highs)
+        top = tab.loc[tab["map"].idxmax()]
+        return float(top["map"]), float(top["low"]), float(top["high"])
+
+    def _descend(self, names: list[str], current: dict, other: dict, detector: bool) -> tuple[dict, float]:
+        """Coordinate search over the weights of `names` (fusion.tune_run_weights), two passes."""
+        def trial(w: dict) -> tuple[float, float, float]:
+            return self.score(w, other) if detector else self.score(other, w)
+
+        best = trial(current)
+        for _ in range(2):
+            changed = False
+            for name in names:
+                for w in self.f["tune_run_weights"]:
+                    cand = {**current, name: float(w)}
+                    if cand == current or not any(v > 0 for v in cand.values()):
+                        continue
+                    s = trial(cand)
+                    if s[0] > best[0] + 1e-9:
+                        best, current, changed = s, cand, True
+            if not changed:
+                break
+        self.gate = best[1:]
+        return current, best[0]
+
+    def run(self, det_runs: list[str], clf_runs: list[str]) -> tuple[dict, dict, float, pd.DataFrame]:
+        f = self.f
+        equal_d, equal_c = {r: 1.0 for r in det_runs}, {r: 1.0 for r in clf_runs}
+        run_w = {r: float(f["run_weights"].get(r, 1.0)) for r in det_runs}
+        clf_w = {r: float(f["classifier_weights"].get(r, 1.0)) for r in clf_runs}
+        if len(det_runs) > 1:
+            run_w, _ = self._descend(det_runs, run_w, clf_w, True)
+        if len(clf_runs) > 1:
+            clf_w, _ = self._descend(clf_runs, clf_w, run_w, False)
+        rows = []
+
+        def row(what: str, d: dict, c: dict) -> None:
+            m, low, high = self.score(d, c)
+            rows.append({"what": what, "detector": _weights_text(d), "classifier": _weights_text(c), "map": m,
+                         "low": low, "high": high})
+
+        for r in det_runs if len(det_runs) > 1 else []:
+            row(f"detector run {r} alone", {x: float(x == r) for x in det_runs}, clf_w)
+        for r in clf_runs if len(clf_runs) > 1 else []:
+            row(f"classifier run {r} alone", run_w, {x: float(x == r) for x in clf_runs})
+        row("ensemble, equal weights", equal_d, equal_c)
+        row("ensemble, tuned weights", run_w, clf_w)
+        table = pd.DataFrame(rows)
+        final = rows[-1]
+        self.gate = (final["low"], final["high"])
+        for r in table.itertuples():
+            logger.info("%s: OOF mAP %.4f", r.what, r.map)
+        return run_w, clf_w, float(final["map"]), table
+
+
+def _weights_text(w: dict) -> str:
+    return " ".join(f"{k}:{v:g}" for k, v in w.items()) or "-"
+
+
+def format_runs(runs: pd.DataFrame) -> str:
+    """Each run alone and the ensemble, equal and tuned weights (OOF mAP, gate pair)."""
+    lines = ["runs (best WBF setting; each row with its best gate thresholds):",
+             f"{'':<32} {'detector weights':<28} {'classifier weights':<22} {'low':>6} {'high':>6} {'mAP':>7}"]
+    for r in runs.itertuples():
+        low = "-" if pd.isna(r.low) else f"{r.low:.3g}"
+        high = "-" if pd.isna(r.high) else f"{r.high:.3g}"
+        lines.append(f"{r.what:<32} {r.detector:<28} {r.classifier:<22} {low:>6} {high:>6} {r.map:>7.4f}")
+    return "\n".join(lines)
 
 
 def format_tables(table: pd.DataFrame) -> str:

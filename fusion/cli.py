@@ -74,13 +74,13 @@ def cmd_fuse(args: argparse.Namespace, cfg: dict) -> Outcome:
         if path is not None:
             check_writable(path)
     if args.split == "oof":
-        result, final, _ = score_oof(work, f)
+        result, final, _ = score_oof(work, f, runs=getattr(args, "runs", None))
         print(result.format())
         if out is not None:
             write_fused(prediction_strings(final, final["image_id"].unique()), out)
             logger.info("wrote the fused out-of-fold predictions to %s", out)
         return Outcome(0, saved)
-    out, faults = make_submission(work, f, _sample(args, work), out)
+    out, faults = make_submission(work, f, _sample(args, work), out, runs=getattr(args, "runs", None))
     if faults:
         _report_faults(faults, str(out))
         logger.error("%s fails validation with %d faults: a bug in the fusion stage, please report it", out,
@@ -91,13 +91,15 @@ def cmd_fuse(args: argparse.Namespace, cfg: dict) -> Outcome:
 
 
 def cmd_tune(args: argparse.Namespace, cfg: dict) -> Outcome:
-    from fusion._tune import format_tables, tune, write_tuned
+    from fusion._tune import format_runs, format_tables, tune, write_tuned
 
     work = _work(args)
     f = cfg["fusion"]
     check_writable(work.fusion_config)  # before the grid, which can take long
     best = tune(work, f)
     print(format_tables(best.table))
+    if best.runs is not None:
+        print("\n" + format_runs(best.runs))
     path = write_tuned(work.fusion_config, best)
     print(f"best: {', '.join(f'{k}={v}' for k, v in best.values.items())}: OOF mAP {best.map:.4f}"
           + (f" (config values: {best.before:.4f})" if best.before is not None else "") + f"; written to {path}")
@@ -123,7 +125,7 @@ def cmd_validate(args: argparse.Namespace, cfg: dict) -> int:
 
 def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
     from fusion._report import write_report
-    from fusion._stage import score_oof
+    from fusion._stage import format_run_ap, gate_probabilities, run_results, score_oof
 
     work = _work(args)
     out = getattr(args, "out", None) or work.report
@@ -131,7 +133,12 @@ def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
     f = cfg["fusion"]
     result, final, truth = score_oof(work, f, curves=True)
     print(result.format())
-    write_report(work, result, final, truth, out, f["report_images"], f["report_score_thr"])
+    runs = run_results(work, f)
+    if runs:
+        print("\n" + format_run_ap(result, runs))
+    p = gate_probabilities(work, "oof", f["gate"], f["classifier_weights"])
+    write_report(work, result, final, truth, out, f["report_images"], f["report_score_thr"], runs=runs,
+                 p_abnormal=p, low=f["low"], high=f["high"])
     return Outcome(0, config_path(out, "fusion"))
 
 
@@ -184,6 +191,9 @@ def register(add) -> None:
     p.add_argument("--out", type=Path, metavar="SUB.csv",
                    help="submission to write (default WORK/submission.csv); with --split oof, where to write the "
                         "fused out-of-fold predictions in submission format (default: not written)")
+    p.add_argument("--run", action="append", dest="runs", metavar="NAME",
+                   help="fuse only this detector run's sets (repeatable; default: every run of the predictions, "
+                        "weighted by fusion.run_weights), e.g. to score a run alone")
     _ignore_tuned(p)
 
     p = command("tune", cmd_tune, "choose WBF and gate values on the out-of-fold predictions",
@@ -206,10 +216,13 @@ def register(add) -> None:
                         "original width and height")
     p.add_argument("--max-faults", type=int, default=50, dest="max_faults", help="faults to print at most")
 
-    p = command("report", cmd_report, "pictures of the out-of-fold predictions: AP, PR curves, box overlays",
+    p = command("report", cmd_report, "the out-of-fold error browser and pictures: AP, PR curves, box overlays",
                 "Fuse and gate the out-of-fold predictions as 'vinbig fuse --split oof' does and write to "
-                "WORK/report/: per_class_ap.png, pr_curves.png, metrics.csv and overlays/ (true boxes solid, "
-                "predicted boxes dashed, on the PNGs of a few images per class).", sections=["fusion"], extra=_tuned)
+                "WORK/report/: index.html (open it in a browser, no server needed: the AP table, PR curves and an "
+                "error browser of every image's TP, FP and missed boxes; thumbnails in images/), per_class_ap.png, "
+                "pr_curves.png, metrics.csv and overlays/ (true boxes solid, predicted boxes dashed, on the PNGs of a "
+                "few images per class). With several detector runs it also prints each run's per-class AP beside "
+                "the ensemble's.", sections=["fusion"], extra=_tuned)
     work_argument(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default WORK/report)")
     _ignore_tuned(p)

@@ -117,8 +117,9 @@ def own_work(synth_work: SynthWork, root: Path) -> Path:
     (work / "images").mkdir(parents=True)
     for split in ("train", "test"):
         (work / "images" / split).symlink_to(synth_work.work / "images" / split, target_is_directory=True)
-    for name in ("labels.csv", "folds.csv"):
-        shutil.copy(synth_work.work / name, work / name)
+    for name in ("labels.csv", "folds.csv", "readers.csv"):
+        if (synth_work.work / name).is_file():
+            shutil.copy(synth_work.work / name, work / name)
     return work
 
 

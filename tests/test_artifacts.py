@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, DETECTOR_PRED_COLUMNS, FOLD_COLUMNS, LABEL_COLUMNS,
-                              META_COLUMNS, Work, check_fold, fold_ids, read_classifier_preds, read_csv,
-                              read_detector_preds, read_folds, read_labels, read_meta)
+from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, DEFAULT_RUN, DETECTOR_PRED_COLUMNS, FOLD_COLUMNS,
+                              LABEL_COLUMNS, META_COLUMNS, READER_COLUMNS, Work, check_fold, fold_ids,
+                              read_classifier_preds, read_csv, read_detector_preds, read_folds, read_labels,
+                              read_meta, read_readers, train_command)
 from vinbig.errors import ArtifactError, VinbigError
 
 GARBAGE = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x00\x01" * 8  # neither UTF-8 text nor parquet
@@ -26,19 +27,62 @@ def test_work_paths_are_the_documented_layout(tmp_path):
     assert w.images("train") == r / "images/train" and w.images("test") == r / "images/test"
     assert w.png("train", "abc") == r / "images/train/abc.png"
     assert w.labels == r / "labels.csv" and w.folds == r / "folds.csv"
-    assert w.fold_dir("detector", 2) == r / "detector/fold2" and w.fold_dir("classifier", 0) == r / "classifier/fold0"
-    assert w.checkpoint("detector", 2, "last") == r / "detector/fold2/weights/last.pt"
-    assert w.checkpoint("detector", 0) == r / "detector/fold0/weights/best.pt"  # best by default
-    assert w.checkpoint("classifier", 3) == r / "classifier/fold3/best.pt"
-    assert w.checkpoint("classifier", 1, "last") == r / "classifier/fold1/last.pt"
-    assert w.classifier_summary(4) == r / "classifier/fold4/summary.csv"
-    assert w.detector_data(1) == r / "detector/data/fold1"
-    assert w.data_yaml(1) == r / "detector/data/fold1/data.yaml"
+    # a WORK without named runs: every stage's folds in the run "default"
+    assert w.fold_dir("detector", 2) == r / "detector/default/fold2"
+    assert w.fold_dir("classifier", 0) == r / "classifier/default/fold0"
+    assert w.checkpoint("detector", 2, "last") == r / "detector/default/fold2/weights/last.pt"
+    assert w.checkpoint("detector", 0) == r / "detector/default/fold0/weights/best.pt"  # best by default
+    assert w.checkpoint("classifier", 3) == r / "classifier/default/fold3/best.pt"
+    assert w.checkpoint("classifier", 1, "last") == r / "classifier/default/fold1/last.pt"
+    assert w.classifier_summary(4) == r / "classifier/default/fold4/summary.csv"
+    assert w.detector_data(1) == r / "detector/default/data/fold1"
+    assert w.data_yaml(1) == r / "detector/default/data/fold1/data.yaml"
+    assert w.readers == r / "readers.csv"
     assert w.detector_preds("oof") == r / "preds/detector_oof.parquet"
     assert w.detector_preds("test") == r / "preds/detector_test.parquet"
     assert w.classifier_preds("oof") == r / "preds/classifier_oof.csv"
     assert w.classifier_preds("test") == r / "preds/classifier_test.csv"
     assert w.fusion_config == r / "fusion.yaml" and w.submission == r / "submission.csv" and w.report == r / "report"
+
+
+def test_work_paths_of_a_named_run(tmp_path):
+    """Each named run has its own folder per stage: folds, checkpoints, summary and detector dataset."""
+    r = tmp_path / "work"
+    w = Work(r)
+    assert w.run_dir("detector", "m640") == r / "detector/m640" and w.run_dir("classifier") == r / "classifier/default"
+    assert w.fold_dir("detector", 1, "m640") == r / "detector/m640/fold1"
+    assert w.fold_dir("classifier", 0, run="b3") == r / "classifier/b3/fold0"
+    assert w.checkpoint("detector", 2, "last", "m640") == r / "detector/m640/fold2/weights/last.pt"
+    assert w.checkpoint("detector", 0, run="m640") == r / "detector/m640/fold0/weights/best.pt"
+    assert w.checkpoint("classifier", 3, run="b3") == r / "classifier/b3/fold3/best.pt"
+    assert w.checkpoint("classifier", 1, "last", "b3") == r / "classifier/b3/fold1/last.pt"
+    assert w.classifier_summary(4, "b3") == r / "classifier/b3/fold4/summary.csv"
+    assert w.detector_data(1, "m640") == r / "detector/m640/data/fold1"
+    assert w.data_yaml(1, "m640") == r / "detector/m640/data/fold1/data.yaml"
+    # the runs share one prediction file per stage and split (their rows tell them apart by the run column)
+    assert w.detector_preds("oof") == r / "preds/detector_oof.parquet"
+    assert w.classifier_preds("test") == r / "preds/classifier_test.csv"
+
+
+def test_train_command_names_the_run_unless_it_is_the_default(tmp_path):
+    w = Work(tmp_path)
+    assert train_command(w, "detector", 2) == f"vinbig train-detector --work {tmp_path} --fold 2"
+    assert train_command(w, "detector", 2, DEFAULT_RUN) == f"vinbig train-detector --work {tmp_path} --fold 2"
+    assert train_command(w, "classifier", 0, "b3") == f"vinbig train-classifier --work {tmp_path} --run b3 --fold 0"
+
+
+def test_old_layout_hint_says_where_to_move_folds_of_a_vinbig_before_named_runs(tmp_path):
+    w = Work(tmp_path)
+    assert w.old_layout_hint("detector") == ""  # no WORK/detector at all
+    (tmp_path / "detector" / "default" / "fold0").mkdir(parents=True)
+    assert w.old_layout_hint("detector") == ""  # the new layout only
+    for k in (1, 0):
+        (tmp_path / "detector" / f"fold{k}" / "weights").mkdir(parents=True)
+    (tmp_path / "detector" / "fold9.txt").write_text("a file, not a fold")
+    hint = w.old_layout_hint("detector")
+    assert "fold0, fold1 of a vinbig before named runs" in hint
+    assert f"move them into {tmp_path / 'detector' / 'default'}/" in hint and "the run 'default'" in hint
+    assert w.old_layout_hint("classifier") == ""
 
 
 def test_work_of_takes_a_work_a_str_or_a_path(tmp_path):
@@ -62,6 +106,8 @@ def readers(root: Path) -> list:
          LABEL_COLUMNS),
         (lambda: read_folds(w), root / "folds.csv", f"vinbig folds --train-csv DATA/train.csv --out {root}",
          FOLD_COLUMNS),
+        (lambda: read_readers(w), root / "readers.csv", f"vinbig folds --train-csv DATA/train.csv --out {root}",
+         READER_COLUMNS),
         (lambda: read_classifier_preds(w, "oof"), root / "preds/classifier_oof.csv",
          f"vinbig predict-classifier --work {root} --split oof", CLASSIFIER_PRED_COLUMNS),
         (lambda: read_classifier_preds(w, "test"), root / "preds/classifier_test.csv",
@@ -73,7 +119,7 @@ def readers(root: Path) -> list:
     ]
 
 
-READERS = ["meta", "labels", "folds", "classifier_oof", "classifier_test", "detector_oof", "detector_test"]
+READERS = ["meta", "labels", "folds", "readers", "classifier_oof", "classifier_test", "detector_oof", "detector_test"]
 
 
 def write_table(path: Path, df: pd.DataFrame) -> None:
@@ -85,7 +131,8 @@ def write_table(path: Path, df: pd.DataFrame) -> None:
 
 
 def a_row(columns) -> pd.DataFrame:
-    return pd.DataFrame([{c: ("007" if c == "image_id" else "none" if c == "tta" else 1) for c in columns}])
+    text = {"image_id": "007", "tta": "none", "run": "default", "rad_id": "R8"}
+    return pd.DataFrame([{c: text.get(c, 1) for c in columns}])
 
 
 @pytest.mark.parametrize("which", range(len(READERS)), ids=READERS)
@@ -136,6 +183,15 @@ def test_reader_of_a_good_file_keeps_image_ids_as_text(tmp_path, which):
     df = read()
     assert df["image_id"].tolist() == ["007"]  # not the number 7
     assert set(columns) <= set(df.columns)
+
+
+@pytest.mark.parametrize("which", ["classifier_oof", "detector_test"])
+def test_run_names_that_look_like_numbers_stay_text(tmp_path, which):
+    """A run named 640 (or 007) is the run "640", not the number 640, whichever file it is read from."""
+    read, path, _, columns = readers(tmp_path)[READERS.index(which)]
+    rows = pd.concat([a_row(columns)] * 2, ignore_index=True).assign(run=["640", "007"])
+    write_table(path, rows)
+    assert read()["run"].tolist() == ["640", "007"]
 
 
 def test_read_detector_preds_reads_only_the_columns_asked_for(tmp_path):

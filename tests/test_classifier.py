@@ -277,7 +277,7 @@ def test_predictions_oof_and_test(trained, caplog):
     assert "OOF AUC" in caplog.text and "gate: below p =" in caplog.text
     oof = read_classifier_preds(work, "oof")
     assert tuple(oof.columns) == CLASSIFIER_PRED_COLUMNS
-    assert oof["image_id"].is_unique and len(oof) == len(folds)
+    assert oof["image_id"].is_unique and len(oof) == len(folds) and set(oof["run"]) == {"default"}
     pd.testing.assert_frame_equal(oof[["image_id", "fold"]].sort_values("image_id").reset_index(drop=True),
                                   folds.sort_values("image_id").reset_index(drop=True))  # each image by its own fold
     assert oof["p_abnormal"].between(0, 1).all()
@@ -286,6 +286,7 @@ def test_predictions_oof_and_test(trained, caplog):
     test = read_classifier_preds(work, "test")
     ids = set(read_meta(work.images("test"))["image_id"])
     assert tuple(test.columns) == CLASSIFIER_PRED_COLUMNS and test["p_abnormal"].between(0, 1).all()
+    assert set(test["run"]) == {"default"}
     assert sorted(test["fold"].unique()) == [-1, 0, 1, 2]
     for _, rows in test.groupby("fold"):
         assert set(rows["image_id"]) == ids and rows["image_id"].is_unique
@@ -300,7 +301,9 @@ def test_prediction_names_the_folds_to_train(trained, work_copy):
     shutil.copytree(Work(trained).fold_dir("classifier", 0), Work(work).fold_dir("classifier", 0))
     with pytest.raises(ArtifactError) as e:
         predict(work, "test", tiny_cfg())
-    for fragment in ("fold(s) [1, 2]", "fold1/best.pt not found", f"vinbig train-classifier --work {work} --fold 2"):
+    train = f"vinbig train-classifier --work {work}"
+    for fragment in ("no trained classifier for 2 fold(s)", f"{Work(work).checkpoint('classifier', 1)} not found",
+                     f"run '{train} --fold 1'; '{train} --fold 2'"):
         assert fragment in str(e.value)
     assert not Work(work).classifier_preds("test").exists()
 

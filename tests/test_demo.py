@@ -11,6 +11,7 @@ from vinbig.submission import validate_submission
 from vinbig.app.cli import main
 from vinbig.config import load_config
 from vinbig.app.demo import demo_config_path
+from vinbig.metric import score_files
 
 from tiny import N_FOLDS, SYNTH, TINY, set_args
 
@@ -44,9 +45,12 @@ def test_demo_runs_every_stage_and_a_rerun_skips_the_training(tmp_path, capsys):
         assert (work / "report" / name).stat().st_size > 0
     assert list((work / "report" / "overlays").glob("*.png"))
     assert (work / "fusion.yaml").is_file()
+    runs = list(load_config(demo_config_path())["runs"]["detector"])
+    assert len(runs) == 2  # the demo fuses two detector runs
     for k in range(N_FOLDS):
-        assert (work / "detector" / f"fold{k}" / "weights" / "best.pt").is_file()
-        assert (work / "classifier" / f"fold{k}" / "best.pt").is_file()
+        for run in runs:
+            assert (work / "detector" / run / f"fold{k}" / "weights" / "best.pt").is_file()
+        assert (work / "classifier" / "default" / f"fold{k}" / "best.pt").is_file()
 
     # the summary: the OOF table beside the "No finding" baseline, the paths, a time for every stage
     assert "No finding AP" in out and str(work / "submission.csv") in out and str(work / "report") in out
@@ -57,16 +61,30 @@ def test_demo_runs_every_stage_and_a_rerun_skips_the_training(tmp_path, capsys):
     baseline_14 = float(re.search(r"^14  No finding\s+\d+\s+[\d.]+\s+([\d.]+)$", out, flags=re.M).group(1))
     assert baseline_map == pytest.approx(baseline_14 / metrics.present.sum(), abs=1e-4) and baseline_14 > 0
     oof = pd.read_parquet(work / "preds" / "detector_oof.parquet")
-    assert set(oof.tta) == {"none", "hflip"}
+    assert set(oof.tta) == {"none", "hflip"} and set(oof.run) == set(runs)
+
+    # the synthetic leaderboard: the ensemble, each run alone and "No finding", OOF and test mAP, the test mAP being
+    # what 'vinbig score' gives against the private truth
+    board = dict((what.strip(), (float(a), float(b))) for what, a, b in
+                 re.findall(r"^(ensemble|run \S+ alone|'No finding' for every image)\s+([\d.]+)\s+([\d.]+)$", out,
+                            flags=re.M))
+    assert list(board) == ["ensemble", *(f"run {r} alone" for r in runs), "'No finding' for every image"]
+    assert board["ensemble"][0] == pytest.approx(vinbig_map, abs=1e-4)
+    assert board["'No finding' for every image"][0] == pytest.approx(baseline_map, abs=1e-4)
+    truth = data / "private" / "test_labels.csv"
+    assert board["ensemble"][1] == pytest.approx(score_files(truth, work / "submission.csv").mean_ap, abs=1e-4)
+    for r in runs:
+        assert board[f"run {r} alone"][1] == pytest.approx(
+            score_files(truth, work / f"submission_{r}.csv").mean_ap, abs=1e-4)
     times = dict(re.findall(r"^  (\S.*?)\s+([\d.]+) s$", out, flags=re.M))
     assert list(times) == STAGES
     assert float(times["total"]) >= sum(float(v) for k, v in times.items() if k != "total") - 1
 
     # a rerun keeps the dataset and the trained folds, and makes the outputs again
-    weights = _mtimes(work, "*/fold*/**/*.pt")
+    weights = _mtimes(work, "*/*/fold*/**/*.pt")
     dicoms = _mtimes(data, "*/*.dicom")
     out2 = _demo(tmp_path / "demo", capsys)
-    assert _mtimes(work, "*/fold*/**/*.pt") == weights and _mtimes(data, "*/*.dicom") == dicoms
+    assert weights and _mtimes(work, "*/*/fold*/**/*.pt") == weights and _mtimes(data, "*/*.dicom") == dicoms
     assert "synthetic data" not in dict(re.findall(r"^  (\S.*?)\s+([\d.]+) s$", out2, flags=re.M))
     assert validate_submission(work / "submission.csv", data / "sample_submission.csv") == []
 

@@ -106,7 +106,7 @@ def test_fold_dataset_links_images_and_writes_a_label_for_every_image(work_copy)
     work = Work(work_copy.work)
     data_yaml = fold_dataset(work, 1)
     root = data_yaml.parent
-    assert root == work.detector / "data" / "fold1"
+    assert root == work.root / "detector" / "default" / "data" / "fold1"  # the dataset of run "default"
     data = yaml.safe_load(data_yaml.read_text())
     assert data["nc"] == 14 and list(data["names"].values()) == list(CLASS_NAMES[:14]) == list(DETECTOR_CLASSES)
     assert "path" not in data  # relative to the yaml: the work folder can move
@@ -305,14 +305,14 @@ def test_train_and_predict_every_fold_with_the_network_blocked(work_copy, tmp_pa
             assert (run / name).is_file(), name
     assert (w.fold_dir("detector", 0) / "results.png").is_file()  # plots drawn with a local font
     saved = yaml.safe_load((w.fold_dir("detector", 1) / "config_detector.yaml").read_text())
-    assert set(saved) == {"detector", "folds"} and saved["detector"]["plots"] is False
+    assert set(saved) == {"detector", "folds", "runs"} and saved["detector"]["plots"] is False
     assert saved["folds"]["outside_boxes"] == "error"  # what the dataset did with boxes beyond their image
 
     folds = pd.read_csv(w.folds, dtype={"image_id": str}).set_index("image_id").fold
     for split, sets in (("oof", {"none", "hflip"}), ("test", {"none"})):
         path = w.detector_preds(split)
         df = pd.read_parquet(path)
-        assert list(df.columns) == list(DETECTOR_PRED_COLUMNS) and len(df) > 0
+        assert list(df.columns) == list(DETECTOR_PRED_COLUMNS) and len(df) > 0 and set(df.run) == {"default"}
         assert set(df.tta) == sets and df.class_id.between(0, NO_FINDING - 1).all()
         assert df.score.between(0, 1).all()
         meta = pd.read_csv(w.images("train" if split == "oof" else "test") / "meta.csv", dtype={"image_id": str})
@@ -382,6 +382,7 @@ def test_train_refuses_a_fold_that_does_not_exist_and_predict_names_the_missing_
     assert "fold 7 is not in" in caplog.text and "whose folds are [0, 1, 2]" in caplog.text
     assert main(["predict-detector", "--work", work, "--split", "test", "-q"]) == 2
     assert "no detector weights for fold 0" in caplog.text and "vinbig train-detector" in caplog.text
+    assert f"at {Work(work).checkpoint('detector', 0)};" in caplog.text  # WORK/detector/default/fold0/weights/best.pt
     assert not Work(work).detector_preds("test").exists()
 
 

@@ -50,9 +50,9 @@ def export(work: Path, out: Path, *extra: str) -> int:
 
 @pytest.mark.parametrize("setup, words", [
     (lambda root: (root / "work").mkdir(), ["work/folds.csv not found", "vinbig folds"]),
-    (lambda root: fake_work(root, detectors=(0,)), ["detector/fold1/weights/best.pt not found",
+    (lambda root: fake_work(root, detectors=(0,)), ["detector/default/fold1/weights/best.pt not found",
                                                      "vinbig train-detector --work", "--fold 1"]),
-    (lambda root: fake_work(root, classifiers=(1,)), ["classifier/fold0/best.pt not found",
+    (lambda root: fake_work(root, classifiers=(1,)), ["classifier/default/fold0/best.pt not found",
                                                       "train-classifier", "--no-classifier"]),
 ])
 def test_export_names_the_missing_file_and_the_command_that_makes_it(tmp_path, caplog, setup, words):
@@ -76,20 +76,20 @@ def test_a_missing_detector_fold_is_named_with_its_train_command_and_nothing_is_
 
 def test_export_keeps_the_layout_and_removes_what_an_earlier_export_left(tmp_path):
     out = tmp_path / "models"
-    stale = out / "detector/fold7/weights/best.pt"
+    stale = out / "detector/default/fold7/weights/best.pt"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
     (out / "dataset-metadata.json").write_text("{}")  # what the user put there stays
     work = fake_work(tmp_path, classifiers=(0, 1))
     assert main(["export", "--work", str(work), "--out", str(out), "--set", "detector.imgsz=320", "-q"]) == 0
-    assert files(out) == ["classifier/fold0/best.pt", "classifier/fold1/best.pt", "config.yaml",
-                          "dataset-metadata.json", "detector/fold0/weights/best.pt", "detector/fold1/weights/best.pt",
+    assert files(out) == ["classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt", "config.yaml",
+                          "dataset-metadata.json", "detector/default/fold0/weights/best.pt", "detector/default/fold1/weights/best.pt",
                           "folds.csv"]
-    assert (out / "classifier/fold1/best.pt").read_bytes() == b"classifier 1"
+    assert (out / "classifier/default/fold1/best.pt").read_bytes() == b"classifier 1"
     assert yaml.safe_load((out / "config.yaml").read_text())["detector"]["imgsz"] == 320
 
     assert main(["export", "--work", str(work), "--out", str(out), "--no-classifier", "-q"]) == 0
-    assert not list(out.glob("classifier/fold*/best.pt"))  # inference would otherwise use them
+    assert not list(out.glob("classifier/default/fold*/best.pt"))  # inference would otherwise use them
 
 
 def test_every_exported_file_is_the_work_folders_at_the_same_relative_path(tmp_path):
@@ -97,8 +97,8 @@ def test_every_exported_file_is_the_work_folders_at_the_same_relative_path(tmp_p
     out = tmp_path / "models"
     assert export(work, out) == 0
     exported = [f for f in files(out) if f != "config.yaml"]
-    assert exported == ["classifier/fold0/best.pt", "classifier/fold1/best.pt", "detector/fold0/weights/best.pt",
-                        "detector/fold1/weights/best.pt", "folds.csv", "fusion.yaml"]
+    assert exported == ["classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt", "detector/default/fold0/weights/best.pt",
+                        "detector/default/fold1/weights/best.pt", "folds.csv", "fusion.yaml"]
     for rel in exported:
         assert (out / rel).read_bytes() == (work / rel).read_bytes(), rel
     assert not list(out.rglob("*.partial"))
@@ -146,7 +146,7 @@ def test_an_interrupted_export_does_not_look_complete(tmp_path, monkeypatch, cap
     work = fake_work(tmp_path)
     out = tmp_path / "models"
     assert export(work, out) == 0
-    (work / "detector/fold1/weights/best.pt").write_bytes(b"retrained")
+    (work / "detector/default/fold1/weights/best.pt").write_bytes(b"retrained")
     real = shutil.copyfile
 
     def copy_then_fail(src, dst, *args, **kwargs):
@@ -156,10 +156,10 @@ def test_an_interrupted_export_does_not_look_complete(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
     assert export(work, out) == 2  # one line, no traceback
-    assert f"cannot write {out / 'detector/fold1/weights/best.pt'}: No space left on device" in caplog.text
+    assert f"cannot write {out / 'detector/default/fold1/weights/best.pt'}: No space left on device" in caplog.text
     assert not (out / "config.yaml").exists()
     assert not list(out.rglob("*.partial"))
-    assert (out / "detector/fold1/weights/best.pt").read_bytes() == b"detector 1"  # the old file, never half-written
+    assert (out / "detector/default/fold1/weights/best.pt").read_bytes() == b"detector 1"  # the old file, never half-written
 
 
 def test_export_without_tuning_warns_and_a_second_export_drops_the_stale_fusion_yaml(tmp_path, caplog):
@@ -178,10 +178,10 @@ def test_export_without_tuning_warns_and_a_second_export_drops_the_stale_fusion_
 def test_a_second_export_of_fewer_folds_removes_the_stale_models(tmp_path):
     out = tmp_path / "models"
     assert export(fake_work(tmp_path / "a", folds=(0, 1, 2), detectors=(0, 1, 2), classifiers=(0, 1, 2)), out) == 0
-    assert len(list(out.glob("*/fold*/**/best.pt"))) == 6
+    assert len(list(out.glob("*/*/fold*/**/best.pt"))) == 6
     assert export(fake_work(tmp_path / "b", classifiers=(0, 1)), out) == 0
-    assert files(out) == ["classifier/fold0/best.pt", "classifier/fold1/best.pt", "config.yaml",
-                          "detector/fold0/weights/best.pt", "detector/fold1/weights/best.pt", "folds.csv"]
+    assert files(out) == ["classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt", "config.yaml",
+                          "detector/default/fold0/weights/best.pt", "detector/default/fold1/weights/best.pt", "folds.csv"]
 
 
 def test_no_classifier_exports_the_detectors_even_when_some_classifier_folds_are_missing(tmp_path):
@@ -189,7 +189,7 @@ def test_no_classifier_exports_the_detectors_even_when_some_classifier_folds_are
     out = tmp_path / "models"
     assert export(work, out, "--no-classifier") == 0
     assert not (out / "classifier").exists()
-    assert files(out) == ["config.yaml", "detector/fold0/weights/best.pt", "detector/fold1/weights/best.pt",
+    assert files(out) == ["config.yaml", "detector/default/fold0/weights/best.pt", "detector/default/fold1/weights/best.pt",
                           "folds.csv"]
 
 
@@ -197,7 +197,7 @@ def test_export_warns_when_the_config_differs_from_the_training_sizes(tmp_path, 
     work = fake_work(tmp_path)
     (work / "images/train").mkdir(parents=True)
     (work / "images/train/config_images.yaml").write_text("images:\n  size: 128\n")
-    (work / "detector/fold1/config_detector.yaml").write_text("detector:\n  imgsz: 64\n")
+    (work / "detector/default/fold1/config_detector.yaml").write_text("detector:\n  imgsz: 64\n")
     with caplog.at_level(logging.WARNING):
         assert export(work, tmp_path / "models") == 0  # the default sizes: 1024 and 1024
     assert "says images.size=128 but the exported config has 1024" in caplog.text
@@ -224,14 +224,14 @@ def test_copy_work_skips_what_is_there_and_the_detector_datasets(tmp_path):
     from vinbig.app.kaggle import copy_work
 
     src = fake_work(tmp_path / "a")
-    (src / "detector/data/fold0").mkdir(parents=True)
-    (src / "detector/data/fold0/data.yaml").write_text("path: .\n")
+    (src / "detector/default/data/fold0").mkdir(parents=True)
+    (src / "detector/default/data/fold0/data.yaml").write_text("path: .\n")
     (src / "folds.csv").chmod(0o444)  # an attached dataset is read-only
     dst = tmp_path / "b" / "work"
     assert copy_work(src, dst)["copied"] == 3  # folds.csv and two best.pt
     assert (dst / "folds.csv").stat().st_mode & 0o200  # the copy is writable
-    assert (dst / "detector/fold1/weights/best.pt").read_bytes() == b"detector 1"
-    assert not (dst / "detector/data").exists()
+    assert (dst / "detector/default/fold1/weights/best.pt").read_bytes() == b"detector 1"
+    assert not (dst / "detector/default/data").exists()
     assert copy_work(src, dst)["copied"] == 0
     (src / "folds.csv").chmod(0o644)
     (src / "folds.csv").write_text("image_id,fold\nimg0,0\n")
@@ -247,5 +247,28 @@ def test_an_export_copied_into_an_empty_work_folder_is_that_work_folder(tmp_path
     assert export(work, out) == 0
     fresh = tmp_path / "kaggle" / "work"
     copy_work(out, fresh)
-    assert missing_models(fresh, "detector") == [] and missing_models(fresh, "classifier") == []
+    assert missing_models(fresh, "detector", ["default"]) == [] and missing_models(fresh, "classifier", ["default"]) == []
     assert (fresh / "fusion.yaml").read_text() == FUSION_YAML
+
+
+def test_export_carries_every_named_run(tmp_path, caplog):
+    """Each detector and classifier run of the config is exported, and the config with its runs section."""
+    work = fake_work(tmp_path, detectors=(), folds=(0, 1))
+    w = Work(work)
+    for stage, run in (("detector", "a"), ("detector", "b"), ("classifier", "x")):
+        for k in (0, 1):
+            best = w.checkpoint(stage, k, "best", run)
+            best.parent.mkdir(parents=True)
+            best.write_bytes(f"{stage} {run} {k}".encode())
+    runs = ["--set", "runs.detector={a: {}, b: {imgsz: 640}}", "--set", "runs.classifier={x: {}}"]
+    out = tmp_path / "models"
+    assert export(work, out, *runs) == 0
+    assert files(out) == ["classifier/x/fold0/best.pt", "classifier/x/fold1/best.pt", "config.yaml",
+                          "detector/a/fold0/weights/best.pt",
+                          "detector/a/fold1/weights/best.pt", "detector/b/fold0/weights/best.pt",
+                          "detector/b/fold1/weights/best.pt", "folds.csv"]
+    assert set(load_config(out / "config.yaml")["runs"]["detector"]) == {"a", "b"}
+    (work / "detector/b/fold1/weights/best.pt").unlink()
+    assert export(work, tmp_path / "again", *runs) == 2
+    assert "has no trained detector of run b" in caplog.text
+    assert f"run 'vinbig train-detector --work {work} --run b --fold 1'" in caplog.text

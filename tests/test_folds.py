@@ -16,10 +16,12 @@ from vinbig.artifacts import (
     FOLD_COLUMNS,
     LABEL_COLUMNS,
     NO_FINDING,
+    READER_COLUMNS,
     TRAIN_COLUMNS,
     Work,
     read_folds,
     read_labels,
+    read_readers,
 )
 from vinbig.config import ConfigError
 from vinbig.errors import ArtifactError
@@ -262,6 +264,12 @@ def test_equals_weighted_boxes_fusion(conf_type, iou_thr):
     assert (out["n_readers"] >= 1).all() and (out["n_readers"] <= 4).all()
 
 
+def test_the_consolidation_is_the_foundations_for_folds_and_detector_runs():
+    import vinbig.consolidate
+
+    assert consolidate is vinbig.consolidate.consolidate  # the function test_equals_weighted_boxes_fusion checks
+
+
 def test_output_is_sorted_and_typed():
     train = train_table(("b", "R1", 3, 50, 50, 90, 90), ("b", "R1", 0, 300, 300, 400, 400),
                         ("b", "R1", 0, 10, 10, 40, 40), ("a", "R2", 14))
@@ -383,6 +391,12 @@ def test_make_folds_end_to_end(tmp_path, caplog):
     assert summary.boxes_after == (labels["class_id"] != NO_FINDING).sum()
     assert sum(summary.fold_images.values()) == 120
     assert "images per class and fold" in caplog.text and "Pulmonary fibrosis" in caplog.text
+    # readers.csv: every row of train.csv, each reader's own boxes; "No finding" rows with an empty box
+    assert work.readers.read_text().splitlines()[0] == ",".join(READER_COLUMNS) and summary.readers == work.readers
+    readers = read_readers(work)
+    key = ["image_id", "rad_id", "class_id", *BOX]
+    pd.testing.assert_frame_equal(readers, train.loc[:, key].sort_values(key, ignore_index=True), check_dtype=False)
+    assert readers.loc[readers["class_id"] == NO_FINDING, list(BOX)].isna().all().all()
     assert not list(work.root.glob(".*partial"))
 
 
@@ -393,6 +407,8 @@ def test_make_folds_drops_images_of_excluded_readers(tmp_path):
     folds = read_folds(Work(tmp_path / "work"))
     assert "only_r99" not in set(folds["image_id"])
     assert summary.dropped_images == 1 and summary.images == 40
+    readers = read_readers(Work(tmp_path / "work"))
+    assert set(readers["image_id"]) == set(folds["image_id"]) and "R99" not in set(readers["rad_id"])
 
 
 def test_make_folds_writes_nothing_for_a_bad_file(tmp_path):
@@ -407,7 +423,9 @@ def test_command_line(tmp_path):
 
     path = write_train(tmp_path, random_train(30, seed=2))
     assert main(["folds", "--train-csv", str(path), "--out", str(tmp_path / "work"), "--n-folds", "3", "-q"]) == 0
-    assert set(read_folds(Work(tmp_path / "work"))["fold"]) == {0, 1, 2}
+    work = Work(tmp_path / "work")
+    folds = read_folds(work)
+    assert set(folds["fold"]) == {0, 1, 2} and set(read_readers(work)["image_id"]) == set(folds["image_id"])
     bad = write_csv_lines(tmp_path, [*GOOD, "img_c,Aortic enlargement,99,R1,1,2,3,4"])
     assert main(["folds", "--train-csv", str(bad), "--out", str(tmp_path / "work2"), "-q"]) == 2
 
@@ -475,13 +493,17 @@ def test_many_boxes_beyond_their_image_are_listed_up_to_twenty(tmp_path):
 
 
 def folds_with_outside_boxes(tmp_path, caplog, policy: str) -> np.ndarray:
-    """make_folds over GOOD and OUTSIDE with `policy`; the boxes of img_c in labels.csv."""
+    """make_folds over GOOD and OUTSIDE with `policy`; the boxes of img_c in labels.csv, which readers.csv holds too
+    (one reader of img_c per box left)."""
     work = tmp_path / "work"
     write_meta(work, SIZES)
     with caplog.at_level(logging.WARNING):
         make_folds(write_csv_lines(tmp_path, [*GOOD, *OUTSIDE]), work, n_folds=2, outside_boxes=policy)
     assert "2 box(es) reach beyond their image" in caplog.text
-    return read_labels(Work(work)).query("image_id == 'img_c'")[list(BOX)].to_numpy()
+    labels = read_labels(Work(work)).query("image_id == 'img_c'")[list(BOX)].to_numpy()
+    readers = read_readers(Work(work)).query("image_id == 'img_c'")
+    assert sorted(map(tuple, readers[list(BOX)].to_numpy())) == sorted(map(tuple, labels))
+    return labels
 
 
 def test_outside_boxes_clip_moves_them_to_the_edge_and_drops_those_wholly_outside(tmp_path, caplog):
@@ -528,8 +550,9 @@ def test_a_work_folder_that_is_a_file_is_named_before_the_fusion(tmp_path, monke
         make_folds(write_csv_lines(tmp_path, GOOD), work, n_folds=2)
 
 
+@pytest.mark.parametrize("full", ["folds.csv", "readers.csv"])
 def test_a_full_disk_names_the_file_and_a_failed_run_keeps_the_earlier_outputs_and_config(
-        tmp_path, monkeypatch, caplog):
+        tmp_path, monkeypatch, caplog, full):
     import errno
 
     import yaml
@@ -539,19 +562,20 @@ def test_a_full_disk_names_the_file_and_a_failed_run_keeps_the_earlier_outputs_a
     path = write_train(tmp_path, random_train(30, seed=2))
     out = tmp_path / "work"
     assert main(["folds", "--train-csv", str(path), "--out", str(out), "--n-folds", "3", "-q"]) == 0
-    before = {name: (out / name).read_bytes() for name in ("labels.csv", "folds.csv", "config_folds.yaml")}
+    before = {name: (out / name).read_bytes()
+              for name in ("labels.csv", "folds.csv", "readers.csv", "config_folds.yaml")}
 
     real = pd.DataFrame.to_csv
 
     def full_disk(self, target=None, *args, **kwargs):
-        if "folds.csv" in str(target):  # labels.csv is written, folds.csv finds the disk full
+        if full in str(target):  # labels.csv is written, folds.csv (or readers.csv) finds the disk full
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, target, *args, **kwargs)
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
     assert main(["folds", "--train-csv", str(path), "--out", str(out), "--n-folds", "2", "-q"]) == 2
-    assert f"cannot write {out / 'folds.csv'}: No space left on device" in caplog.text
+    assert f"cannot write {out / full}: No space left on device" in caplog.text
     assert "Traceback" not in caplog.text
-    assert {name: (out / name).read_bytes() for name in before} == before  # labels and folds still agree
+    assert {name: (out / name).read_bytes() for name in before} == before  # labels, folds, readers still agree
     assert yaml.safe_load(before["config_folds.yaml"])["folds"]["n_folds"] == 3
     assert not list(out.glob(".*partial"))

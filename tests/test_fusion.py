@@ -25,6 +25,7 @@ from vinbig.artifacts import (
 )
 from vinbig.app.cli import main
 from vinbig.config import load_config
+from vinbig.errors import ArtifactError, ConfigError
 from vinbig.metric import evaluate
 
 from fusion import apply_gate, fuse, gate_scores, image_probabilities, load_inputs, wbf
@@ -36,9 +37,9 @@ from fusion._tune import oof_truth
 
 
 def make_detector_preds(work, split: str, ttas=("none", "hflip"), n_folds: int = 3, seed: int = 0,
-                        drop: tuple = ()) -> pd.DataFrame:
+                        drop: tuple = (), runs=("default",)) -> pd.DataFrame:
     """Detector predictions shaped like the real file: out-of-fold from labels.csv (jittered, some boxes
-    dropped, low-scoring extra boxes), test from random boxes; one set per (fold, tta)."""
+    dropped, low-scoring extra boxes), test from random boxes; one set per (run, fold, tta)."""
     rng = np.random.default_rng(seed)
     work = work if isinstance(work, Work) else Work(work)
     meta = read_meta(work.images("train" if split == "oof" else "test")).set_index("image_id")
@@ -60,18 +61,19 @@ def make_detector_preds(work, split: str, ttas=("none", "hflip"), n_folds: int =
             k = rng.integers(1, 4)
             xy = rng.uniform(0, 0.7, (k, 2)) * [w, h]
             base = np.column_stack([rng.integers(0, 14, k), xy, xy + rng.uniform(0.1, 0.3, (k, 2)) * [w, h]])
-        for f in fs:
-            for tta in ttas:
-                for c, x1, y1, x2, y2 in base:
-                    if rng.random() < 0.2:
-                        continue
-                    j = rng.normal(0, 0.03, 4) * [w, h, w, h]
-                    rows.append((image_id, f, tta, int(c), rng.uniform(0.3, 1), x1 + j[0], y1 + j[1], x2 + j[2],
-                                 y2 + j[3]))
-                for _ in range(rng.integers(0, 6)):
-                    xy = rng.uniform(0, 0.8, 2) * [w, h]
-                    rows.append((image_id, f, tta, int(rng.integers(0, 14)), rng.uniform(0.001, 0.3), *xy,
-                                 *(xy + rng.uniform(0.05, 0.2, 2) * [w, h])))
+        for run in runs:
+            for f in fs:
+                for tta in ttas:
+                    for c, x1, y1, x2, y2 in base:
+                        if rng.random() < 0.2:
+                            continue
+                        j = rng.normal(0, 0.03, 4) * [w, h, w, h]
+                        rows.append((image_id, run, f, tta, int(c), rng.uniform(0.3, 1), x1 + j[0], y1 + j[1],
+                                     x2 + j[2], y2 + j[3]))
+                    for _ in range(rng.integers(0, 6)):
+                        xy = rng.uniform(0, 0.8, 2) * [w, h]
+                        rows.append((image_id, run, f, tta, int(rng.integers(0, 14)), rng.uniform(0.001, 0.3), *xy,
+                                     *(xy + rng.uniform(0.05, 0.2, 2) * [w, h])))
     df = pd.DataFrame(rows, columns=list(DETECTOR_PRED_COLUMNS))
     wh = meta.loc[df.image_id, ["width", "height"]].to_numpy(float)
     for col, k in (("x_min", 0), ("x_max", 0), ("y_min", 1), ("y_max", 1)):
@@ -82,21 +84,29 @@ def make_detector_preds(work, split: str, ttas=("none", "hflip"), n_folds: int =
     return df
 
 
-def make_classifier_preds(work, split: str, n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
-    """P(abnormal): out-of-fold once per image (higher for abnormal images), test per fold plus fold -1 means."""
+def make_classifier_preds(work, split: str, n_folds: int = 3, seed: int = 0, runs=("default",)) -> pd.DataFrame:
+    """P(abnormal) of each classifier run: out-of-fold once per image (higher for abnormal images), test per fold
+    plus fold -1 means."""
     rng = np.random.default_rng(seed)
     work = work if isinstance(work, Work) else Work(work)
     if split == "oof":
         folds = read_folds(work)
         labels = read_labels(work)
         abnormal = set(labels.image_id[labels.class_id != 14])
-        p = [rng.uniform(0.4, 1) if i in abnormal else rng.uniform(0, 0.6) for i in folds.image_id]
-        df = pd.DataFrame({"image_id": folds.image_id, "fold": folds.fold, "p_abnormal": p})
+        frames = []
+        for run in runs:
+            p = [rng.uniform(0.4, 1) if i in abnormal else rng.uniform(0, 0.6) for i in folds.image_id]
+            frames.append(pd.DataFrame({"image_id": folds.image_id, "run": run, "fold": folds.fold, "p_abnormal": p}))
+        df = pd.concat(frames, ignore_index=True)
     else:
         ids = read_meta(work.images("test")).image_id
-        per = pd.DataFrame([(i, f, rng.random()) for f in range(n_folds) for i in ids],
-                           columns=list(CLASSIFIER_PRED_COLUMNS))
-        df = pd.concat([per, per.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(fold=-1)])
+        frames = []
+        for run in runs:
+            per = pd.DataFrame([(i, run, f, rng.random()) for f in range(n_folds) for i in ids],
+                               columns=list(CLASSIFIER_PRED_COLUMNS))
+            mean = per.groupby("image_id", as_index=False)["p_abnormal"].mean().assign(run=run, fold=-1)
+            frames += [per, mean]
+        df = pd.concat(frames, ignore_index=True)
     write_csv(df, work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS)
     return df
 
@@ -183,11 +193,18 @@ def test_wbf_without_boxes():
     assert b.shape == (0, 4) and len(s) == 0 and len(lab) == 0
 
 
-@pytest.mark.parametrize("key, weight", [("1/hflip", 3.0), ("*/hflip", 2.0), ("1/*", 0.5), ("0/none", 1.0)])
-def test_set_weight_lookup(key, weight):
-    weights = {"1/hflip": 3.0, "*/hflip": 2.0, "1/*": 0.5}
-    assert set_weight({"1/hflip": "1/hflip", "*/hflip": "0/hflip", "1/*": "1/none", "0/none": "0/none"}[key],
-                      weights) == weight
+@pytest.mark.parametrize("name, weight", [("default/1/hflip", 3.0), ("default/0/hflip", 2.0),
+                                          ("default/1/none", 0.5), ("default/0/none", 1.0), ("m640/0/none", 4.0),
+                                          ("m640/1/hflip", 5.0)])
+def test_set_weight_lookup(name, weight):
+    """Sets are RUN/FOLD/TTA; the most specific matching key wins; two-part keys (before named runs) mean */FOLD/TTA."""
+    weights = {"1/hflip": 3.0, "*/hflip": 2.0, "1/*": 0.5, "m640/*/*": 4.0, "m640/1/hflip": 5.0}
+    assert set_weight(name, weights) == weight
+
+
+def test_set_weight_times_run_weight():
+    assert set_weight("m640/0/hflip", {"*/*/hflip": 0.5}, {"m640": 2.0, "s1024": 0.0}) == 1.0
+    assert set_weight("s1024/0/none", {}, {"m640": 2.0}) == 1.0
 
 
 # --------------------------------------------------------------------------- loading and fusing files
@@ -210,7 +227,7 @@ def one_image_work(tmp_path, width=300, height=600, rows=(), split="test", fold=
 
 
 def test_boxes_are_normalized_by_the_original_size_not_the_png(tmp_path):
-    work = one_image_work(tmp_path, 300, 600, [("img", 0, "none", 3, 0.8, 30, 60, 150, 240)])
+    work = one_image_work(tmp_path, 300, 600, [("img", "default", 0, "none", 3, 0.8, 30, 60, 150, 240)])
     inp = load_inputs(work, "test")
     np.testing.assert_allclose(inp.boxes, [[0.1, 0.1, 0.5, 0.4]])
     out = fuse(inp, iou_thr=0.4, workers=1)
@@ -221,14 +238,39 @@ def test_boxes_are_normalized_by_the_original_size_not_the_png(tmp_path):
 @pytest.mark.parametrize("split, expected", [("test", 0.8 / 4), ("oof", 0.8 / 2)])
 def test_every_set_of_an_image_counts_as_a_model(tmp_path, split, expected):
     # sets: folds 0 and 1 x none/hflip; only 0/none boxed the object. Test: 4 models; oof: the image's fold 0 has 2
-    rows = [("img", 0, "none", 3, 0.8, 30, 60, 150, 240), ("img", 0, "hflip", 5, 0.5, 10, 10, 20, 20),
-            ("img", 1, "none", 5, 0.5, 10, 10, 20, 20), ("img", 1, "hflip", 5, 0.5, 10, 10, 20, 20)]
+    rows = [("img", "default", 0, "none", 3, 0.8, 30, 60, 150, 240),
+            ("img", "default", 0, "hflip", 5, 0.5, 10, 10, 20, 20),
+            ("img", "default", 1, "none", 5, 0.5, 10, 10, 20, 20),
+            ("img", "default", 1, "hflip", 5, 0.5, 10, 10, 20, 20)]
     if split == "oof":
-        rows = [r for r in rows if r[1] == 0] + [("other", 1, "none", 5, 0.5, 10, 10, 20, 20),
-                                                 ("other", 1, "hflip", 5, 0.5, 10, 10, 20, 20)]
+        rows = [r for r in rows if r[2] == 0] + [("other", "default", 1, "none", 5, 0.5, 10, 10, 20, 20),
+                                                 ("other", "default", 1, "hflip", 5, 0.5, 10, 10, 20, 20)]
     work = one_image_work(tmp_path, rows=rows, split=split)
-    out = fuse(load_inputs(work, split), iou_thr=0.4, workers=1)
+    inp = load_inputs(work, split)
+    if split == "test":  # the sets are named RUN/FOLD/TTA, in file order
+        assert inp.sets == ["default/0/none", "default/0/hflip", "default/1/none", "default/1/hflip"]
+    out = fuse(inp, iou_thr=0.4, workers=1)
     assert out.loc[out.class_id == 3, "score"].tolist() == pytest.approx([expected])
+
+
+def test_the_sets_of_every_detector_run_are_fused_with_their_run_weights(tmp_path):
+    """Two runs of one fold: four sets RUN/FOLD/TTA; a run's weight multiplies its sets' weights; weight 0 (or a
+    choice of runs) leaves a run's sets out; a run the file lacks is named with the command that predicts it."""
+    box = (3, 0.8, 30, 60, 150, 240)
+    rows = [("img", run, 0, tta, *box) for run in ("s1024", "m640") for tta in ("none", "hflip")]
+    work = one_image_work(tmp_path, rows=rows)
+    inp = load_inputs(work, "test", weights={"*/*/hflip": 0.5}, run_weights={"m640": 2.0})
+    assert inp.sets == ["s1024/0/none", "s1024/0/hflip", "m640/0/none", "m640/0/hflip"]
+    assert inp.group_weights[0].tolist() == [1.0, 0.5, 2.0, 1.0]
+    assert inp.n_boxes == 4
+    only = load_inputs(work, "test", run_weights={"s1024": 0})
+    assert only.sets == ["m640/0/none", "m640/0/hflip"] and only.n_boxes == 2
+    assert load_inputs(work, "test", runs=["s1024"]).sets == ["s1024/0/none", "s1024/0/hflip"]
+    with pytest.raises(ArtifactError, match=r"detector_test.parquet holds no predictions of run\(s\) b3 \(it has "
+                                            r"s1024, m640\); run 'vinbig predict-detector'"):
+        load_inputs(work, "test", runs=["b3"])
+    with pytest.raises(ConfigError, match="fusion.run_weights leaves out every detector run"):
+        load_inputs(work, "test", run_weights={"s1024": 0, "m640": 0})
 
 
 def test_engines_and_processes_give_the_same_boxes(work_copy, monkeypatch):
@@ -282,9 +324,40 @@ def test_gate_off_keeps_one_detector_no_finding_row_per_image():
 
 
 def test_probabilities_use_the_fold_mean_rows_when_present():
-    clf = pd.DataFrame({"image_id": ["a", "a", "a", "b", "b"], "fold": [0, 1, -1, 0, 1],
+    clf = pd.DataFrame({"image_id": ["a", "a", "a", "b", "b"], "run": "default", "fold": [0, 1, -1, 0, 1],
                         "p_abnormal": [0.2, 0.4, 0.35, 0.1, 0.3]})
     assert image_probabilities(clf).sort_index().to_dict() == pytest.approx({"a": 0.35, "b": 0.2})
+
+
+def classifier_runs() -> pd.DataFrame:
+    """Three classifier runs: a (out-of-fold rows), b (per fold and the fold -1 mean; no image y), c (image w only
+    in it)."""
+    rows = [("x", "a", 0, 0.2), ("y", "a", 1, 0.4),
+            ("x", "b", 0, 0.5), ("x", "b", 1, 0.7), ("x", "b", -1, 0.6), ("z", "b", 0, 0.8), ("z", "b", -1, 0.9),
+            ("x", "c", 0, 1.0), ("w", "c", 0, 0.1)]
+    return pd.DataFrame(rows, columns=list(CLASSIFIER_PRED_COLUMNS))
+
+
+def test_probabilities_are_the_weighted_mean_over_classifier_runs():
+    clf = classifier_runs()
+    # equal weights by default; each run's own fold -1 mean is its value (b's x: 0.6, not the mean of 0.5 and 0.7)
+    p = image_probabilities(clf).sort_index()
+    assert p.to_dict() == pytest.approx({"w": 0.1, "x": (0.2 + 0.6 + 1.0) / 3, "y": 0.4, "z": 0.9})
+    # weighted; a run of weight 0 is left out (its images too); an image missing from a run is averaged over the
+    # runs that scored it
+    p = image_probabilities(clf, {"a": 1.0, "b": 3.0, "c": 0}).sort_index()
+    assert p.to_dict() == pytest.approx({"x": (0.2 * 1 + 0.6 * 3) / 4, "y": 0.4, "z": 0.9})
+    assert p.dtype == np.float64
+    # unnamed runs weigh 1
+    assert image_probabilities(clf, {"b": 2.0})["x"] == pytest.approx((0.2 + 0.6 * 2 + 1.0) / 4)
+    # only the runs asked for
+    assert image_probabilities(clf, runs=["b"]).sort_index().to_dict() == pytest.approx({"x": 0.6, "z": 0.9})
+    assert image_probabilities(clf, {"a": 0, "b": 0, "c": 0}).empty
+
+
+def test_run_names_that_look_like_numbers_are_runs_not_numbers():
+    clf = classifier_runs().replace({"run": {"a": "640", "b": "1024"}})
+    assert image_probabilities(clf, {"640": 1.0, "1024": 3.0, "c": 0})["x"] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- tuning
@@ -385,7 +458,7 @@ def test_empty_inputs_are_scored_or_refused_with_a_reason(work_copy, tmp_path, c
     work = Work(work_copy.work)
     work.preds.mkdir()
     empty = pd.DataFrame({c: pd.Series(dtype="float32") for c in DETECTOR_PRED_COLUMNS})
-    empty = empty.astype({"image_id": str, "tta": str, "fold": "int16", "class_id": "int16"})
+    empty = empty.astype({"image_id": str, "run": str, "tta": str, "fold": "int16", "class_id": "int16"})
     empty.to_parquet(work.detector_preds("oof"))
     # not one box: every image is still scored, and gets "No finding" (gate off)
     assert main(["fuse", "--work", str(work.root), "--split", "oof"]) == 0
@@ -405,6 +478,34 @@ def test_empty_inputs_are_scored_or_refused_with_a_reason(work_copy, tmp_path, c
     caplog.clear()
     assert main(["score", "--truth", str(tmp_path / "truth.csv"), "--submission", str(tmp_path / "sub.csv")]) == 2
     assert "holds no truth rows" in caplog.text
+
+
+@pytest.mark.parametrize("split", ["oof", "test"])
+def test_detector_predictions_of_a_vinbig_before_named_runs_are_refused_with_the_command(work_copy, caplog, split):
+    """A prediction file without the run column (written before named runs) names itself and the command that
+    writes it again; no submission or fused file is written."""
+    work = Work(work_copy.work)
+    old = make_detector_preds(work, split).drop(columns="run")
+    old.to_parquet(work.detector_preds(split), index=False)
+    command = f"vinbig predict-detector --work {work.root} --split {split}"
+    with pytest.raises(ArtifactError) as e:
+        load_inputs(work, split)
+    assert str(e.value).startswith(f"{work.detector_preds(split)} lacks the columns ['run'] (it has ")
+    assert str(e.value).endswith(f"; run '{command}' again")
+    assert main(["fuse", "--work", str(work.root), "--split", split, "--data", str(work_copy.data)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [str(e.value)]
+    assert not work.submission.exists()
+
+
+def test_classifier_predictions_of_a_vinbig_before_named_runs_are_refused_with_the_command(work_copy, caplog):
+    work = Work(work_copy.work)
+    make_detector_preds(work, "oof")
+    make_classifier_preds(work, "oof").drop(columns="run").to_csv(work.classifier_preds("oof"), index=False)
+    assert main(["fuse", "--work", str(work.root), "--split", "oof"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{work.classifier_preds('oof')} lacks the columns ['run']")
+    assert errors[0].endswith(f"run 'vinbig predict-classifier --work {work.root} --split oof' again")
 
 
 @pytest.mark.parametrize("where", ["under a file", "a folder"])

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from vinbig.artifacts import DETECTOR_PRED_COLUMNS
+
 from faults import guarded_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +74,7 @@ def test_tiny_check_on_the_cpu_writes_every_figure_and_a_table_naming_the_device
     assert abs(det["overhead"] - (det["ultralytics"]["images_per_s"] / det["vinbig"]["images_per_s"] - 1)) < 1e-3
     assert det["overhead_goal"] == 0.05 and det["meets_goal"] == (det["overhead"] <= 0.05)
     # both runs trained: vinbig's fold and ultralytics' own run folder
-    assert (work / "work" / "detector" / "fold0" / "weights" / "best.pt").is_file()
+    assert (work / "work" / "detector" / "default" / "fold0" / "weights" / "best.pt").is_file()
     assert (work / "work" / "ultralytics_alone" / "fold0" / "weights" / "best.pt").is_file()
 
     pred = r["detector_predict"]
@@ -82,12 +84,13 @@ def test_tiny_check_on_the_cpu_writes_every_figure_and_a_table_naming_the_device
     assert pred["fp32"]["gpu_memory_peak_gib"] is None
     assert "not_applicable" in pred["fp16"] and "images_per_s" not in pred["fp16"]
     preds = pd.read_parquet(work / "work" / "preds" / "detector_test.parquet")
-    assert set(preds.tta) <= {"none", "hflip"} and set(preds.fold) <= {0, 1}
+    assert set(preds.tta) <= {"none", "hflip"} and set(preds.fold) <= {0, 1} and set(preds.run) <= {"default"}
+    assert list(preds.columns) == list(DETECTOR_PRED_COLUMNS)  # with the run column, boxes or none (1 tiny epoch)
 
     cls = r["classifier_train"]
     assert (cls["backbone"], cls["imgsz"], cls["epochs"], cls["train_images"]) == ("test_efficientnet", 64, 1, n_train)
     assert cls["images_per_s"] > 0 and cls["gpu_memory_peak_gib"] is None and cls["amp"] is False
-    assert (work / "work" / "classifier" / "fold0" / "best.pt").is_file()
+    assert (work / "work" / "classifier" / "default" / "fold0" / "best.pt").is_file()
 
     table = (out / "gpu_check.md").read_text()
     assert r["device"] in table and "tiny sizes" in table

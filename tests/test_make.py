@@ -47,8 +47,8 @@ def _trained(work: Path, t: float, folds=(0, 1)) -> None:
     """Everything up to the trained folds exists, made at time t (inputs at t - 1)."""
     _age(work / "images/train/meta.csv", work / "images/test/meta.csv", work / "folds.csv", t=t - 1)
     for k in folds:
-        _age(work / f"detector/fold{k}/weights/last.pt", work / f"detector/fold{k}/.trained",
-             work / f"classifier/fold{k}/last.pt", work / f"classifier/fold{k}/.trained", t=t)
+        _age(work / f"detector/default/fold{k}/weights/last.pt", work / f"detector/default/fold{k}/.trained",
+             work / f"classifier/default/fold{k}/last.pt", work / f"classifier/default/fold{k}/.trained", t=t)
 
 
 def test_train_converts_the_train_images_makes_folds_and_trains_both_stages(dirs):
@@ -57,8 +57,9 @@ def test_train_converts_the_train_images_makes_folds_and_trains_both_stages(dirs
     assert cmds[:2] == [f"images --src {data}/train --out {work}/images/train",  # folds checks boxes against it
                         f"folds --train-csv {data}/train.csv --out {work}"]
     assert cmds[2:] == [
-        f"train-detector --work {work} --fold 0", f"train-detector --work {work} --fold 1",
-        f"train-classifier --work {work} --fold 0", f"train-classifier --work {work} --fold 1"]
+        f"train-detector --work {work} --run default --fold 0", f"train-detector --work {work} --run default --fold 1",
+        f"train-classifier --work {work} --run default --fold 0",
+        f"train-classifier --work {work} --run default --fold 1"]
     assert not any("--resume" in c or "--overwrite" in c for c in cmds)
     assert not any(f"{data}/test " in c for c in cmds)  # the test images wait for make predict
 
@@ -80,7 +81,7 @@ def test_up_to_date_folds_are_skipped_and_predict_converts_the_test_images(dirs)
 def test_an_interrupted_fold_resumes_and_a_finished_one_is_kept_when_its_inputs_change(dirs):
     _, work = dirs
     _trained(work, t=2000)
-    (work / "detector/fold1/.trained").unlink()  # stopped during training: last.pt without the stamp
+    (work / "detector/default/fold1/.trained").unlink()  # stopped during training: last.pt without the stamp
     cmds = make_n(dirs, "train-detector")
     assert len(cmds) == 1 and " --fold 1 " in cmds[0] and cmds[0].endswith("--resume")
     # new folds: make never throws a finished fold away; it resumes it (a no-op) and says how to retrain
@@ -88,8 +89,8 @@ def test_an_interrupted_fold_resumes_and_a_finished_one_is_kept_when_its_inputs_
     r = make(dirs, "train", folds="0")
     cmds = [line for line in r.stdout.splitlines() if "/bin/vinbig " in line]
     assert len(cmds) == 2 and all(c.endswith("--resume") for c in cmds) and "--overwrite" not in r.stdout
-    assert f"{work}/detector/fold0 was trained before {work}/folds.csv changed" in r.stdout
-    assert f"rm -r {work}/classifier/fold0" in r.stdout
+    assert f"{work}/detector/default/fold0 was trained before {work}/folds.csv changed" in r.stdout
+    assert f"rm -r {work}/classifier/default/fold0" in r.stdout
 
 
 def test_test_images_that_fail_do_not_stop_the_submission(dirs):
@@ -131,3 +132,26 @@ def test_a_wrong_data_path_is_named_with_the_fix(dirs, tmp_path):
     r = make((tmp_path / "nowhere", work), "folds", dry_run=False)  # stops before any vinbig command
     assert r.returncode != 0 and not work.exists()
     assert f"{tmp_path}/nowhere/train.csv not found" in r.stderr and "make synth" in r.stderr
+
+
+def test_train_and_predict_follow_the_runs_of_the_config_and_runs_narrows_them(dirs, tmp_path):
+    data, work = dirs
+    config = tmp_path / "runs.yaml"
+    config.write_text("runs:\n  detector: {a: {}, b: {imgsz: 320}}\n  classifier: {x: {}}\n")
+
+    def cmds(*goals, **variables):
+        r = subprocess.run(["make", "-n", "-C", str(ROOT), *goals, f"DATA={data}", f"WORK={work}", "FOLDS=0",
+                            f"CONFIG={config}", *(f"{k}={v}" for k, v in variables.items())],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        lines = [line.split("/vinbig ", 1)[1].split(" --config")[0] for line in r.stdout.splitlines()
+                 if "/bin/vinbig " in line]
+        return [c for c in lines if c.startswith(("train-", "predict-"))]
+
+    assert cmds("train") == [f"train-detector --work {work} --run a --fold 0",
+                             f"train-detector --work {work} --run b --fold 0",
+                             f"train-classifier --work {work} --run x --fold 0"]
+    narrowed = cmds("train", "predict-detector", RUNS="b")
+    assert narrowed[:2] == [f"train-detector --work {work} --run b --fold 0",
+                            f"train-classifier --work {work} --run x --fold 0"]  # no classifier run named: all
+    assert all(c.endswith("--run b") for c in narrowed[2:] if c.startswith("predict-detector")) and narrowed[2:]

@@ -191,10 +191,10 @@ def test_without_a_gpu_the_training_notebook_stops_at_its_start_and_says_what_to
 
 @pytest.mark.slow
 def test_a_session_that_leaves_folds_untrained_stops_before_predictions_and_exports_nothing(trained):
-    assert (trained.first / "detector" / "fold0" / "weights" / "best.pt").is_file()
-    assert (trained.first / "classifier" / "fold0" / "best.pt").is_file()
-    assert not (trained.first / "detector" / "fold1").exists()
-    assert "folds still to train: detector [1], classifier [1]" in printed(trained.first_nb)
+    assert (trained.first / "detector" / "default" / "fold0" / "weights" / "best.pt").is_file()
+    assert (trained.first / "classifier" / "default" / "fold0" / "best.pt").is_file()
+    assert not (trained.first / "detector" / "default" / "fold1").exists()
+    assert "folds still to train: detector default fold 1, classifier default fold 1" in printed(trained.first_nb)
     if not torch.cuda.is_available():
         assert "no GPU; ALLOW_CPU = True: training on the CPU" in printed(trained.first_nb)
     assert not (trained.first / "preds").exists() and not trained.first_export.exists()
@@ -216,11 +216,11 @@ def test_the_next_session_trains_the_rest_tunes_reports_and_exports(trained):
         assert (export / name).is_file(), name
     assert not (export / "labels.csv").exists() and not (export / "images").exists()  # no train data needed
     for k in (0, 1):
-        assert (export / f"detector/fold{k}/weights/best.pt").is_file()
-        assert (export / f"classifier/fold{k}/best.pt").is_file()
+        assert (export / f"detector/default/fold{k}/weights/best.pt").is_file()
+        assert (export / f"classifier/default/fold{k}/best.pt").is_file()
     # fold 0 is the first session's model, carried over
-    assert ((export / "detector/fold0/weights/best.pt").read_bytes()
-            == (trained.first / "detector/fold0/weights/best.pt").read_bytes())
+    assert ((export / "detector/default/fold0/weights/best.pt").read_bytes()
+            == (trained.first / "detector/default/fold0/weights/best.pt").read_bytes())
     assert not list(export.rglob("*.partial")) and not list(export.rglob("*.png"))
     cfg = yaml.safe_load((export / "config.yaml").read_text())
     assert cfg["images"]["size"] == 128 and cfg["detector"]["imgsz"] == 64  # the training sizes

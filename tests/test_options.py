@@ -180,6 +180,24 @@ def test_a_dict_option_is_yaml():
     assert cfg["folds"]["reader_weights"] == {"R8": 0.5}
 
 
+@pytest.mark.parametrize("command", ["train-detector", "train-classifier"])
+def test_a_training_command_takes_one_run(command):
+    assert parse(command, *REQUIRED[command]).run is None  # the only run of the config ('default' without runs)
+    assert parse(command, *REQUIRED[command], "--run", "m640").run == "m640"
+
+
+@pytest.mark.parametrize("command", ["predict-detector", "predict-classifier", "fuse"])
+def test_a_prediction_or_fusion_command_takes_runs_to_narrow_it_to(command):
+    assert getattr(parse(command, *REQUIRED[command]), "runs", None) is None  # every run (fuse: unset)
+    assert parse(command, *REQUIRED[command], "--run", "m640", "--run", "s1024").runs == ["m640", "s1024"]
+
+
+@pytest.mark.parametrize("command", ["train-detector", "predict-detector", "train-classifier", "predict-classifier"])
+def test_the_run_commands_save_the_runs_section_with_their_config(command):
+    saves = parse(command, *REQUIRED[command]).saves
+    assert saves[:len(SECTIONS[command])] == SECTIONS[command] and "runs" in saves
+
+
 @pytest.mark.parametrize("command, argv, words", [
     ("train-detector", ["--epochs", "x"], r"argument --epochs: 'x' is not an? int"),
     ("images", ["--size", "1.5"], r"argument --size: '1\.5' is not an? int"),

@@ -17,7 +17,8 @@ SECTIONS = {"synth": "the synthetic dataset (`vinbig synth`)",
             "folds": "reader consolidation and folds (`vinbig folds`)",
             "detector": "YOLOv8 training and prediction (`train-detector`, `predict-detector`)",
             "classifier": "the \"No finding\" classifier (`train-classifier`, `predict-classifier`)",
-            "fusion": "fusion, the gate, tuning and the report (`fuse`, `tune`, `report`)"}
+            "fusion": "fusion, the gate, tuning and the report (`fuse`, `tune`, `report`)",
+            "runs": "named detector and classifier runs, fused as one ensemble (`--run`, `vinbig runs`)"}
 
 
 def config_tables() -> str:

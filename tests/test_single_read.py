@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vinbig.artifacts import Work, read_meta
+from vinbig.artifacts import BOX, CLASSIFIER_PRED_COLUMNS, DETECTOR_PRED_COLUMNS, Work, read_meta
 
 FOLDS = 3  # the synthetic work folder's
 
@@ -55,10 +55,10 @@ def row_groups(path) -> list[int]:
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
-def install(pts: list, work: Work) -> None:
-    """Each fold's best.pt in `work`, as training writes them."""
+def install(pts: list, work: Work, run: str = "default") -> None:
+    """Each fold's best.pt of run `run` in `work`, as training writes them."""
     for k, pt in enumerate(pts):
-        path = work.checkpoint("detector", k)
+        path = work.checkpoint("detector", k, run=run)
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(pt, path)
 
@@ -102,12 +102,53 @@ def test_detector_reads_each_test_image_once_and_writes_the_per_fold_file(work_c
 
     a, b = pd.read_parquet(single.path), pd.read_parquet(per_fold.path)
     assert len(a) > 3 * 50 and list(a["fold"].unique()) == order and set(a["tta"]) == {"none", "hflip"}
+    assert list(a.columns) == list(DETECTOR_PRED_COLUMNS) and set(a["run"]) == {"default"}
     scores = [set(a.loc[a["fold"] == k, "score"]) for k in order]
     assert not scores[0] & scores[1]  # each fold's model its own boxes
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # the same rows in the same order, exactly
     assert row_groups(single.path) == row_groups(per_fold.path) and len(row_groups(single.path)) > 2
     assert single.path.read_bytes() == per_fold.path.read_bytes()
     assert (single.boxes, single.images, single.sets) == (per_fold.boxes, per_fold.images, per_fold.sets)
+
+
+@pytest.mark.parametrize("split", ["test", "oof"])
+def test_the_models_of_several_runs_share_each_read_and_write_run_by_run(work_copy, detector_pts, reads, monkeypatch,
+                                                                         split):
+    """Two runs (their own sizes): on test every model of every run predicts each image read; on oof the runs'
+    models of a fold share a pass over its images. The file is the one a pass per model writes, run by run."""
+    import detector._predict as dp
+    from vinbig.config import load_config
+
+    work = Work(work_copy.work)
+    install(detector_pts, work, "b")
+    install(detector_pts[::-1], work, "a")  # the same weights in another order: runs differ
+    cfg = load_config(overrides=["detector.imgsz=64", "detector.conf=0.000001", "detector.device=cpu",
+                                 "detector.predict_batch=4"])["detector"]
+    runs = {"b": cfg, "a": {**cfg, "imgsz": 96}}
+    ids = read_meta(work.images("train" if split == "oof" else "test"))["image_id"].tolist()
+
+    single = dp.predict(work, split, cfg, runs=runs, out=work.preds / "single.parquet")
+    assert sorted(reads) == sorted(f"{i}.png" for i in ids)  # once each, for both runs and every fold
+    assert single.sets == 2 * FOLDS
+
+    reads.clear()
+    monkeypatch.setattr(dp, "_SINGLE_READ", False)
+    monkeypatch.setattr(dp, "_PREFETCH", 0)
+    per_model = dp.predict(work, split, cfg, runs=runs, out=work.preds / "per_model.parquet")
+    assert sorted(reads) == sorted(f"{i}.png" for i in ids * (2 if split == "oof" else 2 * FOLDS))
+
+    a = pd.read_parquet(single.path)
+    assert list(a["run"].unique()) == ["b", "a"] and list(a.loc[a["run"] == "b", "fold"].unique()) == [0, 1, 2]
+    for k in range(FOLDS):  # run a's fold 2 - k has run b's fold k weights: its own image size gives other boxes
+        mine = a[(a["run"] == "a") & (a["fold"] == FOLDS - 1 - k)][["image_id", "score", *BOX]].reset_index(drop=True)
+        theirs = a[(a["run"] == "b") & (a["fold"] == k)][["image_id", "score", *BOX]].reset_index(drop=True)
+        assert len(mine) and len(theirs) and not mine.equals(theirs)
+    b = pd.read_parquet(per_model.path)
+    key = ["run", "fold", "image_id", "tta", "class_id", "score", *BOX]
+    pd.testing.assert_frame_equal(a.sort_values(key, ignore_index=True), b.sort_values(key, ignore_index=True),
+                                  check_exact=True)  # the same rows
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # the same rows in the same order, exactly
+    assert single.path.read_bytes() == per_model.path.read_bytes()
 
 
 def test_detector_read_error_names_the_png_and_leaves_no_partial_file(work_copy, detector_pts, monkeypatch):
@@ -147,6 +188,8 @@ def test_classifier_reads_each_test_image_once_and_writes_the_per_fold_file(work
 
     pd.testing.assert_frame_equal(single.preds, per_fold.preds, check_exact=True)
     assert single_csv == per_fold.path.read_bytes()
+    assert single_csv.decode().splitlines()[0] == ",".join(CLASSIFIER_PRED_COLUMNS)  # image_id,run,fold,p_abnormal
+    assert set(single.preds["run"]) == {"default"}
     p = single.preds.pivot(index="image_id", columns="fold", values="p_abnormal")
     assert p[0].nunique() == len(ids) and not (p[0] == p[1]).any() and not (p[0] == p[2]).any()  # folds differ
 
@@ -195,4 +238,5 @@ def test_a_later_fold_waits_with_batches_of_every_kind_of_rows(tmp_path):
     out = tmp_path / "detector_test.parquet"
     got = pd.concat(list(fold_order(iter(frames), [0, 1], out, "vinbig predict-detector", parquet_schema())))
     assert got["fold"].tolist() == [0, 0, 0, 1, 1, 1] and got["image_id"].tolist() == ["a", "b", "d"] * 2
+    assert got["run"].tolist() == ["default"] * 6
     assert not list(tmp_path.glob(".*.partial"))  # the waiting rows' file is gone

@@ -8,9 +8,10 @@ Layout of a work folder ``WORK``::
     images/train/<image_id>.png, meta.csv, errors.csv, source.txt
                                                          vinbig images --src DATA/train --out WORK/images/train
     images/test/...                                      vinbig images --src DATA/test --out WORK/images/test
-    labels.csv, folds.csv                                vinbig folds --train-csv DATA/train.csv --out WORK
-    detector/data/fold{k}/, detector/fold{k}/weights/   vinbig train-detector --work WORK --fold K
-    classifier/fold{k}/                                  vinbig train-classifier --work WORK --fold K
+    labels.csv, folds.csv, readers.csv                   vinbig folds --train-csv DATA/train.csv --out WORK
+    detector/{run}/data/fold{k}/, detector/{run}/fold{k}/weights/
+                                                         vinbig train-detector --work WORK [--run RUN] --fold K
+    classifier/{run}/fold{k}/                            vinbig train-classifier --work WORK [--run RUN] --fold K
     preds/detector_{oof,test}.parquet                    vinbig predict-detector --work WORK --split oof|test
     preds/classifier_{oof,test}.csv                      vinbig predict-classifier --work WORK --split oof|test
     fusion.yaml                                          vinbig tune --work WORK
@@ -81,12 +82,15 @@ META_COLUMNS = (
 )
 ERROR_COLUMNS = ("file", "image_id", "reason")
 LABEL_COLUMNS = ("image_id", "class_id", *BOX, "score", "n_readers")
+# WORK/readers.csv: every reader's own boxes of the images of folds.csv (train.csv as validated, no excluded readers)
+READER_COLUMNS = ("image_id", "rad_id", "class_id", *BOX)
 FOLD_COLUMNS = ("image_id", "fold")
 # WORK/preds/detector_{split}.parquet: one row per box, boxes in original DICOM pixels clipped to the
-# image; `tta` names the prediction set within a fold ("none", "hflip").
-DETECTOR_PRED_COLUMNS = ("image_id", "fold", "tta", "class_id", "score", *BOX)
-# WORK/preds/classifier_{split}.csv: P(abnormal); for the test split, fold -1 is the mean over folds.
-CLASSIFIER_PRED_COLUMNS = ("image_id", "fold", "p_abnormal")
+# image; `run` names the detector run (vinbig.runs), `tta` the prediction set within a fold ("none", "hflip").
+DETECTOR_PRED_COLUMNS = ("image_id", "run", "fold", "tta", "class_id", "score", *BOX)
+# WORK/preds/classifier_{split}.csv: P(abnormal) of each classifier run; for the test split, fold -1 is a run's
+# mean over folds.
+CLASSIFIER_PRED_COLUMNS = ("image_id", "run", "fold", "p_abnormal")
 SPLITS = ("oof", "test")
 # folds.outside_boxes: what a box beyond its image (meta.csv) becomes, in folds and in the detector's dataset
 OUTSIDE_BOXES = ("error", "clip", "drop")
@@ -102,7 +106,9 @@ def check_outside_boxes(value: str) -> str:
 
 
 # WORK/fusion.yaml: the fusion keys 'vinbig tune' chooses
-TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high")
+TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high", "run_weights", "classifier_weights")
+# the run of a stage when the config's runs section names none (vinbig.runs)
+DEFAULT_RUN = "default"
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DICOM_SUFFIXES = (".dicom", ".dcm")
@@ -138,6 +144,11 @@ class Work:
         return self.root / "folds.csv"
 
     @property
+    def readers(self) -> Path:
+        """``WORK/readers.csv``: each reader's own boxes (READER_COLUMNS), for runs that train on them."""
+        return self.root / "readers.csv"
+
+    @property
     def detector(self) -> Path:
         return self.root / "detector"
 
@@ -149,27 +160,41 @@ class Work:
     def preds(self) -> Path:
         return self.root / "preds"
 
-    def fold_dir(self, stage: str, fold: int) -> Path:
-        """``WORK/detector/fold{k}`` or ``WORK/classifier/fold{k}``: one fold's training run."""
-        return self.root / stage / f"fold{fold}"
+    def run_dir(self, stage: str, run: str = DEFAULT_RUN) -> Path:
+        """``WORK/{stage}/{run}``: the folds of one named run (vinbig.runs) of the detector or the classifier."""
+        return self.root / stage / run
 
-    def checkpoint(self, stage: str, fold: int, which: str = "best") -> Path:
-        """A fold's ``best`` or ``last`` weights: ``detector/fold{k}/weights/{which}.pt`` (ultralytics' run
-        layout) or ``classifier/fold{k}/{which}.pt``."""
-        run = self.fold_dir(stage, fold)
-        return (run / "weights" if stage == "detector" else run) / f"{which}.pt"
+    def fold_dir(self, stage: str, fold: int, run: str = DEFAULT_RUN) -> Path:
+        """``WORK/{stage}/{run}/fold{k}``: one fold's training run."""
+        return self.run_dir(stage, run) / f"fold{fold}"
 
-    def classifier_summary(self, fold: int) -> Path:
-        """``classifier/fold{k}/summary.csv``: one row per training epoch."""
-        return self.fold_dir("classifier", fold) / "summary.csv"
+    def checkpoint(self, stage: str, fold: int, which: str = "best", run: str = DEFAULT_RUN) -> Path:
+        """A fold's ``best`` or ``last`` weights: ``detector/{run}/fold{k}/weights/{which}.pt`` (ultralytics' run
+        layout) or ``classifier/{run}/fold{k}/{which}.pt``."""
+        d = self.fold_dir(stage, fold, run)
+        return (d / "weights" if stage == "detector" else d) / f"{which}.pt"
 
-    def detector_data(self, fold: int) -> Path:
-        """``WORK/detector/data/fold{k}``: the ultralytics dataset (links and labels) of one fold."""
-        return self.detector / "data" / f"fold{fold}"
+    def classifier_summary(self, fold: int, run: str = DEFAULT_RUN) -> Path:
+        """``classifier/{run}/fold{k}/summary.csv``: one row per training epoch."""
+        return self.fold_dir("classifier", fold, run) / "summary.csv"
 
-    def data_yaml(self, fold: int) -> Path:
-        """The ultralytics ``data.yaml`` of fold `fold`'s dataset."""
-        return self.detector_data(fold) / "data.yaml"
+    def detector_data(self, fold: int, run: str = DEFAULT_RUN) -> Path:
+        """``WORK/detector/{run}/data/fold{k}``: the ultralytics dataset (links and labels) of one fold of a run."""
+        return self.run_dir("detector", run) / "data" / f"fold{fold}"
+
+    def data_yaml(self, fold: int, run: str = DEFAULT_RUN) -> Path:
+        """The ultralytics ``data.yaml`` of fold `fold`'s dataset of run `run`."""
+        return self.detector_data(fold, run) / "data.yaml"
+
+    def old_layout_hint(self, stage: str) -> str:
+        """For a WORK trained by a vinbig before named runs (``WORK/{stage}/fold{k}``): how to move its folds;
+        empty when it has none."""
+        d = self.root / stage
+        old = sorted(p.name for p in d.glob("fold[0-9]*") if p.is_dir()) if d.is_dir() else []
+        if not old:
+            return ""
+        return (f" ({d} holds {', '.join(old)} of a vinbig before named runs: move them into {self.run_dir(stage)}/ "
+                f"to use them as the run '{DEFAULT_RUN}')")
 
     def detector_preds(self, split: str) -> Path:
         return self.preds / f"detector_{split}.parquet"
@@ -204,9 +229,9 @@ def folds_command(work: Work) -> str:
     return f"vinbig folds --train-csv DATA/train.csv --out {work.root}"
 
 
-def train_command(work: Work, stage: str, fold: int) -> str:
-    """``vinbig train-detector`` or ``train-classifier`` of one fold."""
-    return f"vinbig train-{stage} --work {work.root} --fold {fold}"
+def train_command(work: Work, stage: str, fold: int, run: str = DEFAULT_RUN) -> str:
+    """``vinbig train-detector`` or ``train-classifier`` of one fold (of one run)."""
+    return f"vinbig train-{stage} --work {work.root}" + (f" --run {run}" if run != DEFAULT_RUN else "") + f" --fold {fold}"
 
 
 def predict_command(work: Work, stage: str, split: str) -> str:
@@ -348,6 +373,11 @@ def read_labels(work: Work) -> pd.DataFrame:
     return read_csv(work.labels, LABEL_COLUMNS, folds_command(work), dtype={"image_id": str})
 
 
+def read_readers(work: Work) -> pd.DataFrame:
+    """WORK/readers.csv: each reader's own boxes; image_id and rad_id as str."""
+    return read_csv(work.readers, READER_COLUMNS, folds_command(work), dtype={"image_id": str, "rad_id": str})
+
+
 def read_folds(work: Work) -> pd.DataFrame:
     import pandas as pd
 
@@ -397,11 +427,12 @@ def read_detector_preds(work: Work, split: str, columns: Sequence[str] | None = 
     import pandas as pd
 
     df = pd.read_parquet(path, columns=list(columns or DETECTOR_PRED_COLUMNS))
-    if "image_id" in df:
-        df["image_id"] = df["image_id"].astype(str)
+    for c in ("image_id", "run"):
+        if c in df:
+            df[c] = df[c].astype(str)
     return df
 
 
 def read_classifier_preds(work: Work, split: str) -> pd.DataFrame:
     return read_csv(work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS, predict_command(work, "classifier", split),
-                    dtype={"image_id": str})
+                    dtype={"image_id": str, "run": str})

@@ -4,7 +4,9 @@ Each step is the `vinbig` subcommand a user would run (the same code, in this pr
 config (`configs/demo.yaml`: small sizes that train on a laptop CPU in minutes; on a GPU machine the same
 steps use the GPU). A rerun keeps what is done: the dataset when its train.csv exists, the converted
 images and the trained folds (resumed if interrupted). At the end it prints the out-of-fold mAP table next to that
-of a "No finding"-for-every-image submission, where the outputs are, and how long each stage took.
+of a "No finding"-for-every-image submission, the synthetic leaderboard (each submission scored against the test
+truth `vinbig synth` keeps in DATA/private/, which no stage reads) for the ensemble, each detector run alone and
+the "No finding" submission, where the outputs are, and how long each stage took.
 """
 
 from __future__ import annotations
@@ -55,18 +57,20 @@ class Demo:
                                 "dataset, the converted images and the trained folds are kept")
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
-    def train(self, stage: str, command: str, folds: list[int]) -> None:
-        """Train every fold; a fold with a run (last.pt) is resumed: a no-op when it is finished."""
-        for k in folds:
-            resume = Work(self.work).checkpoint(stage, k, "last").is_file()
-            self.stage(f"train {stage}s", [command, "--work", str(self.work), "--fold", str(k)]
-                       + (["--resume"] if resume else []))
+    def train(self, stage: str, command: str, runs: list[str], folds: list[int]) -> None:
+        """Train every fold of every run; a fold with a run (last.pt) is resumed: a no-op when it is finished."""
+        for run in runs:
+            for k in folds:
+                resume = Work(self.work).checkpoint(stage, k, "last", run).is_file()
+                self.stage(f"train {stage}s", [command, "--work", str(self.work), "--run", run, "--fold", str(k)]
+                           + (["--resume"] if resume else []))
 
 
 def run_demo(out: Path, config: Path | None = None, overrides: list[str] = (), verbosity: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     """Run every stage into `out`/data and `out`/work; return the summary (see `summary`)."""
     from vinbig.config import load_config
+    from vinbig.runs import run_names
 
     config = Path(config) if config is not None else demo_config_path()
     cfg = load_config(config, list(overrides))
@@ -81,37 +85,62 @@ def run_demo(out: Path, config: Path | None = None, overrides: list[str] = (), v
                                 for s in ("train", "test")])
     d.stage("folds", ["folds", "--train-csv", str(d.data / "train.csv"), "--out", w])
     folds = list(range(cfg["folds"]["n_folds"]))
-    d.train("detector", "train-detector", folds)
-    d.train("classifier", "train-classifier", folds)
+    detector_runs = run_names(cfg, "detector")
+    d.train("detector", "train-detector", detector_runs, folds)
+    d.train("classifier", "train-classifier", run_names(cfg, "classifier"), folds)
     # the detector predicts each image and its mirror image (as make's default TTA=hflip); the classifier
     # follows classifier.tta
     d.stage("predict", *[["predict-detector", "--work", w, "--split", s, "--tta", "hflip"] for s in ("oof", "test")],
             *[["predict-classifier", "--work", w, "--split", s] for s in ("oof", "test")])
     d.stage("tune fusion", ["tune", "--work", w])
     d.stage("submission", ["fuse", "--work", w, "--split", "test"])
+    if len(detector_runs) > 1:  # each run alone, for the leaderboard (the ensemble's submission is the one above)
+        d.stage("submission", *[["fuse", "--work", w, "--split", "test", "--run", r, "--out",
+                                  str(run_submission(d.work, r))] for r in detector_runs])
     d.stage("report", ["report", "--work", w])
     d.times["total"] = time.perf_counter() - t_start
-    result = summary(d, config, list(overrides))
+    result = summary(d, config, list(overrides), detector_runs if len(detector_runs) > 1 else [])
     echo(format_summary(result))
     return result
 
 
-def summary(d: Demo, config: Path, overrides: list[str]) -> dict:
-    """The fused OOF result, that of "No finding" for every OOF image, the output paths and stage times."""
+def run_submission(work: Path, run: str) -> Path:
+    """``WORK/submission_RUN.csv``: the test submission of one detector run alone."""
+    return Path(work) / f"submission_{run}.csv"
+
+
+def no_finding_result(truth):
+    """The metric of '14 1 0 0 1 1' for every image of `truth` (a prepared truth table)."""
     import pandas as pd
 
-    from fusion import fusion_config, score_oof
     from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_BOX
     from vinbig.metric import evaluate
 
+    preds = pd.DataFrame({"image_id": truth["image_id"].unique(), "class_id": NO_FINDING, "score": 1.0,
+                          **dict(zip(BOX, NO_FINDING_BOX))})
+    return evaluate(truth, preds)
+
+
+def summary(d: Demo, config: Path, overrides: list[str], runs: list[str] = ()) -> dict:
+    """The fused OOF result, that of "No finding" for every OOF image, the leaderboard rows (ensemble, each run of
+    `runs` alone, "No finding": OOF and test mAP), the output paths and stage times."""
+    from fusion import fusion_config, score_oof
+    from vinbig.metric import read_truth, score_files
+
     work = Work(d.work)
-    result, _, truth = score_oof(work, fusion_config(work, config, overrides)["fusion"])
-    image_ids = truth["image_id"].unique()
-    baseline_preds = pd.DataFrame({"image_id": image_ids, "class_id": NO_FINDING, "score": 1.0,
-                                   **dict(zip(BOX, NO_FINDING_BOX))})
-    baseline = evaluate(truth, baseline_preds)
+    f = fusion_config(work, config, overrides)["fusion"]
+    result, _, truth = score_oof(work, f)
+    baseline = no_finding_result(truth)
+    private = d.data / "private" / "test_labels.csv"
+    board = []
+    if private.is_file():  # scored here only, as Kaggle scores a submission; no stage reads it
+        board.append(("ensemble", result.mean_ap, score_files(private, work.submission).mean_ap))
+        for r in runs:
+            board.append((f"run {r} alone", score_oof(work, f, runs=[r]).result.mean_ap,
+                          score_files(private, run_submission(d.work, r)).mean_ap))
+        board.append(("'No finding' for every image", baseline.mean_ap, no_finding_result(read_truth(private)).mean_ap))
     return {"result": result, "baseline": baseline, "submission": work.submission, "report": work.report,
-            "work": work.root, "data": d.data, "times": dict(d.times)}
+            "work": work.root, "data": d.data, "times": dict(d.times), "leaderboard": board, "private": private}
 
 
 def format_summary(s: dict) -> str:
@@ -127,9 +156,15 @@ def format_summary(s: dict) -> str:
             continue
         lines.append(f"{c:>2}  {name:<20} {result.n_truth[c]:>6} {result.ap[c]:>10.4f} {baseline.ap[c]:>14.4f}")
     n = int(result.present.sum())
-    lines += [f"    {'mAP over ' + str(n) + ' classes':<27} {result.mean_ap:>10.4f} {baseline.mean_ap:>14.4f}", "",
+    lines += [f"    {'mAP over ' + str(n) + ' classes':<27} {result.mean_ap:>10.4f} {baseline.mean_ap:>14.4f}", ""]
+    if s.get("leaderboard"):
+        lines += [f"Synthetic leaderboard: test mAP@0.4 against {s['private']} (the truth no stage reads), beside "
+                  "the OOF mAP:", "", f"{'submission':<32} {'OOF mAP':>8} {'test mAP':>9}"]
+        lines += [f"{what:<32} {oof:>8.4f} {test:>9.4f}" for what, oof, test in s["leaderboard"]] + [""]
+    lines += [
               f"submission: {s['submission']} (valid for {s['data'] / 'sample_submission.csv'})",
-              f"report:     {s['report']} (per_class_ap.png, pr_curves.png, metrics.csv, overlays/)",
+              f"report:     {s['report']} (index.html: open it in a browser; per_class_ap.png, pr_curves.png, "
+              "metrics.csv, overlays/)",
               f"work:       {s['work']}", "", "time per stage:"]
     for name, seconds in s["times"].items():
         lines.append(f"  {name:<18} {seconds:7.1f} s")

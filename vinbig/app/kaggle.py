@@ -3,11 +3,11 @@ and `copy_work` copies such a dataset (or an earlier session's work folder) back
 
 An export keeps WORK's layout, so that copied into an empty WORK it predicts the test images::
 
-    folds.csv                          which folds there are
-    fusion.yaml                        the WBF values and gate thresholds 'vinbig tune' chose, if it ran
-    detector/fold{k}/weights/best.pt   every fold of folds.csv
-    classifier/fold{k}/best.pt         every fold, if a classifier was trained
-    config.yaml                        the resolved config (training sizes) with detector.device and
+    folds.csv                               which folds there are
+    fusion.yaml                             the WBF values, run weights and gate thresholds 'vinbig tune' chose
+    detector/{run}/fold{k}/weights/best.pt  every fold of folds.csv of every detector run of the config
+    classifier/{run}/fold{k}/best.pt        every fold of every classifier run, if classifiers were trained
+    config.yaml                             the resolved config (training sizes, the runs) with detector.device and
                                        classifier.device null (the inference session's GPU if it has one,
                                        else its CPU); written last: without it the export is incomplete
 
@@ -17,23 +17,25 @@ The notebooks in notebooks/ use both on Kaggle.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from vinbig import log
-from vinbig.artifacts import Work, atomic_path, config_path, fold_ids, read_folds
+from vinbig.artifacts import DEFAULT_RUN, Work, atomic_path, config_path, fold_ids, read_folds, train_command
 from vinbig.config import save_config
 from vinbig.errors import UserError
 from vinbig.options import work_argument
+from vinbig.runs import run_config, run_names
 
 logger = logging.getLogger(__name__)
 
 EXPORT_CONFIG = "config.yaml"
 # paths of a work folder that copy_work leaves out: the detector's datasets are relative links into images/,
 # rewritten by 'vinbig train-detector' when missing
-NOT_COPIED = ("detector/data",)
+NOT_COPIED = ("detector/*/data",)
 
 
 def _size(n: float) -> str:
@@ -53,28 +55,32 @@ def work_folds(work) -> list[int]:
     return fold_ids(read_folds(work))
 
 
-def model_paths(work, stage: str, folds: list[int] | None = None) -> dict[int, Path]:
-    """``{fold: path}`` of the best.pt every fold of folds.csv (or `folds`, read from it before) has or needs, for
-    "detector" or "classifier"."""
+def model_paths(work, stage: str, runs: list[str], folds: list[int] | None = None) -> dict[tuple[str, int], Path]:
+    """``{(run, fold): path}`` of the best.pt every fold of folds.csv (or `folds`, read from it before) of every run
+    of `runs` has or needs, for "detector" or "classifier"."""
     work = Work.of(work)
-    return {k: work.checkpoint(stage, k) for k in (work_folds(work) if folds is None else folds)}
+    folds = work_folds(work) if folds is None else folds
+    return {(run, k): work.checkpoint(stage, k, "best", run) for run in runs for k in folds}
 
 
-def missing_models(work, stage: str) -> list[int]:
-    """Folds of folds.csv without a trained `stage` model (best.pt)."""
-    return [k for k, path in model_paths(work, stage).items() if not path.is_file()]
+def missing_models(work, stage: str, runs: list[str]) -> list[tuple[str, int]]:
+    """``(run, fold)`` of folds.csv without a trained `stage` model (best.pt)."""
+    return [key for key, path in model_paths(work, stage, runs).items() if not path.is_file()]
 
 
-def export_files(work, classifier: bool = True, folds: list[int] | None = None) -> list[str]:
-    """The files of `work` an export holds (relative paths, config.yaml aside), after checking every fold is trained."""
+def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | None = None) -> list[str]:
+    """The files of `work` an export holds (relative paths, config.yaml aside), after checking every fold of every run
+    of `cfg` is trained."""
     work = Work.of(work)
     root = work.root
     folds = work_folds(work) if folds is None else folds
-    detectors = model_paths(work, "detector", folds)
-    for k, path in detectors.items():
+    detectors = model_paths(work, "detector", run_names(cfg, "detector"), folds)
+    for (run, k), path in detectors.items():
         if not path.is_file():
-            raise UserError(f"{path} not found: fold {k} of {work.folds} has no trained detector, and every fold's "
-                            f"model predicts the test images; run 'vinbig train-detector --work {root} --fold {k}'")
+            of_run = f" of run {run}" if run != DEFAULT_RUN else ""
+            raise UserError(f"{path} not found: fold {k} of {work.folds} has no trained detector{of_run}, and "
+                            f"every fold's model predicts the test images; run "
+                            f"'{train_command(work, 'detector', k, run)}'{work.old_layout_hint('detector')}")
     files = [work.folds]
     if work.fusion_config.is_file():
         files.append(work.fusion_config)
@@ -82,8 +88,8 @@ def export_files(work, classifier: bool = True, folds: list[int] | None = None) 
         logger.warning("no %s: inference fuses with the config's values; run 'vinbig tune --work %s' on the "
                        "out-of-fold predictions first to export tuned ones", work.fusion_config, root)
     files += list(detectors.values())
-    classifiers = model_paths(work, "classifier", folds)
-    trained = [k for k, p in classifiers.items() if p.is_file()]
+    classifiers = model_paths(work, "classifier", run_names(cfg, "classifier"), folds)
+    trained = [f"{run}/fold{k}" for (run, k), p in classifiers.items() if p.is_file()]
     if not trained:
         logger.info("no classifier in %s: the export holds the detectors alone (the 'No finding' gate stays off)",
                     work.classifier)
@@ -91,11 +97,11 @@ def export_files(work, classifier: bool = True, folds: list[int] | None = None) 
         logger.info("--no-classifier: the classifiers of %s are left out (the 'No finding' gate stays off)",
                     work.classifier)
     else:
-        for k, path in classifiers.items():
+        for (run, k), path in classifiers.items():
             if not path.is_file():
-                raise UserError(f"{path} not found, while folds {trained} have a classifier; run 'vinbig "
-                                f"train-classifier --work {root} --fold {k}', or give --no-classifier to export the "
-                                "detectors alone (the 'No finding' gate then stays off)")
+                raise UserError(f"{path} not found, while {', '.join(trained)} have a classifier; run "
+                                f"'{train_command(work, 'classifier', k, run)}', or give --no-classifier to export "
+                                "the detectors alone (the 'No finding' gate then stays off)")
         files += list(classifiers.values())
     return [p.relative_to(root).as_posix() for p in files]
 
@@ -105,15 +111,19 @@ def _warn_if_sizes_differ(work: Work, cfg: dict, folds: list[int]) -> None:
     import yaml
 
     saved = [(config_path(work.images("train"), "images"), "images", "size")]
-    saved += [(config_path(work.fold_dir("detector", k), "detector"), "detector", "imgsz") for k in folds]
-    for path, section, key in saved:
+    saved = [(path, section, key, cfg[section][key]) for path, section, key in saved]
+    for run in run_names(cfg, "detector"):
+        imgsz = run_config(cfg, "detector", run)["imgsz"]
+        saved += [(config_path(work.fold_dir("detector", k, run), "detector"), "detector", "imgsz", imgsz)
+                  for k in folds]
+    for path, section, key, value in saved:
         if not path.is_file():
             continue
         used = (yaml.safe_load(path.read_text()) or {}).get(section, {}).get(key)
-        if used is not None and used != cfg[section][key]:
+        if used is not None and used != value:
             logger.warning("%s says %s.%s=%s but the exported config has %s: inference would use another size "
                            "than training; give 'vinbig export' the --config and --set of training", path, section,
-                           key, used, cfg[section][key])
+                           key, used, value)
 
 
 DEVICE_SECTIONS = ("detector", "classifier")
@@ -147,13 +157,13 @@ def export(work, out, cfg: dict, classifier: bool = True) -> dict:
     if out.resolve() == work.root.resolve():
         raise UserError(f"--out {out} is the work folder itself; give another folder (the dataset to upload)")
     folds = work_folds(work)
-    files = export_files(work, classifier, folds)
+    files = export_files(work, cfg, classifier, folds)
     _warn_if_sizes_differ(work, cfg, folds)
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_CONFIG).unlink(missing_ok=True)
-    earlier = {p.relative_to(out).as_posix() for pattern in ("detector/fold*/weights/best.pt",
-                                                            "classifier/fold*/best.pt", "fusion.yaml")
-               for p in out.glob(pattern)}
+    models = ("detector/*/fold*/weights/best.pt", "detector/fold*/weights/best.pt", "classifier/*/fold*/best.pt",
+              "classifier/fold*/best.pt", "fusion.yaml")  # (also those of a vinbig before named runs)
+    earlier = {p.relative_to(out).as_posix() for pattern in models for p in out.glob(pattern)}
     for rel in sorted(earlier - set(files)):
         (out / rel).unlink()
         logger.warning("removed %s: left by an earlier export, not part of this one", out / rel)
@@ -182,7 +192,7 @@ def copy_work(src, dst) -> dict:
 
     Files already in `dst` with the same size and modification time are skipped; the others are copied to a
     temporary name and renamed, without the source's permissions (a read-only input stays writable here).
-    ``detector/data`` (links rebuilt by 'vinbig train-detector') is left out. Returns ``{"copied": n, "bytes": n}``.
+    ``detector/RUN/data`` (links rebuilt by 'vinbig train-detector') is left out. Returns ``{"copied": n, "bytes": n}``.
     """
 
     src, dst = Path(src), Path(dst)
@@ -192,7 +202,7 @@ def copy_work(src, dst) -> dict:
     todo = []
     for folder, dirs, names in os.walk(src):
         rel = Path(folder).relative_to(src)
-        dirs[:] = sorted(d for d in dirs if (rel / d).as_posix() not in NOT_COPIED)
+        dirs[:] = sorted(d for d in dirs if not any(fnmatch.fnmatch((rel / d).as_posix(), n) for n in NOT_COPIED))
         todo += [rel / n for n in sorted(names) if not n.endswith(".partial")]
     copied = skipped = total = 0
     for rel in log.progress(todo, desc=f"copy {src.name}", unit="file"):
@@ -224,8 +234,8 @@ def register(add) -> None:
     """Add `vinbig export` with ``add(name, func, help, description)``."""
     p = add("export", cmd_export, "copy the trained models and tuned values into a folder to upload as a dataset",
             "Copy what offline test inference needs from WORK into DIR, keeping WORK's layout: folds.csv, "
-            "fusion.yaml (the values 'vinbig tune' chose), every fold's detector/foldK/weights/best.pt and, if "
-            "classifiers were trained, classifier/foldK/best.pt. Writes DIR/config.yaml, the resolved config (defaults, --config, "
+            "fusion.yaml (the values 'vinbig tune' chose), every fold's detector/RUN/foldK/weights/best.pt of every "
+            "detector run of the config and, if classifiers were trained, classifier/RUN/foldK/best.pt. Writes DIR/config.yaml, the resolved config (defaults, --config, "
             "--set): give the --config and --set of training, so that inference converts and predicts at the "
             "training sizes; its detector.device and classifier.device are null, so that inference takes the GPU "
             "of its own session if any, else the CPU. config.yaml is written last; a folder without it is an "

@@ -1,4 +1,7 @@
-"""Fuse the readers' boxes of each image and class into one set of training labels (labels.csv).
+"""Fuse the readers' boxes of each image and class into one set of training labels.
+
+`vinbig folds` writes the result as WORK/labels.csv (the truth of OOF scoring); a detector run with its own
+``exclude_readers`` or ``reader_weights`` fuses WORK/readers.csv again for its training labels.
 
 Each image was read by several radiologists ("readers"). Their boxes are fused with ensemble-boxes'
 weighted boxes fusion (WBF), one call per image:
@@ -44,13 +47,18 @@ logger = logging.getLogger(__name__)
 _DTYPES = (str, np.int64, float, float, float, float, float, np.int64)
 
 
-def _check_args(iou_thr: float, skip_box_thr: float, conf_type: str, reader_weights: Mapping[str, float]) -> None:
-    check_wbf_args("folds", iou_thr, skip_box_thr, conf_type)
+def check_reader_weights(reader_weights: Mapping[str, float], section: str = "folds") -> None:
+    """Every weight of `section`.reader_weights is a number above 0 (a reader is left out by exclude_readers)."""
     bad = {r: w for r, w in reader_weights.items()
            if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w <= 0}
     if bad:
-        raise ConfigError(f"folds.reader_weights {bad}: each weight must be a number above 0; "
-                          f"exclude a reader with folds.exclude_readers instead of weight 0")
+        raise ConfigError(f"{section}.reader_weights {bad}: each weight must be a number above 0; "
+                          f"exclude a reader with {section}.exclude_readers instead of weight 0")
+
+
+def _check_args(iou_thr: float, skip_box_thr: float, conf_type: str, reader_weights: Mapping[str, float]) -> None:
+    check_wbf_args("folds", iou_thr, skip_box_thr, conf_type)
+    check_reader_weights(reader_weights)
 
 
 def _fuse_image(boxes: np.ndarray, labels: np.ndarray, reader: np.ndarray, weights: np.ndarray, *,
@@ -82,13 +90,14 @@ def _fuse_image(boxes: np.ndarray, labels: np.ndarray, reader: np.ndarray, weigh
 
 def consolidate(train: pd.DataFrame, *, iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
                 reader_weights: Mapping[str, float] | None = None,
-                exclude_readers: Iterable[str] = ()) -> pd.DataFrame:
+                exclude_readers: Iterable[str] = (), source: str = "train.csv") -> pd.DataFrame:
     """Fuse the readers' boxes per image and class with WBF; returns LABEL_COLUMNS (see the module doc).
 
-    `train` is a validated train.csv (validate_train_csv). Rows of `exclude_readers` are dropped
-    first; an image left without readers is dropped (counted in a warning). Every box a reader
-    draws has score 1.0, so `skip_box_thr` (in [0, 1]) drops nothing; it is kept for parity with
-    WBF's interface. The result is sorted by image_id, class_id, then the box corners.
+    `train` is a validated train.csv (validate_train_csv) or WORK/readers.csv: the columns image_id, rad_id,
+    class_id and the box, "No finding" rows with an empty box; `source` names it in the warnings. Rows of
+    `exclude_readers` are dropped first; an image left without readers is dropped (counted in a warning).
+    Every box a reader draws has score 1.0, so `skip_box_thr` (in [0, 1]) drops nothing; it is kept for parity
+    with WBF's interface. The result is sorted by image_id, class_id, then the box corners.
     """
     reader_weights = dict(reader_weights or {})
     exclude = sorted(set(exclude_readers or ()))
@@ -97,10 +106,10 @@ def consolidate(train: pd.DataFrame, *, iou_thr: float = 0.4, skip_box_thr: floa
     readers_present = set(train["rad_id"].unique())
     unknown = sorted(set(exclude) - readers_present)
     if unknown:
-        logger.warning("exclude_readers names %s, who read no image in train.csv; nothing dropped for them", unknown)
+        logger.warning("exclude_readers names %s, who read no image in %s; nothing dropped for them", unknown, source)
     unknown = sorted(set(reader_weights) - readers_present)
     if unknown:
-        logger.warning("reader_weights names %s, who read no image in train.csv; their weights are unused", unknown)
+        logger.warning("reader_weights names %s, who read no image in %s; their weights are unused", unknown, source)
 
     all_images = train["image_id"].unique()
     kept = train[~train["rad_id"].isin(exclude)] if exclude else train

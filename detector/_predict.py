@@ -363,26 +363,33 @@ def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
 def _predict_images(model, ids: Sequence[str], images: list[np.ndarray], flipped: list[np.ndarray] | None,
                     meta: pd.DataFrame, fold: int, sets: Sequence[str], args: Mapping,
                     run: str = DEFAULT_RUN) -> pd.DataFrame:
-    """The rows of one fold model's prediction sets on one batch (`flipped`: the images mirrored, for hflip)."""
+    """The rows of one fold model's prediction sets on one batch (`flipped`: the images mirrored, for hflip), image
+    by image in batch order. Built with one array pass per set: a frame and a meta.csv lookup per image cost more
+    than the rest of the bookkeeping (bench/bench_second_opinion.py)."""
+    m = meta.loc[list(ids)]
     frames = []
     for tta in sets:
         batch = images if tta == "none" else flipped
-        for image_id, im, result in zip(ids, batch, model.predict(batch, **args)):
-            boxes = result.boxes
-            xyxy = boxes.xyxy.cpu().numpy().astype(np.float64)
-            if tta == "hflip":
-                xyxy = unflip_boxes(xyxy, im.shape[1])
-            frames.append(_rows(image_id, fold, tta, boxes.cls.cpu().numpy(), boxes.conf.cpu().numpy(),
-                                xyxy, meta.loc[image_id], run))
+        results = model.predict(batch, **args)
+        img = np.repeat(np.arange(len(ids)), [len(r.boxes) for r in results])
+        xyxy = np.concatenate([r.boxes.xyxy.cpu().numpy().reshape(-1, 4) for r in results]).astype(np.float64)
+        cls = np.concatenate([r.boxes.cls.cpu().numpy() for r in results])
+        conf = np.concatenate([r.boxes.conf.cpu().numpy() for r in results])
+        if tta == "hflip":
+            xyxy = unflip_boxes(xyxy, np.array([im.shape[1] for im in batch], dtype=np.float64)[img])
+        frames.append(_rows(np.asarray(ids, dtype=object)[img], fold, tta, cls, conf, xyxy, m.iloc[img], run))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DETECTOR_PRED_COLUMNS)
 
 
-def _rows(image_id: str, fold: int, tta: str, cls: np.ndarray, conf: np.ndarray, xyxy_png: np.ndarray,
-          m: pd.Series, run: str = DEFAULT_RUN) -> pd.DataFrame:
-    xyxy = clip(to_original(xyxy_png, m.width, m.height, m.png_width, m.png_height), m.width, m.height)
+def _rows(image_id, fold: int, tta: str, cls: np.ndarray, conf: np.ndarray, xyxy_png: np.ndarray,
+          m, run: str = DEFAULT_RUN) -> pd.DataFrame:
+    """Rows of boxes predicted on PNGs, in original pixels, clipped, empty ones left out. `image_id` and `m` (meta.csv
+    rows: width, height, png_width, png_height) are one per box, or one for all the boxes."""
+    w, h, pw, ph = (np.asarray(m[c], dtype=np.float64) for c in ("width", "height", "png_width", "png_height"))
+    xyxy = clip(to_original(xyxy_png, w, h, pw, ph), w, h)
     keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-    n = int(keep.sum())
-    return pd.DataFrame({"image_id": [image_id] * n, "run": run, "fold": fold, "tta": tta, "class_id": cls[keep].astype(int),
+    ids = np.broadcast_to(np.asarray(image_id, dtype=object), keep.shape)[keep]
+    return pd.DataFrame({"image_id": ids, "run": run, "fold": fold, "tta": tta, "class_id": cls[keep].astype(int),
                          "score": conf[keep], "x_min": xyxy[keep, 0], "y_min": xyxy[keep, 1],
                          "x_max": xyxy[keep, 2], "y_max": xyxy[keep, 3]})
 

@@ -25,7 +25,8 @@ logger = logging.getLogger("vinbig")
 # Modules that add subcommands: each has ``register(add)``. They must import nothing heavy (torch,
 # ultralytics) at module level, so that ``vinbig --help`` stays fast.
 COMMAND_MODULES = ("vinbig.app.synth", "folds.cli", "detector.cli", "classifier.cli", "fusion.cli",
-                   "vinbig.app.demo", "vinbig.app.kaggle")
+                   "vinbig.app.demo", "vinbig.app.kaggle", "vinbig.app.runs",
+                   "vinbig.app.predict")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

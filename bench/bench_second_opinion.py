@@ -20,9 +20,8 @@ Timed, each `--repeats` times, alternating, median:
   imports and checkpoint loading included).
 
 The detector's rows (boxes mapped to original pixels, one row each) are built by detector/_predict.py's
-``_predict_images``, a DataFrame per image and prediction set; the script also times ``vinbig predict`` with
-:func:`vectorized_predict_images`, a proposed drop-in that builds them with one array pass per set, after checking
-that it gives the same rows in the same order.
+``_predict_images`` with one array pass per prediction set (a DataFrame and a meta.csv lookup per image and set,
+as it was first written, cost 0.012 s an image here: 24.8 % over the bare passes instead of 17.5 %).
 
     python bench/bench_second_opinion.py                           # 64 DICOMs, random weights, about 5 minutes
     python bench/bench_second_opinion.py --model DIR --dicoms DATA/test --repeats 5 --json out.json
@@ -149,75 +148,11 @@ def bare_passes(loaded, images) -> dict:
     return seconds
 
 
-def vectorized_predict_images(model, ids, images, flipped, meta, fold, sets, args, run="default"):
-    """A proposed ``detector._predict._predict_images``: the same rows in the same order, built with one array
-    pass per prediction set instead of a DataFrame and a meta.csv lookup per image and set (about 1.2 ms an image
-    and model on the demo's batches, against 0.1)."""
-    import numpy as np
-    import pandas as pd
-
-    from detector._predict import unflip_boxes
-    from vinbig.artifacts import DETECTOR_PRED_COLUMNS
-    from vinbig.boxes import clip, to_original
-
-    m = meta.loc[list(ids)]
-    frames = []
-    for tta in sets:
-        batch = images if tta == "none" else flipped
-        results = model.predict(batch, **args)
-        img = np.repeat(np.arange(len(ids)), [len(r.boxes) for r in results])
-        parts = [(r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().numpy(), r.boxes.conf.cpu().numpy()) for r in results]
-        xyxy = np.concatenate([p[0] for p in parts]).astype(np.float64).reshape(-1, 4)
-        cls, conf = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
-        if tta == "hflip":
-            xyxy = unflip_boxes(xyxy, np.array([im.shape[1] for im in batch], dtype=np.float64)[img])
-        w, h = m["width"].to_numpy()[img], m["height"].to_numpy()[img]
-        xyxy = clip(to_original(xyxy, w, h, m["png_width"].to_numpy()[img], m["png_height"].to_numpy()[img]), w, h)
-        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-        frames.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[img[keep]], "run": run, "fold": fold,
-                                    "tta": tta, "class_id": cls[keep].astype(int), "score": conf[keep],
-                                    "x_min": xyxy[keep, 0], "y_min": xyxy[keep, 1], "x_max": xyxy[keep, 2],
-                                    "y_max": xyxy[keep, 3]}))
-    return pd.concat(frames, ignore_index=True).loc[:, list(DETECTOR_PRED_COLUMNS)]
-
-
-def use_rows(way: str) -> None:
-    """The detector's rows built as detector/_predict.py builds them ("stage") or by the proposed version."""
-    import detector._predict as dp
-
-    dp._predict_images = ORIGINAL_ROWS if way == "stage" else vectorized_predict_images
-
-
-ORIGINAL_ROWS = None
-
-
-def same_rows(loaded, images) -> bool:
-    """Whether the proposed rows equal the stage's on the first batch (values, order)."""
-    import pandas as pd
-
-    from vinbig.app.predict import detect
-
-    use_rows("stage")
-    a = detect(loaded, images[:loaded.batch])
-    use_rows("proposed")
-    b = detect(loaded, images[:loaded.batch])
-    use_rows("stage")
-    try:
-        pd.testing.assert_frame_equal(a, b, check_dtype=False)
-    except AssertionError:
-        return False
-    return True
-
-
 def in_process(model_dir: Path, dicoms: Path, out: Path, repeats: int, dicom_out: bool) -> dict:
-    """Median seconds per image of vinbig predict's parts (with the stage's detector rows, and with the proposed
-    ones) and of the bare passes, alternating."""
-    global ORIGINAL_ROWS
-    import detector._predict as dp
+    """Median seconds per image of vinbig predict's parts and of the bare passes, alternating."""
     from vinbig import log
     from vinbig.app.predict import find_inputs, load_models, predict, read_image
 
-    ORIGINAL_ROWS = dp._predict_images
     log.setup(-1)
     model = open_export(model_dir)
     files, _ = find_inputs([dicoms])
@@ -226,14 +161,9 @@ def in_process(model_dir: Path, dicoms: Path, out: Path, repeats: int, dicom_out
     n = len(files)
     predict(model, [dicoms], out, dicom_out=dicom_out)  # warm-up: first model calls, numba's cache, file caches
     bare_passes(loaded, images)
-    same = same_rows(loaded, images)
-    runs, proposed, bare = [], [], []
+    runs, bare = [], []
     for _ in range(repeats):
-        use_rows("stage")
         runs.append(predict(model, [dicoms], out, dicom_out=dicom_out))
-        use_rows("proposed")
-        proposed.append(predict(model, [dicoms], out, dicom_out=dicom_out))
-        use_rows("stage")
         bare.append(bare_passes(loaded, images))
     med = lambda values: statistics.median(values) / n  # noqa: E731
     result = {part: med([r.seconds[part] for r in runs]) for part in PARTS}
@@ -242,10 +172,6 @@ def in_process(model_dir: Path, dicoms: Path, out: Path, repeats: int, dicom_out
     result["bare"] = {k: med([b[k] for b in bare]) for k in bare[0]}
     result["bare"]["total"] = med([b["detector"] + b["classifier"] for b in bare])
     result["overhead"] = result["per_image"] / result["bare"]["total"] - 1
-    result["proposed_rows"] = {part: med([r.seconds[part] for r in proposed]) for part in PARTS}
-    result["proposed_rows"]["per_image"] = med([r.seconds["images"] for r in proposed])
-    result["proposed_rows"]["overhead"] = result["proposed_rows"]["per_image"] / result["bare"]["total"] - 1
-    result["proposed_rows"]["same_rows"] = same
     result["boxes_per_image"] = sum(len(r.boxes) for r in runs[-1].results) / n
     result["models"] = {"detector": len(loaded.detectors), "tta_sets": len(loaded.sets),
                         "classifier": sum(len(m) for m in loaded.classifiers.values())}
@@ -306,9 +232,6 @@ def main() -> int:
     print(f"{'    of which the network alone':44s} {b['detector_network']:8.4f}")
     print(f"{'  classifier network':44s} {b['classifier']:8.4f}")
     print(f"{'overhead over the bare passes':44s} {100 * r['overhead']:7.1f} %")
-    pr = r["proposed_rows"]
-    print(f"{'with the proposed detector rows':44s} {pr['per_image']:8.4f}   (detector {pr['detector']:.4f}; "
-          f"overhead {100 * pr['overhead']:.1f} %; the same rows: {'yes' if pr['same_rows'] else 'NO'})")
     cmd = r["command"]
     print(f"{'whole command, fresh process (wall)':44s} {cmd['wall_per_image']:8.4f}   = start-up {cmd['start_up']:.1f} s "
           f"(interpreter, imports, checkpoints) + {cmd['images_per_image']:.4f} s per image")

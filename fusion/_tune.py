@@ -171,7 +171,7 @@ class _RunSearch:
                  lows, highs):
         self.src, self.truth, self.clf, self.f, self.values = src, truth, clf, f, values
         self.lows, self.highs = lows, highs
-        self.fused: dict[tuple, pd.DataFrame] = {}
+        self.fused: dict[tuple, tuple[pd.DataFrame, np.ndarray]] = {}  # run weights -> fused boxes, their images
         self.gate: tuple[float, float] = (values.get("low", 0.0), values.get("high", 0.0))
 
     def score(self, run_w: dict, clf_w: dict) -> tuple[float, float, float]:
@@ -210,7 +210,6 @@ class _RunSearch:
                         best, current, changed = s, cand, True
             if not changed:
                 break
-        self.gate = best[1:]
         return current, best[0]
 
     def run(self, det_runs: list[str], clf_runs: list[str]) -> tuple[dict, dict, float, pd.DataFrame]:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from conftest import own_work
+from test_report_html import browser  # noqa: F401 (a fixture)
 from tiny import TINY, set_args
 from vinbig.app.cli import main
 from vinbig.artifacts import Work, read_classifier_preds, read_detector_preds
@@ -127,3 +128,16 @@ def test_report_shows_each_run_beside_the_ensemble(two_runs, capsys):
     header = next(line for line in out.splitlines() if line.split()[-3:] == ["a", "b", "ensemble"])
     assert header.split()[:2] == ["id", "class"]
     assert (work.report / "index.html").is_file()
+
+
+def test_the_report_page_of_a_trained_work_opens_in_chromium(two_runs, browser, tmp_path):
+    """The page of a real (tiny) OOF output, two runs: no console error, every thumbnail loads, a column per run."""
+    work, config, _ = two_runs
+    if not (work.report / "index.html").is_file():
+        assert vinbig("report", "--work", work.root, config=config) == 0
+    browser.open((work.report / "index.html").as_uri())
+    assert browser.problems() == []
+    assert browser.js("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    headers = browser.js("Array.from(document.querySelectorAll('th')).map(t => t.textContent.trim())")
+    assert {"AP ensemble", "AP a", "AP b"} <= set(headers), headers
+    assert browser.screenshot(tmp_path / "report.png").stat().st_size > 0

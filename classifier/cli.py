@@ -26,7 +26,8 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     result = train_fold(args.work, args.fold, cfg["classifier"], resume=args.resume, overwrite=args.overwrite,
                         run=name)
     logger.info("%sfold %d: best validation AUC %.4f at epoch %d; best.pt, last.pt and summary.csv in %s",
-                f"run {name}, " if len(run_names(cfg, "classifier")) > 1 else "", args.fold, result.best_auc, result.best_epoch + 1, result.out_dir)
+                f"run {name}, " if len(run_names(cfg, "classifier")) > 1 else "", args.fold, result.best_auc,
+                result.best_epoch + 1, result.out_dir)
     # saved once the run is done (or last.pt was accepted for --resume), by rank 0 only
     return Outcome(0, config_path(result.out_dir, "classifier") if rank0 else None)
 
@@ -49,7 +50,8 @@ def register(add) -> None:
     p = add("train-classifier", cmd_train_classifier, "train the 'No finding' classifier on one fold",
             "Train a timm model (classifier.backbone, one logit: P(abnormal)) on the PNGs of WORK/images/train "
             "of folds != K and validate on fold K. Writes WORK/classifier/RUN/fold{K}/ (RUN: one of the config's "
-            "runs.classifier, 'default' when none is declared; --run NAME when there are several): summary.csv (a row per "
+            "runs.classifier, 'default' when none is declared; --run NAME when there are several): summary.csv "
+            "(a row per "
             "epoch), best.pt (best validation AUC), last.pt and config_classifier.yaml. One process uses one GPU; "
             "several GPUs: torchrun --standalone --nproc_per_node N -m vinbig train-classifier ... (each process "
             "takes GPU LOCAL_RANK; classifier.batch and classifier.workers are per process). --resume continues "

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 TTAS = ("none", "hflip")
 _ROW_GROUP = 200_000  # rows buffered before a parquet row group is written
 _PREFETCH = 2  # batches read ahead by background threads (0: read in the main thread as each batch is needed)
-_SINGLE_READ = True  # models that predict the same images share each batch read (False: a pass over the images per model)
+_SINGLE_READ = True  # models predicting the same images share each batch read (False: a pass over the images per model)
 
 
 def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:

@@ -231,7 +231,8 @@ def folds_command(work: Work) -> str:
 
 def train_command(work: Work, stage: str, fold: int, run: str = DEFAULT_RUN) -> str:
     """``vinbig train-detector`` or ``train-classifier`` of one fold (of one run)."""
-    return f"vinbig train-{stage} --work {work.root}" + (f" --run {run}" if run != DEFAULT_RUN else "") + f" --fold {fold}"
+    named = f" --run {run}" if run != DEFAULT_RUN else ""
+    return f"vinbig train-{stage} --work {work.root}{named} --fold {fold}"
 
 
 def predict_command(work: Work, stage: str, split: str) -> str:

@@ -235,7 +235,8 @@ def register(add) -> None:
     p = add("export", cmd_export, "copy the trained models and tuned values into a folder to upload as a dataset",
             "Copy what offline test inference needs from WORK into DIR, keeping WORK's layout: folds.csv, "
             "fusion.yaml (the values 'vinbig tune' chose), every fold's detector/RUN/foldK/weights/best.pt of every "
-            "detector run of the config and, if classifiers were trained, classifier/RUN/foldK/best.pt. Writes DIR/config.yaml, the resolved config (defaults, --config, "
+            "detector run of the config and, if classifiers were trained, classifier/RUN/foldK/best.pt. "
+            "Writes DIR/config.yaml, the resolved config (defaults, --config, "
             "--set): give the --config and --set of training, so that inference converts and predicts at the "
             "training sizes; its detector.device and classifier.device are null, so that inference takes the GPU "
             "of its own session if any, else the CPU. config.yaml is written last; a folder without it is an "

@@ -32,8 +32,9 @@ import yaml
 
 from vinbig.artifacts import N_CLASSES, NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels, writing
 from vinbig.metric import _ap, average_precision, index_of, match, prepare_truth
+from vinbig.runs import weight_of
 
-from fusion._fuse import Prepared, arrange, check_params, fuse, prepare
+from fusion._fuse import Prepared, check_params, fuse, prepare
 from fusion._gate import apply_gate, image_probabilities
 
 logger = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ def tune(work: Work | str | os.PathLike, fusion_cfg: dict) -> Tuning:
     for iou, skip, ct in grid:
         check_params(iou, skip, ct, f["engine"], f["weights"])
     start = time.perf_counter()
-    src = prepare(work, "oof")
-    inp = arrange(src.preds, src.meta, src.image_ids, f["weights"], f["run_weights"], src.fold_of, src.meta_row)
+    src = prepare(work, "oof", run_weights=f["run_weights"])  # a run of weight 0 is left out, as fuse does
+    inp = src.arrange(f["weights"], f["run_weights"])
     truth = oof_truth(work, inp.image_ids)
     p = clf = None
     lows, highs = f["tune_low"] or [f["low"]], f["tune_high"] or [f["high"]]
@@ -152,7 +153,7 @@ def tune(work: Work | str | os.PathLike, fusion_cfg: dict) -> Tuning:
         same &= (table.low == f["low"]) & (table.high == f["high"])
     before = float(table.loc[same, "map"].iloc[0]) if same.any() else None
     best_map, runs = float(best["map"]), None
-    det_runs = list(pd.unique(src.preds["run"]))
+    det_runs = src.runs
     clf_runs = list(pd.unique(clf["run"])) if clf is not None else []
     if len(det_runs) > 1 or len(clf_runs) > 1:
         search = _RunSearch(src, truth, clf, f, values, lows, highs)
@@ -179,7 +180,7 @@ class _RunSearch:
         key = tuple(sorted(run_w.items()))
         if key not in self.fused:
             src = self.src.only([r for r, w in run_w.items() if w > 0])
-            inp = arrange(src.preds, src.meta, src.image_ids, self.f["weights"], run_w, src.fold_of, src.meta_row)
+            inp = src.arrange(self.f["weights"], run_w)
             v = self.values
             self.fused[key] = (fuse(inp, iou_thr=v["iou_thr"], skip_box_thr=v["skip_box_thr"],
                                     conf_type=v["conf_type"], engine=self.f["engine"], workers=self.f["workers"],
@@ -215,8 +216,8 @@ class _RunSearch:
     def run(self, det_runs: list[str], clf_runs: list[str]) -> tuple[dict, dict, float, pd.DataFrame]:
         f = self.f
         equal_d, equal_c = {r: 1.0 for r in det_runs}, {r: 1.0 for r in clf_runs}
-        run_w = {r: float(f["run_weights"].get(r, 1.0)) for r in det_runs}
-        clf_w = {r: float(f["classifier_weights"].get(r, 1.0)) for r in clf_runs}
+        run_w = {r: weight_of(f["run_weights"], r) for r in det_runs}
+        clf_w = {r: weight_of(f["classifier_weights"], r) for r in clf_runs}
         if len(det_runs) > 1:
             run_w, _ = self._descend(det_runs, run_w, clf_w, True)
         if len(clf_runs) > 1:

@@ -178,12 +178,15 @@ kaggle-models: venv ## the weights dataset: WORK's trained folds, folds.csv, fus
 readme: venv ## rewrite the README's configuration tables from configs/default.yaml
 	$(BIN)/python tests/test_readme.py
 
-bench: venv ## run the benchmarks in bench/ (results go in BENCHMARKS.md by hand)
+bench: venv ## run the CPU benchmarks in bench/ (about 90 min on 2 cores; results go in BENCHMARKS.md by hand)
 	$(BIN)/python bench/bench_images.py
 	$(BIN)/python bench/bench_metric.py
 	$(BIN)/python bench/bench_fuse.py --tune 3000
 	$(BIN)/python bench/bench_detector.py
 	$(BIN)/python bench/bench_classifier.py
+	$(BIN)/python bench/bench_predict.py
+	$(BIN)/python bench/bench_second_opinion.py
+	$(BIN)/python bench/bench_runs.py --n-train 240 --n-test 80 --folds 2
 
 gpu-check: venv ## speed and memory on one CUDA GPU against ultralytics alone (<= 8 min): work/gpu_check/gpu_check.{json,md}
 	$(BIN)/python bench/gpu_check.py --out work/gpu_check

@@ -8,7 +8,7 @@ import os
 
 from vinbig.artifacts import Work, config_path
 from vinbig.options import Outcome, given, predict_arguments, train_arguments
-from vinbig.runs import one_run, run_argument, run_config, run_names, select
+from vinbig.runs import one_run, others, run_argument, run_config, run_names, select
 
 logger = logging.getLogger("vinbig")
 
@@ -21,8 +21,8 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     if not rank0:
         log.setup(-1)  # under torchrun only rank 0 reports progress
     name = one_run(cfg, "classifier", args.run)
-    # the options given on the command line win over the run's keys; the run's section is saved with its weights
-    cfg["classifier"] = {**run_config(cfg, "classifier", name), **given(args).get("classifier", {})}
+    # the run's own section (command-line options over its keys) is saved with its weights
+    cfg["classifier"] = run_config(cfg, "classifier", name, given(args).get("classifier", {}))
     result = train_fold(args.work, args.fold, cfg["classifier"], resume=args.resume, overwrite=args.overwrite,
                         run=name)
     logger.info("%sfold %d: best validation AUC %.4f at epoch %d; best.pt, last.pt and summary.csv in %s",
@@ -36,9 +36,8 @@ def cmd_predict_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     from classifier import predict
 
     chosen = select(cfg, "classifier", args.runs)
-    given_keys = given(args).get("classifier", {})
-    runs = {name: {**run_config(cfg, "classifier", name), **given_keys} for name in chosen}
-    keep = [name for name in run_names(cfg, "classifier") if name not in chosen]
+    runs = {name: run_config(cfg, "classifier", name, given(args).get("classifier", {})) for name in chosen}
+    keep = others(cfg, "classifier", chosen)
     result = predict(args.work, args.split, cfg["classifier"], runs=runs, keep_runs=keep)
     logger.info("%s predictions in %s", args.split, result.path)
     # WORK/preds/config_classifier_{split}.yaml, beside the predictions it made

@@ -7,7 +7,7 @@ import logging
 
 from vinbig.artifacts import Work, check_fold, config_path
 from vinbig.options import Outcome, given, predict_arguments, train_arguments
-from vinbig.runs import one_run, run_argument, run_config, run_names, select
+from vinbig.runs import one_run, others, run_argument, run_config, run_names, select
 
 logger = logging.getLogger("vinbig")
 
@@ -22,8 +22,7 @@ def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
     work = Work(args.work)
     check_fold(work, args.fold)
     name = one_run(cfg, "detector", args.run)
-    # the options given on the command line win over the run's keys, as over the rest of the config
-    section = {**run_config(cfg, "detector", name), **given(args).get("detector", {})}
+    section = run_config(cfg, "detector", name, given(args).get("detector", {}))
     # folds.outside_boxes (--set folds.outside_boxes=clip): what a box of labels.csv beyond its image becomes
     run = train_fold(work, args.fold, section, resume=args.resume, overwrite=args.overwrite,
                      resume_overrides=given(args).get("detector", {}), outside_boxes=cfg["folds"]["outside_boxes"],
@@ -40,9 +39,8 @@ def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
     from detector._predict import predict
 
     chosen = select(cfg, "detector", args.runs)
-    given_keys = given(args).get("detector", {})
-    runs = {name: {**run_config(cfg, "detector", name), **given_keys} for name in chosen}
-    keep = [name for name in run_names(cfg, "detector") if name not in chosen]
+    runs = {name: run_config(cfg, "detector", name, given(args).get("detector", {})) for name in chosen}
+    keep = others(cfg, "detector", chosen)
     result = predict(args.work, args.split, cfg["detector"], tta=args.tta or (), folds=args.folds,
                      weights=args.weights, runs=runs, keep_runs=keep)
     return Outcome(0, config_path(result.path.parent, f"detector_{args.split}"))
@@ -51,7 +49,7 @@ def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
 def register(add) -> None:
     """Add this stage's subcommands with ``add(name, func, help, description, sections)``."""
     p = add("train-detector", cmd_train, "train one fold's YOLOv8 detector (ultralytics)",
-            "Write the ultralytics dataset of fold K (WORK/detector/data/foldK: linked PNGs, YOLO labels, "
+            "Write the ultralytics dataset of fold K (WORK/detector/RUN/data/foldK: linked PNGs, YOLO labels, "
             "data.yaml) and train a YOLOv8 on the other folds, validating on fold K, with the config's "
             "detector section. A box of labels.csv beyond its image stops the command with a list of them, "
             "unless --set folds.outside_boxes=clip (moved to the edge) or drop (left out). The model is an "

@@ -19,6 +19,7 @@ _EXPORTS = {
     "write_tuned": "fusion._tune",
     "predict": "fusion._stage",
     "score_oof": "fusion._stage",
+    "oof_inputs": "fusion._stage",
     "fusion_config": "fusion._stage",
     "make_submission": "fusion._stage",
     "write_report": "fusion._report",

@@ -26,6 +26,7 @@ from vinbig.boxes import check_wbf_args, clip
 from vinbig.errors import ConfigError
 from vinbig.metric import index_of
 from vinbig.parallel import n_workers, process_map
+from vinbig.runs import weight_of
 
 from fusion._wbf import wbf_batch
 
@@ -73,7 +74,7 @@ def set_weight(name: str, weights: dict, run_weights: dict | None = None) -> flo
             specific = sum(p != "*" for p in pattern)
             if specific > best:
                 best, found = specific, float(w)
-    return found * float((run_weights or {}).get(parts[0], 1.0))
+    return found * weight_of(run_weights or {}, parts[0])
 
 
 def check_params(iou_thr: float, skip_box_thr: float, conf_type: str, engine: str, weights: dict) -> None:
@@ -130,7 +131,7 @@ def load_inputs(work: Work | str | os.PathLike, split: str, image_ids=None, weig
     is left out.
     """
     src = prepare(work, split, image_ids, runs, run_weights)
-    return arrange(src.preds, src.meta, src.image_ids, weights, run_weights, src.fold_of, src.meta_row)
+    return src.arrange(weights, run_weights)
 
 
 @dataclass
@@ -149,13 +150,31 @@ class Prepared:
         return Prepared(self.preds[keep].reset_index(drop=True), self.meta, self.image_ids, self.fold_of,
                         self.meta_row[keep])
 
+    def select(self, runs=None, run_weights: dict | None = None, path=None) -> "Prepared":
+        """The rows of the runs `runs` (None: all) of weight above 0 in `run_weights` (see :func:`kept_runs`);
+        `path` names the prediction file in errors."""
+        keep = kept_runs(self.runs, runs, run_weights, path)
+        return self if keep == self.runs else self.only(keep)
+
+    @property
+    def runs(self) -> list[str]:
+        """The detector runs of the rows, in file order."""
+        return list(pd.unique(self.preds["run"]))
+
+    def arrange(self, weights: dict | None = None, run_weights: dict | None = None) -> FusionInput:
+        """These rows arranged for :func:`fuse` (see :func:`arrange`)."""
+        return arrange(self.preds, self.meta, self.image_ids, weights, run_weights, self.fold_of, self.meta_row)
+
 
 def prepare(work: Work | str | os.PathLike, split: str, image_ids=None, runs=None,
             run_weights: dict | None = None) -> Prepared:
     """The detector's predictions of `split` checked and read once, before :func:`arrange` (see load_inputs)."""
     work = Work.of(work)
     preds = read_detector_preds(work, split)
-    preds = only_runs(preds, runs, run_weights, work.detector_preds(split))
+    present = list(pd.unique(preds["run"]))
+    keep = kept_runs(present, runs, run_weights, work.detector_preds(split))
+    if keep != present:
+        preds = preds[preds["run"].isin(keep)].reset_index(drop=True)
     meta = read_meta(work.images("train" if split == "oof" else "test")).set_index("image_id")
     bad = ~preds["class_id"].between(0, len(CLASS_NAMES) - 1)
     if bad.any():
@@ -185,21 +204,21 @@ def prepare(work: Work | str | os.PathLike, split: str, image_ids=None, runs=Non
     return Prepared(preds, meta, np.asarray(image_ids).astype(str), fold_of, meta_row)
 
 
-def only_runs(preds: pd.DataFrame, runs, run_weights: dict | None, path) -> pd.DataFrame:
-    """The rows of `preds` of the runs `runs` (None: all) whose weight in `run_weights` is not 0."""
-    present = list(pd.unique(preds["run"]))
+def kept_runs(present: list, runs, run_weights: dict | None, path) -> list:
+    """Of the runs `present` in a prediction file, the runs `runs` (None: all) whose weight in `run_weights` is not
+    0; an error when one of `runs` is not there or every run weighs 0."""
     if runs is None and not present:  # not one box
-        return preds
+        return present
     keep = present if runs is None else list(runs)
     missing = [r for r in keep if r not in present]
     if missing:
         raise ArtifactError(f"{path} holds no predictions of run(s) {', '.join(missing)} (it has "
                             f"{', '.join(present) or 'none'}); run 'vinbig predict-detector' for them")
-    keep = [r for r in keep if float((run_weights or {}).get(r, 1.0)) != 0]
+    keep = [r for r in keep if weight_of(run_weights or {}, r) != 0]
     if not keep:
         raise ConfigError(f"fusion.run_weights leaves out every detector run ({', '.join(present)}); give one a "
                           "weight above 0")
-    return preds if len(keep) == len(present) else preds[preds["run"].isin(keep)].reset_index(drop=True)
+    return keep
 
 
 def arrange(preds: pd.DataFrame, meta: pd.DataFrame, image_ids, weights: dict | None = None,

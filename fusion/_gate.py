@@ -19,8 +19,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, NO_FINDING, NO_FINDING_BOX, PRED_COLUMNS
+from vinbig.artifacts import BOX, DEFAULT_RUN, NO_FINDING, NO_FINDING_BOX, PRED_COLUMNS
 from vinbig.metric import index_of
+from vinbig.runs import weight_of
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,11 @@ def image_probabilities(clf: pd.DataFrame, weights: dict | None = None, runs=Non
     unnamed runs weigh 1, 0 leaves a run out)."""
     clf = clf.assign(image_id=clf["image_id"].astype(str))
     if "run" not in clf:
-        clf = clf.assign(run="default")
+        clf = clf.assign(run=DEFAULT_RUN)
     weights = weights or {}
     total, weight = None, None
     for run, g in clf.groupby("run", sort=False):
-        w = float(weights.get(run, 1.0))
+        w = weight_of(weights, run)
         if w == 0 or (runs is not None and run not in runs):
             continue
         mean_rows = g[g["fold"] == -1]

@@ -17,7 +17,7 @@ from vinbig.log import some
 from vinbig.metric import Result, average_precision, match
 from vinbig.runs import check_weights, weight_of
 
-from fusion._fuse import check_params, fuse, load_inputs
+from fusion._fuse import Prepared, check_params, fuse, prepare
 from fusion._gate import apply_gate, check_thresholds, image_probabilities
 from vinbig.submission import prediction_strings, read_sample, validate_submission, write_submission
 from fusion._tune import oof_truth
@@ -98,50 +98,82 @@ def write_fused(sub: pd.DataFrame, out: Path) -> Path:
         return write_submission(sub, out)
 
 
-def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None, runs=None) -> Fused:
-    """Fuse and gate `split` with the fusion section `f`; `runs`: only these detector runs (None: all)."""
-    work = Work.of(work)
+def check_fusion(f: dict) -> None:
+    """The fusion section's values, before any file is read."""
     check_params(f["iou_thr"], f["skip_box_thr"], f["conf_type"], f["engine"], f["weights"])
     check_thresholds(f["low"], f["high"])
     check_weights(f["run_weights"], [], "run_weights")
-    inp = load_inputs(work, split, image_ids, f["weights"], f["run_weights"] if runs is None else {}, runs)
+
+
+def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None, runs=None) -> Fused:
+    """Fuse and gate `split` with the fusion section `f`; `runs`: only these detector runs (None: all)."""
+    work = Work.of(work)
+    check_fusion(f)
+    src = prepare(work, split, image_ids)
+    return fused(src, split, f, gate_probabilities(work, split, f["gate"], f["classifier_weights"]), runs,
+                 work.detector_preds(split))
+
+
+def fused(src: Prepared, split: str, f: dict, p: pd.Series | None, runs=None, path=None) -> Fused:
+    """The prepared predictions `src` of `split` fused and gated with the fusion section `f` and P(abnormal) `p`:
+    the runs `runs`, else every run of weight above 0 in fusion.run_weights (`path`, the prediction file, names
+    the fault when a run is missing)."""
+    run_weights = f["run_weights"] if runs is None else {}
+    inp = src.select(runs, run_weights, path).arrange(f["weights"], run_weights)
     logger.info("fusing %d images of %s: %d boxes from %d prediction sets (%s); iou_thr %g, skip_box_thr %g, %s",
                 len(inp.image_ids), split, inp.n_boxes, len(inp.sets), ", ".join(inp.sets[:12]), f["iou_thr"],
                 f["skip_box_thr"], f["conf_type"])
-    fused = fuse(inp, iou_thr=f["iou_thr"], skip_box_thr=f["skip_box_thr"], conf_type=f["conf_type"],
+    boxes = fuse(inp, iou_thr=f["iou_thr"], skip_box_thr=f["skip_box_thr"], conf_type=f["conf_type"],
                  engine=f["engine"], workers=f["workers"])
-    p = gate_probabilities(work, split, f["gate"], f["classifier_weights"])
     if p is not None:
         missing = ~pd.Index(inp.image_ids).isin(p.index)
         if missing.any():
             logger.warning("%d images have no P(abnormal) and keep their boxes without the gate: %s",
                            int(missing.sum()), some(inp.image_ids[missing]))
         logger.info("gate thresholds low %g, high %g", f["low"], f["high"])
-    final = apply_gate(fused, inp.image_ids, p, f["low"], f["high"])
+    final = apply_gate(boxes, inp.image_ids, p, f["low"], f["high"])
     return Fused(inp.image_ids, final, np.diff(inp.offsets) == 0)
 
 
-def score_oof(work: Work | str | os.PathLike, f: dict, curves: bool = False, runs=None) -> OofScore:
-    """Fused, gated out-of-fold predictions (of the detector runs `runs`; None: all) scored against labels.csv."""
+class OofInputs(NamedTuple):
+    """What scoring the out-of-fold predictions reads, read once for the ensemble and each run alone: the detector's
+    predictions, P(abnormal) (None: gate off) and the truth of their images."""
+
+    src: Prepared
+    p: pd.Series | None
+    truth: pd.DataFrame
+
+
+def oof_inputs(work: Work | str | os.PathLike, f: dict) -> OofInputs:
+    """The out-of-fold inputs of fusion, read once (see :func:`score_oof`)."""
     work = Work.of(work)
-    image_ids, final, _ = predict(work, "oof", f, runs=runs)
-    truth = oof_truth(work, image_ids)
+    check_fusion(f)
+    src = prepare(work, "oof")
+    p = gate_probabilities(work, "oof", f["gate"], f["classifier_weights"])
+    return OofInputs(src, p, oof_truth(work, src.image_ids))
+
+
+def score_oof(work: Work | str | os.PathLike, f: dict, curves: bool = False, runs=None,
+              inputs: OofInputs | None = None) -> OofScore:
+    """Fused, gated out-of-fold predictions (of the detector runs `runs`; None: all) scored against labels.csv;
+    `inputs`: those of :func:`oof_inputs`, when they were read before."""
+    work = Work.of(work)
+    src, p, truth = inputs or oof_inputs(work, f)
+    _, final, _ = fused(src, "oof", f, p, runs, work.detector_preds("oof"))
     return OofScore(average_precision(match(truth, final), curves=curves), final, truth)  # truth prepared
 
 
-def run_results(work: Work | str | os.PathLike, f: dict) -> dict[str, Result]:
+def run_results(work: Work | str | os.PathLike, f: dict, inputs: OofInputs | None = None) -> dict[str, Result]:
     """With several detector runs: each run alone, fused and gated as the ensemble is, scored on OOF (per-class AP
-    and curves); {} with one run."""
-    import pyarrow.parquet as pq
-
-    work = Work.of(work)
-    runs = pq.read_table(work.detector_preds("oof"), columns=["run"]).column("run").unique().to_pylist()
+    and curves); {} with one run. `inputs`: those of :func:`oof_inputs`, when they were read before."""
+    inputs = inputs or oof_inputs(work, f)
+    runs = inputs.src.runs
     if len(runs) < 2:
         return {}
     out = {}
     for run in runs:
         logger.info("run %s alone:", run)
-        out[str(run)] = score_oof(work, f, curves=True, runs=[run]).result
+        out[str(run)] = score_oof(work, f, curves=True, runs=[run], inputs=inputs).result
     return out
 
 

@@ -125,20 +125,20 @@ def cmd_validate(args: argparse.Namespace, cfg: dict) -> int:
 
 def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
     from fusion._report import write_report
-    from fusion._stage import format_run_ap, gate_probabilities, run_results, score_oof
+    from fusion._stage import format_run_ap, oof_inputs, run_results, score_oof
 
     work = _work(args)
     out = getattr(args, "out", None) or work.report
     check_writable(out, folder=True)
     f = cfg["fusion"]
-    result, final, truth = score_oof(work, f, curves=True)
+    inputs = oof_inputs(work, f)  # read once for the ensemble and each run alone
+    result, final, truth = score_oof(work, f, curves=True, inputs=inputs)
     print(result.format())
-    runs = run_results(work, f)
+    runs = run_results(work, f, inputs)
     if runs:
         print("\n" + format_run_ap(result, runs))
-    p = gate_probabilities(work, "oof", f["gate"], f["classifier_weights"])
     write_report(work, result, final, truth, out, f["report_images"], f["report_score_thr"], runs=runs,
-                 p_abnormal=p, low=f["low"], high=f["high"])
+                 p_abnormal=inputs.p, low=f["low"], high=f["high"])
     return Outcome(0, config_path(out, "fusion"))
 
 

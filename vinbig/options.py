@@ -116,10 +116,10 @@ def train_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
     work_argument(parser, "work folder (vinbig images and folds done)")
     parser.add_argument("--fold", required=True, type=int, metavar="K", help="validation fold; trains on the others")
     parser.add_argument("--resume", action="store_true",
-                        help=f"continue the interrupted run in WORK/{stage}/foldK from its last.pt (a finished run "
+                        help=f"continue the interrupted run in WORK/{stage}/RUN/foldK from its last.pt (a finished run "
                              "is left as it is)")
     parser.add_argument("--overwrite", action="store_true",
-                        help=f"start over even if WORK/{stage}/foldK holds a run")
+                        help=f"start over even if WORK/{stage}/RUN/foldK holds a run")
 
 
 def predict_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,8 @@ from vinbig.errors import ConfigError
 STAGES = ("detector", "classifier")
 
 
-def _declared(cfg: Mapping, stage: str) -> dict:
+def declared(cfg: Mapping, stage: str) -> dict:
+    """The runs of `stage` the config names, each with the keys it changes (empty: the run 'default' alone)."""
     runs = (cfg.get("runs") or {}).get(stage) or {}
     if not isinstance(runs, Mapping):
         raise ConfigError(f"runs.{stage} must map run names to the {stage} keys they change, e.g. "
@@ -36,7 +37,7 @@ def _declared(cfg: Mapping, stage: str) -> dict:
 
 def run_names(cfg: Mapping, stage: str) -> list[str]:
     """The runs of `stage` ("detector" or "classifier") in config order; ``["default"]`` when none is named."""
-    names = [str(n) for n in _declared(cfg, stage)] or [DEFAULT_RUN]
+    names = [str(n) for n in declared(cfg, stage)] or [DEFAULT_RUN]
     for name in names:
         if not SAFE_ID.match(name) or name == "data":
             raise ConfigError(f"runs.{stage}: {name!r} cannot name a run (a folder WORK/{stage}/NAME): use letters, "
@@ -44,9 +45,10 @@ def run_names(cfg: Mapping, stage: str) -> list[str]:
     return names
 
 
-def run_config(cfg: Mapping, stage: str, name: str) -> dict:
-    """The `stage` section of run `name`: the section with the run's keys over it (unknown keys refused)."""
-    runs = _declared(cfg, stage)
+def run_config(cfg: Mapping, stage: str, name: str, options: Mapping = {}) -> dict:
+    """The `stage` section of run `name`: the section with the run's keys over it (unknown keys refused), then
+    `options`, the keys given on the command line, which win over a run's keys as over the rest of the config."""
+    runs = declared(cfg, stage)
     names = run_names(cfg, stage)
     if name not in names:
         raise ConfigError(f"{name!r} is not a {stage} run of the config; its runs are {', '.join(names)} "
@@ -54,7 +56,7 @@ def run_config(cfg: Mapping, stage: str, name: str) -> dict:
     keys = runs.get(name) or {}
     if not isinstance(keys, Mapping):
         raise ConfigError(f"runs.{stage}.{name} must be a mapping of {stage} keys, e.g. {{imgsz: 640}}; got {keys!r}")
-    return merge({stage: cfg[stage]}, {stage: dict(keys)}, f"runs.{stage}.{name}")[stage]
+    return {**merge({stage: cfg[stage]}, {stage: dict(keys)}, f"runs.{stage}.{name}")[stage], **options}
 
 
 def select(cfg: Mapping, stage: str, chosen: Iterable[str] | None = None) -> list[str]:
@@ -66,6 +68,11 @@ def select(cfg: Mapping, stage: str, chosen: Iterable[str] | None = None) -> lis
     for name in chosen:
         run_config(cfg, stage, name)
     return chosen
+
+
+def others(cfg: Mapping, stage: str, chosen: Iterable[str]) -> list[str]:
+    """The runs of `stage` not in `chosen`: those whose predictions a command on `chosen` keeps."""
+    return [name for name in run_names(cfg, stage) if name not in set(chosen)]
 
 
 def one_run(cfg: Mapping, stage: str, chosen: str | None) -> str:

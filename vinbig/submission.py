@@ -6,7 +6,7 @@ its order; a PredictionString is groups of ``class conf x_min y_min x_max y_max`
 original pixels; "No finding" is ``14 conf 0 0 1 1``.
 
 Written values: coordinates rounded to 0.1 px (boxes that collapse to zero width or height in that
-rounding are dropped), confidences clipped to [0, 1] and rounded to 6 decimals.
+rounding are dropped), confidences clipped to [0, 1] and rounded to 9 decimals.
 """
 
 from __future__ import annotations

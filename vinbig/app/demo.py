@@ -124,19 +124,21 @@ def no_finding_result(truth):
 def summary(d: Demo, config: Path, overrides: list[str], runs: list[str] = ()) -> dict:
     """The fused OOF result, that of "No finding" for every OOF image, the leaderboard rows (ensemble, each run of
     `runs` alone, "No finding": OOF and test mAP), the output paths and stage times."""
-    from fusion import fusion_config, score_oof
+    from fusion import fusion_config, oof_inputs, score_oof
     from vinbig.metric import read_truth, score_files
+    from vinbig.synth import PRIVATE_TRUTH
 
     work = Work(d.work)
     f = fusion_config(work, config, overrides)["fusion"]
-    result, _, truth = score_oof(work, f)
+    inputs = oof_inputs(work, f)  # read once for the ensemble and each run alone
+    result, _, truth = score_oof(work, f, inputs=inputs)
     baseline = no_finding_result(truth)
-    private = d.data / "private" / "test_labels.csv"
+    private = d.data / PRIVATE_TRUTH
     board = []
     if private.is_file():  # scored here only, as Kaggle scores a submission; no stage reads it
         board.append(("ensemble", result.mean_ap, score_files(private, work.submission).mean_ap))
         for r in runs:
-            board.append((f"run {r} alone", score_oof(work, f, runs=[r]).result.mean_ap,
+            board.append((f"run {r} alone", score_oof(work, f, runs=[r], inputs=inputs).result.mean_ap,
                           score_files(private, run_submission(d.work, r)).mean_ap))
         board.append(("'No finding' for every image", baseline.mean_ap, no_finding_result(read_truth(private)).mean_ap))
     return {"result": result, "baseline": baseline, "submission": work.submission, "report": work.report,
@@ -182,9 +184,11 @@ def cmd_demo(args: argparse.Namespace, cfg: dict) -> int:
 def register(add) -> None:
     p = add("demo", cmd_demo, "the whole job on a fresh synthetic dataset: data to submission and report",
             "Generate a synthetic dataset in OUT/data, then in OUT/work: convert the images, make the folds, "
-            "train the five-fold detectors and 'No finding' classifiers, predict out-of-fold and test, tune the "
-            "fusion, write and validate submission.csv, and write the report. Prints the OOF mAP next to that of a "
-            "'No finding'-only submission and the time of each stage. --config defaults to configs/demo.yaml "
+            "train the five folds of every detector run and 'No finding' classifier run of the config, predict "
+            "out-of-fold and test, tune the fusion and the run weights, write and validate submission.csv (and one "
+            "per detector run alone), and write the report. Prints the OOF mAP next to that of a 'No finding'-only "
+            "submission, the synthetic leaderboard (each submission scored against DATA/private/test_labels.csv) "
+            "and the time of each stage. --config defaults to configs/demo.yaml "
             "(small sizes for a CPU; a GPU is used when there is one); --set changes single keys. A rerun keeps "
             "the dataset, the converted images and the trained folds, and makes the rest again.")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for data/ and work/")

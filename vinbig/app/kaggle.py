@@ -28,7 +28,7 @@ from vinbig.artifacts import DEFAULT_RUN, Work, atomic_path, config_path, fold_i
 from vinbig.config import save_config
 from vinbig.errors import UserError
 from vinbig.options import work_argument
-from vinbig.runs import run_config, run_names
+from vinbig.runs import STAGES, run_config, run_names
 
 logger = logging.getLogger(__name__)
 
@@ -126,15 +126,12 @@ def _warn_if_sizes_differ(work: Work, cfg: dict, folds: list[int]) -> None:
                            key, used, value)
 
 
-DEVICE_SECTIONS = ("detector", "classifier")
-
-
 def any_device(cfg: dict) -> dict:
     """`cfg` with the device of every section that has one null: an inference session takes its own GPU if it has
     one, else its CPU, whatever training ran on (a CPU session given training's ``0`` would fail)."""
     out = dict(cfg)
-    trained_on = {s: cfg[s]["device"] for s in DEVICE_SECTIONS if s in cfg and cfg[s].get("device") is not None}
-    for section in DEVICE_SECTIONS:
+    trained_on = {s: cfg[s]["device"] for s in STAGES if s in cfg and cfg[s].get("device") is not None}
+    for section in STAGES:
         if section in out:
             out[section] = {**out[section], "device": None}
     was = f" instead of {', '.join(f'{s}.device {v}' for s, v in trained_on.items())}" if trained_on else ""

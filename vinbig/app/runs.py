@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vinbig.runs import STAGES, run_config, run_names
+from vinbig.runs import STAGES, declared, run_config, run_names
 
 
 def cmd_runs(args: argparse.Namespace, cfg: dict) -> int:
@@ -16,7 +16,7 @@ def cmd_runs(args: argparse.Namespace, cfg: dict) -> int:
             continue
         print(f"{stage} runs:")
         for name in names:
-            changed = (cfg.get("runs", {}).get(stage) or {}).get(name) or {}
+            changed = declared(cfg, stage).get(name) or {}
             keys = run_config(cfg, stage, name)
             what = ", ".join(f"{k}={keys[k]}" for k in changed) or f"the {stage} section as it is"
             print(f"  {name}: {what}")

@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from conftest import own_work
-from test_report_html import browser  # noqa: F401 (a fixture)
 from tiny import TINY, set_args
 from vinbig.app.cli import main
 from vinbig.artifacts import Work, read_classifier_preds, read_detector_preds
@@ -141,3 +140,14 @@ def test_the_report_page_of_a_trained_work_opens_in_chromium(two_runs, browser, 
     headers = browser.js("Array.from(document.querySelectorAll('th')).map(t => t.textContent.trim())")
     assert {"AP ensemble", "AP a", "AP b"} <= set(headers), headers
     assert browser.screenshot(tmp_path / "report.png").stat().st_size > 0
+
+
+def test_tune_leaves_out_a_run_the_config_weighs_zero_as_fuse_does(two_runs, tmp_path):
+    import shutil
+
+    work, config, _ = two_runs
+    copy = tmp_path / "work"
+    shutil.copytree(work.root, copy, symlinks=True)
+    assert vinbig("tune", "--work", copy, "--set", "fusion.run_weights={a: 0}", config=config) == 0
+    tuned = yaml.safe_load((copy / "fusion.yaml").read_text())["fusion"]
+    assert set(tuned["run_weights"]) == {"b"}

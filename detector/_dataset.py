@@ -123,7 +123,7 @@ def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame, outside_boxes: str 
 def _outside_message(beyond: pd.DataFrame, work: Work | None, source: str) -> str:
     """The error for boxes beyond their image: each box (the first _LISTED), its image, line and size, and the fixes."""
     listed = "; ".join(
-        f"{r.image_id} line {r.line}: ({_px(r.x_min)}, {_px(r.y_min)}, {_px(r.x_max)}, {_px(r.y_max)}) on "
+        f"{r.image_id} line {r.line}: ({r.x_min:g}, {r.y_min:g}, {r.x_max:g}, {r.y_max:g}) on "
         f"{int(r.width)} x {int(r.height)} px" for r in beyond.head(_LISTED).itertuples())
     more = f"; and {len(beyond) - _LISTED} more" if len(beyond) > _LISTED else ""
     sizes = meta_path(work.images("train")) if work else "meta.csv"
@@ -132,10 +132,6 @@ def _outside_message(beyond: pd.DataFrame, work: Work | None, source: str) -> st
             f"height of {sizes}): {listed}{more}. Fix them in train.csv and rerun '{rerun}', or choose what "
             "happens to them: --set folds.outside_boxes=clip (moved to the image's edge) or "
             "--set folds.outside_boxes=drop (left out)")
-
-
-def _px(v: float) -> str:
-    return f"{v:g}"
 
 
 LABEL_MODES = ("consolidated", "per_reader")
@@ -153,8 +149,12 @@ class LabelSettings:
     iou_thr: float = 0.4
     skip_box_thr: float = 0.0
     conf_type: str = "avg"
-    plain: bool = True  # labels.csv as it is: consolidated without the run's own readers settings
     named: tuple[str, ...] = ()  # the readers the run's own settings name
+
+    @property
+    def plain(self) -> bool:
+        """labels.csv as it is: consolidated without the run's own readers settings."""
+        return self.mode == "consolidated" and not self.named
 
     def describe(self) -> str:
         if self.plain:
@@ -193,7 +193,6 @@ def label_settings(run_cfg: Mapping | None, folds_cfg: Mapping | None, run: str 
         weights={**{str(r): w for r, w in (folds_cfg.get("reader_weights") or {}).items()}, **weights},
         iou_thr=float(folds_cfg.get("iou_thr", 0.4)), skip_box_thr=float(folds_cfg.get("skip_box_thr", 0.0)),
         conf_type=str(folds_cfg.get("conf_type", "avg")),
-        plain=mode == "consolidated" and not exclude and not weights,
         named=tuple(sorted({str(r) for r in exclude} | set(weights))))
 
 
@@ -246,7 +245,8 @@ def fold_dataset(work: Work | str | os.PathLike, fold: int, outside_boxes: str =
 
 
 def _labels_samples(subset: str, truth: pd.DataFrame, ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One sample per image of `ids`, named by its id, with its boxes of `truth` (training_boxes of labels.csv)."""
+    """One sample per image of `ids`, named by its id, with its boxes of `truth` (finding boxes: training_boxes of
+    labels.csv, or readers.csv fused)."""
     boxes = truth[truth.image_id.isin(ids)]
     ids = ids.to_numpy(dtype=object)
     samples = pd.DataFrame({"subset": subset, "name": ids, "image_id": ids})
@@ -292,24 +292,20 @@ def _reader_samples(work: Work, settings: LabelSettings, ids: pd.Series, meta: p
         return _per_reader(rows, found)
     nf = rows[rows.class_id == NO_FINDING]  # who read the image and saw nothing still counts as a reader
     fused = _fuse_readers(pd.concat([found.loc[:, list(rows.columns)], nf]), settings, str(work.readers))
-    image_ids = pd.Series(sorted(set(rows.image_id)), dtype=object)
-    samples = pd.DataFrame({"subset": "train", "name": image_ids, "image_id": image_ids})
-    fused = fused[fused.class_id != NO_FINDING]
-    return samples, _named(fused.assign(name=fused.image_id), "train")
+    return _labels_samples("train", fused[fused.class_id != NO_FINDING],
+                           pd.Series(sorted(set(rows.image_id)), dtype=object))
 
 
 def _fuse_readers(rows: pd.DataFrame, settings: LabelSettings, source: str) -> pd.DataFrame:
     """`rows` of readers.csv fused per image and class as `vinbig folds` fuses train.csv into labels.csv (boxes
     rounded to 1/1000 px, scores to 6 decimals); weights of readers absent from `rows` are not used."""
-    from vinbig.consolidate import consolidate  # ensemble-boxes and numba: only for the runs that need them
+    # ensemble-boxes and numba: only for the runs that need them
+    from vinbig.consolidate import consolidate, round_labels
 
     present = set(rows.rad_id)
-    fused = consolidate(rows, iou_thr=settings.iou_thr, skip_box_thr=settings.skip_box_thr,
-                        conf_type=settings.conf_type,
-                        reader_weights={r: w for r, w in settings.weights.items() if r in present}, source=source)
-    fused[list(BOX)] = fused[list(BOX)].round(3)
-    fused["score"] = fused["score"].round(6)
-    return fused
+    return round_labels(consolidate(rows, iou_thr=settings.iou_thr, skip_box_thr=settings.skip_box_thr,
+                                    conf_type=settings.conf_type, source=source,
+                                    reader_weights={r: w for r, w in settings.weights.items() if r in present}))
 
 
 def _per_reader(rows: pd.DataFrame, found: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

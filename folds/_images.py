@@ -12,7 +12,6 @@ error naming the cause; the images converted until then are kept for the rerun.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import time
@@ -39,6 +38,7 @@ from vinbig.artifacts import (
     png_path,
     source_path,
     write_csv,
+    writing,
 )
 from vinbig.boxes import png_size
 from vinbig.dicom import VOI_MODES, DicomError, read_dicom
@@ -156,18 +156,13 @@ def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
     return keep, errors
 
 
+def _fix(out: Path) -> str:
+    """What to do when a file of `out` cannot be written (a full disk, a read-only folder)."""
+    return f"free some disk space or fix the permissions of {out}, then rerun the same command"
+
+
 def _cannot_write(what: str, out: Path, kept: str = "") -> ArtifactError:
-    return ArtifactError(f"cannot write {what}; free some disk space or fix the permissions of {out}, then rerun "
-                         f"the same command{kept}")
-
-
-@contextlib.contextmanager
-def _writing(path: Path, out: Path):
-    """Turn a failed write of `path` (a full disk, a read-only folder) into one ArtifactError naming it."""
-    try:
-        yield
-    except OSError as e:
-        raise _cannot_write(f"{path}: {e.strerror or e}", out) from None
+    return ArtifactError(f"cannot write {what}; {_fix(out)}{kept}")
 
 
 def _convert_all(job, todo: list[Path], workers: int, out: Path, errors: list[dict], before: int) -> tuple[int, int]:
@@ -251,7 +246,7 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
     check_writable(out, folder=True)  # before any work: a file in its place, no permission, a read-only disk
     for stale in out.glob(".*.partial"):
         stale.unlink(missing_ok=True)
-    with _writing(source_path(out), out):
+    with writing(source_path(out), _fix(out)):
         with atomic_path(source_path(out)) as tmp:  # later stages find DATA (sample_submission.csv) from it
             tmp.write_text(f"{src.resolve()}\n")
 
@@ -269,9 +264,9 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
 
     journal_path = out / JOURNAL
     meta = _merge([done, _read_rows(journal_path)], out).sort_values("image_id")
-    with _writing(meta_path(out), out):
+    with writing(meta_path(out), _fix(out)):
         write_csv(meta, meta_path(out), META_COLUMNS)
-    with _writing(errors_path(out), out):
+    with writing(errors_path(out), _fix(out)):
         write_csv(pd.DataFrame(errors, columns=list(ERROR_COLUMNS)).sort_values("file"), errors_path(out),
                   ERROR_COLUMNS)
     journal_path.unlink(missing_ok=True)

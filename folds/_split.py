@@ -23,7 +23,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from folds._validate import check_box_extents, validate_train_csv
 from vinbig.artifacts import (BOX, CLASS_NAMES, FOLD_COLUMNS, LABEL_COLUMNS, NO_FINDING, READER_COLUMNS, Work,
                               atomic_path, check_outside_boxes, check_writable, meta_path, read_meta)
-from vinbig.consolidate import consolidate
+from vinbig.consolidate import consolidate, round_labels
 from vinbig.errors import ArtifactError, ConfigError
 from vinbig.log import some
 
@@ -156,10 +156,8 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     check_writable(work.labels)  # before the fusion, which takes minutes on the real data
     check_writable(work.folds)
     check_writable(work.readers)
-    labels = consolidate(train, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
-                         reader_weights=reader_weights, exclude_readers=exclude_readers)
-    labels[list(BOX)] = labels[list(BOX)].round(3)
-    labels["score"] = labels["score"].round(6)
+    labels = round_labels(consolidate(train, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
+                                      reader_weights=reader_weights, exclude_readers=exclude_readers))
     kept = set(labels["image_id"].unique())
     folds = split_folds(train[train["image_id"].isin(kept)], n_folds=n_folds, seed=seed)
     _write_outputs(work, labels, folds, reader_boxes(train, folds["image_id"], exclude_readers))

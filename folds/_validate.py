@@ -20,6 +20,7 @@ import pandas as pd
 
 from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, NO_FINDING_BOX, SAFE_ID, TRAIN_COLUMNS, check_outside_boxes
 from vinbig.errors import TrainCsvError
+from vinbig.log import some
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +177,7 @@ def validate_train_csv(path: str | os.PathLike) -> pd.DataFrame:
 
 def _lines(rows, limit: int = MAX_REPORTED) -> str:
     """'line 5, line 9, ... and 3 more' for positional rows (the header is line 1)."""
-    rows = list(rows)
-    text = ", ".join(f"line {int(i) + 2}" for i in rows[:limit])
-    return text + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+    return some((f"line {int(i) + 2}" for i in rows), limit)
 
 
 def _drop_duplicates(clean: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -190,10 +189,9 @@ def _drop_duplicates(clean: pd.DataFrame, path: Path) -> pd.DataFrame:
     first = clean.groupby(list(clean.columns), dropna=False, sort=False).ngroup().to_numpy()
     first_row = pd.Series(np.arange(len(clean))).groupby(first).transform("min").to_numpy()
     rows = np.flatnonzero(repeat)
-    shown = ", ".join(f"line {i + 2} repeats line {first_row[i] + 2}" for i in rows[:MAX_REPORTED])
-    more = f" and {len(rows) - MAX_REPORTED} more" if len(rows) > MAX_REPORTED else ""
-    logger.warning("%s: %d row(s) are exact duplicates of an earlier row and are counted once (%s%s); delete "
-                   "them from the file to silence this", path, len(rows), shown, more)
+    shown = some((f"line {i + 2} repeats line {first_row[i] + 2}" for i in rows), MAX_REPORTED)
+    logger.warning("%s: %d row(s) are exact duplicates of an earlier row and are counted once (%s); delete "
+                   "them from the file to silence this", path, len(rows), shown)
     return clean[~repeat]
 
 

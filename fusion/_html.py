@@ -25,20 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, N_CLASSES, Work, atomic_path, png_path, read_meta,
-                              read_readers, writing)
-from vinbig.boxes import to_png
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, N_CLASSES, Work, png_path, read_meta, read_readers
 from vinbig.errors import VinbigError
 from vinbig.log import progress
 from vinbig.metric import IOU_THRESHOLD, Marks, Result, index_of, mark, prepare_truth
 
-from fusion._report import _RGB
+from fusion._report import _RGB, _write
 
 logger = logging.getLogger(__name__)
 
 PAGE = "index.html"
 IMAGES = "images"  # thumbnails beside the page
-FIX = "free space on its disk or give another --out, then run 'vinbig report' again"
 
 
 # --------------------------------------------------------------------------- the data behind the page
@@ -122,6 +119,8 @@ def image_records(image_ids, meta: pd.DataFrame, preds: pd.DataFrame, truth: pd.
     score); ``readers``: [reader, class, x1, y1, x2, y2]. Predictions below `min_score`, or beyond the `max_boxes`
     best of an image, are left out of the page (``hidden`` counts them) but not out of the counts of the table.
     ``p`` and ``gate``: P(abnormal) and the gate's decision (:func:`gate_decision`), None with the gate off.
+    ``w``, ``h``: the image's size in original pixels (meta.csv's, else a frame around its boxes), which
+    :func:`thumbnails` turns into the thumbnail's and leaves out of the page.
     """
     image_ids = [str(i) for i in image_ids]
     p_cls, t_cls = preds["class_id"].to_numpy(np.int64), truth["class_id"].to_numpy(np.int64)
@@ -204,31 +203,32 @@ def write_thumbnail(png: Path, out: Path, size: int, quality: int = 85) -> tuple
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         return None
-    with writing(out, FIX), atomic_path(out) as tmp:
-        tmp.write_bytes(buf.tobytes())
+    _write(out, lambda tmp: tmp.write_bytes(buf.tobytes()))
     return image.shape[1], image.shape[0]
 
 
 def thumbnails(records: list[dict], image_dir: Path, meta: pd.DataFrame, folder: Path, size: int) -> list[Path]:
     """Thumbnails of the records' PNGs into `folder` (old ones removed); sets each record's ``img``, ``tw``, ``th``
-    and the scale ``sx``, ``sy`` (original pixels -> thumbnail pixels, through meta.csv's PNG size)."""
+    and the scale ``sx``, ``sy`` (original pixels -> thumbnail pixels, through meta.csv's PNG size) in place of
+    its ``w``, ``h``."""
     folder.mkdir(parents=True, exist_ok=True)
     keep = set()
     written = []
     for rec in progress(records, desc="report thumbnails", unit="image"):
         image_id = rec["id"]
-        out = folder / f"{png_path('', image_id).stem}.jpg"
+        w, h = rec.pop("w"), rec.pop("h")  # the JS reads the thumbnail's size and scale only
+        out = folder / f"{image_id}.jpg"
         wh = None
         if image_id in meta.index:
             wh = write_thumbnail(png_path(image_dir, image_id), out, size)
         if wh is None:
-            rec.update(img=None, tw=rec["w"], th=rec["h"], sx=1.0, sy=1.0)
+            rec.update(img=None, tw=w, th=h, sx=1.0, sy=1.0)
             continue
         row = meta.loc[image_id]
-        # original -> PNG pixels (vinbig.boxes.to_png, meta.csv's sizes) -> thumbnail pixels
-        sx, sy = to_png(np.ones(4), row.width, row.height, row.png_width, row.png_height)[:2]
-        rec.update(img=f"{IMAGES}/{out.name}", tw=wh[0], th=wh[1], sx=float(sx * wh[0] / row.png_width),
-                   sy=float(sy * wh[1] / row.png_height))
+        # original -> PNG pixels (vinbig.boxes.to_png's factor, meta.csv's sizes) -> thumbnail pixels
+        rec.update(img=f"{IMAGES}/{out.name}", tw=wh[0], th=wh[1],
+                   sx=float(row.png_width / row.width * wh[0] / row.png_width),
+                   sy=float(row.png_height / row.height * wh[1] / row.png_height))
         keep.add(out.name)
         written.append(out)
     for old in folder.glob("*.jpg"):
@@ -301,25 +301,27 @@ def read_optional_readers(work: Work) -> pd.DataFrame | None:
 def write_page(work: Work, out: Path, result: Result, preds: pd.DataFrame, truth: pd.DataFrame, *,
                runs: Mapping[str, Result] | None = None, p_abnormal: pd.Series | None = None,
                low: float | None = None, high: float | None = None, readers: pd.DataFrame | None = None,
-               score_thr: float = 0.3, thumb_size: int = 384, max_images: int = 1000) -> list[Path]:
+               score_thr: float = 0.3, thumb_size: int = 384, max_images: int = 1000,
+               meta: pd.DataFrame | None = None) -> list[Path]:
     """``out/index.html`` and its thumbnails ``out/images/*.jpg``; the files written, the page first.
 
     `preds`: the fused, gated OOF predictions (PRED_COLUMNS, original pixels); `truth`: their truth; `runs`: each
     detector run's result for the table; `p_abnormal` (by image id), `low`, `high`: the gate; `readers`: the readers'
-    own boxes (default WORK/readers.csv when it exists). At most `max_images` images go into the browser, the most
-    wrong first when there are more (the table and curves count them all).
+    own boxes (default WORK/readers.csv when it exists); `meta`: meta.csv of the training images by image id (read
+    when None). At most `max_images` images go into the browser, the most wrong first when there are more (the
+    table and curves count them all).
     """
     work = Work.of(work)
     if readers is None:
         readers = read_optional_readers(work)
     image_dir = work.images("train")
-    meta = read_meta(image_dir).set_index("image_id")
+    if meta is None:
+        meta = read_meta(image_dir).set_index("image_id")
     data = page_data(result, preds, truth, meta, runs=runs, p_abnormal=p_abnormal, low=low, high=high,
                      readers=readers, score_thr=score_thr, max_images=max_images)
     written = thumbnails(data["images"], image_dir, meta, out / IMAGES, thumb_size)
     page = out / PAGE
-    with writing(page, FIX), atomic_path(page) as tmp:
-        tmp.write_text(render(data), encoding="utf-8")
+    _write(page, lambda tmp: tmp.write_text(render(data), encoding="utf-8"))
     logger.info("error browser: %s (%d of %d images, %d thumbnails)", page, len(data["images"]), data["n_images"],
                 len(written))
     return [page, *written]

@@ -167,7 +167,7 @@ def draw_overlay(png: Path, meta_row, truth: pd.DataFrame, preds: pd.DataFrame, 
 
 
 def _write(path: Path, write) -> None:
-    """`write(tmp)` then rename onto `path`: never a half-written picture; a failed write names the file."""
+    """`write(tmp)` then rename onto `path`: never a half-written file; a failed write names the file."""
     with writing(path, "free space on its disk or give another --out, then run 'vinbig report' again"), \
             atomic_path(path) as tmp:
         write(tmp)
@@ -215,7 +215,7 @@ def write_report(work: Work | str | os.PathLike, result: Result, preds: pd.DataF
     from fusion._html import write_page  # here, not at the top: fusion._html imports this module
 
     written += write_page(work, out, result, preds, truth, runs=runs, p_abnormal=p_abnormal, low=low, high=high,
-                          readers=readers, score_thr=score_thr, max_images=max_images)
+                          readers=readers, score_thr=score_thr, max_images=max_images, meta=meta)
     logger.info("report in %s: %d files (%d overlays); open %s in a browser", out, len(written), n_overlays,
                 out / "index.html")
     return Report(out, written)

@@ -177,3 +177,8 @@ def consolidate(train: pd.DataFrame, *, iou_thr: float = 0.4, skip_box_thr: floa
     })
     out = out.sort_values(["image_id", "class_id", *BOX], kind="stable", ignore_index=True)
     return out.loc[:, list(LABEL_COLUMNS)]
+
+
+def round_labels(labels: pd.DataFrame) -> pd.DataFrame:
+    """Fused labels as labels.csv keeps them: boxes rounded to 1/1000 px, scores to 6 decimals."""
+    return labels.assign(**{c: labels[c].round(3) for c in BOX}, score=labels["score"].round(6))

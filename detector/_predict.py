@@ -17,9 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -33,6 +32,7 @@ from vinbig.artifacts import (DEFAULT_RUN, DETECTOR_PRED_COLUMNS, ArtifactError,
                               read_meta, train_command, write_fix, writing)
 from vinbig.boxes import clip, to_original
 from vinbig.devices import Device, parse_device
+from vinbig.parallel import prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -257,26 +257,7 @@ def read_batches(image_dir: Path, ids: Sequence[str], batch: int, prefetch: int 
     """``(image ids, BGR images)`` of `ids`, `batch` at a time, in order; background threads read up to
     `prefetch` batches ahead (OpenCV decodes without holding the GIL). A PNG that cannot be read is an
     ArtifactError naming it, raised when its batch is reached."""
-    chunks = list(_chunks(ids, batch))
-    if prefetch <= 0:
-        for chunk in chunks:
-            yield chunk, [read_png(image_dir, i) for i in chunk]
-        return
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="read-png") as pool:
-        ahead: deque = deque()
-        try:
-            for chunk in chunks:
-                ahead.append((chunk, [pool.submit(read_png, image_dir, i) for i in chunk]))
-                if len(ahead) > prefetch:
-                    done, futures = ahead.popleft()
-                    yield done, [f.result() for f in futures]
-            while ahead:
-                done, futures = ahead.popleft()
-                yield done, [f.result() for f in futures]
-        finally:  # stopped early (an error, a closed generator): no more reads start
-            for _, futures in ahead:
-                for f in futures:
-                    f.cancel()
+    yield from prefetched(partial(read_png, image_dir), ids, batch, prefetch, name="read-png")
 
 
 def read_png(image_dir: Path, image_id: str) -> np.ndarray:
@@ -298,19 +279,19 @@ def parquet_schema():
     return pa.schema([(c, types.get(c, pa.float32())) for c in DETECTOR_PRED_COLUMNS])
 
 
-def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], folds: Sequence[int], out: Path, made_by: str,
+def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], models: Sequence[int], out: Path, made_by: str,
                schema) -> Iterator[pd.DataFrame]:
-    """The frames of one pass, ``(fold, rows)``, fold by fold in `folds` order, each fold's in the order they
-    came: the first fold's pass through, the others' wait in a ``.partial`` file beside `out` each (removed
-    at the end, also on an error), so memory does not grow with the number of images. Spilled rows take the
-    output's `schema` (a batch with an image without boxes has other pandas types than one without). A failed
-    write is an ArtifactError naming `out`, as for the output itself."""
+    """The frames of the passes, ``(model, rows)`` (a model: one run's model of one fold), model by model in
+    `models` order, each model's in the order they came: the first model's pass through, the others' wait in a
+    ``.partial`` file beside `out` each (removed at the end, also on an error), so memory does not grow with the
+    number of images. Spilled rows take the output's `schema` (a batch with an image without boxes has other
+    pandas types than one without). A failed write is an ArtifactError naming `out`, as for the output itself."""
     import pyarrow as pa
 
-    first, waiting = folds[0], {}  # fold -> [spill file, its Arrow stream writer or None]
+    first, waiting = models[0], {}  # model -> [spill file, its Arrow stream writer or None]
 
-    def spill(fold: int, rows: pd.DataFrame) -> None:
-        entry = waiting.setdefault(fold, [out.with_name(f".{out.name}.{os.getpid()}.fold{fold}.partial"), None])
+    def spill(model: int, rows: pd.DataFrame) -> None:
+        entry = waiting.setdefault(model, [out.with_name(f".{out.name}.{os.getpid()}.model{model}.partial"), None])
         if len(rows):  # an empty frame adds no row (and would have no column types)
             table = pa.Table.from_pandas(rows.loc[:, list(DETECTOR_PRED_COLUMNS)], schema=schema,
                                          preserve_index=False).combine_chunks()  # one batch, one frame
@@ -318,8 +299,8 @@ def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], folds: Sequence[int],
                 entry[1] = _writing(out, made_by, pa.ipc.new_stream, str(entry[0]), table.schema)
             _writing(out, made_by, entry[1].write_table, table)
 
-    def replay(fold: int) -> Iterator[pd.DataFrame]:
-        path, writer = waiting.get(fold, (None, None))
+    def replay(model: int) -> Iterator[pd.DataFrame]:
+        path, writer = waiting.get(model, (None, None))
         if writer is not None:
             _writing(out, made_by, writer.close)
             with pa.ipc.open_stream(str(path)) as reader:
@@ -327,13 +308,13 @@ def fold_order(frames: Iterable[tuple[int, pd.DataFrame]], folds: Sequence[int],
                     yield batch.to_pandas()
 
     try:
-        for fold, rows in frames:
-            if fold == first:
+        for model, rows in frames:
+            if model == first:
                 yield rows
             else:
-                spill(fold, rows)
-        for fold in folds[1:]:
-            yield from replay(fold)
+                spill(model, rows)
+        for model in models[1:]:
+            yield from replay(model)
     finally:
         for path, writer in waiting.values():
             if writer is not None:
@@ -352,12 +333,6 @@ def row_groups(frames: Iterable[pd.DataFrame], schema) -> Iterator:
             yield _table(buffer, schema)
             buffer = []
     yield _table(buffer, schema)
-
-
-def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
-    n = max(1, n)
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
 
 
 def _predict_images(model, ids: Sequence[str], images: list[np.ndarray], flipped: list[np.ndarray] | None,

@@ -16,7 +16,6 @@ import csv
 import logging
 import time
 from dataclasses import dataclass
-import warnings
 from functools import partial
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from vinbig.artifacts import (
     writing,
 )
 from vinbig.boxes import png_size
-from vinbig.dicom import VOI_MODES, DicomError, read_dicom
+from vinbig.dicom import VOI_MODES, DicomError, convert, failure_reason
 from vinbig.errors import WorkerDiedError
 from vinbig.parallel import process_map
 
@@ -78,13 +77,8 @@ def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_
     image_id = path.stem
     target = png_path(out, image_id)
     try:
-        with warnings.catch_warnings():  # pydicom warns about files it can still read
-            warnings.simplefilter("ignore")
-            px = read_dicom(path, voi=voi, percentiles=percentiles)
-        png_w, png_h = png_size(px.width, px.height, size)
-        image = px.image
-        if (png_w, png_h) != (px.width, px.height):
-            image = cv2.resize(image, (png_w, png_h), interpolation=cv2.INTER_AREA)
+        px, image = convert(path, size=size, voi=voi, percentiles=percentiles)
+        png_h, png_w = image.shape
         ok, buf = cv2.imencode(".png", image, png_params(png_compression, png_strategy))
         if not ok:
             raise DicomError("OpenCV could not encode the PNG")
@@ -93,10 +87,8 @@ def convert_one(path: Path, out: Path, *, size: int, voi: str, percentiles, png_
                 tmp.write_bytes(buf.tobytes())
         except OSError as e:
             return {"write_error": f"{target}: {e.strerror or e}"}
-    except DicomError as e:
-        return {"file": str(path), "image_id": image_id, "reason": str(e)}
     except Exception as e:  # one bad file must never stop the batch
-        return {"file": str(path), "image_id": image_id, "reason": f"unexpected {type(e).__name__}: {e}"}
+        return {"file": str(path), "image_id": image_id, "reason": failure_reason(e)}
     return {
         "image_id": image_id, "width": px.width, "height": px.height, "png_width": png_w,
         "png_height": png_h, "photometric": px.photometric, "bits_stored": px.bits_stored, "voi": px.voi,

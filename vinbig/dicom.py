@@ -12,11 +12,15 @@ otherwise); native pixel data is a read-only view on the bytes read, not a copy.
 Compressed transfer syntaxes decode through pydicom's pixel plugins (pylibjpeg with its openjpeg,
 libjpeg and rle plugins: JPEG 2000, JPEG-LS, JPEG lossless and baseline, RLE); any other syntax is an
 error that lists the supported ones. Uncompressed pixel data must have the length the header gives it.
+
+The header parsed on the way is kept (:attr:`Pixels.header`, without its pixel data), and :func:`convert` is the
+whole conversion of ``vinbig images`` up to the PNG: read, then resized to the long side asked for.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
 VOI_MODES = ("auto", "percentile")
+# the first pixel data tag pydicom's stop_before_pixels stops at (Float Pixel Data; then Double Float and Pixel Data)
+_PIXEL_DATA_FIRST = 0x7FE00008
 
 
 class DicomError(Exception):
@@ -42,6 +48,9 @@ class Pixels:
     window_low: float  # in modality units; NaN for a VOI LUT Sequence
     window_high: float
     transfer_syntax: str
+    # the file's header as read_dicom parsed it, without the pixel data and what follows it (what
+    # ``pydicom.dcmread(path, stop_before_pixels=True)`` gives): the UIDs, patient and study of the image
+    header: pydicom.Dataset | None = field(default=None, repr=False, compare=False)
 
     @property
     def height(self) -> int:
@@ -336,6 +345,7 @@ def read_dicom(path: str | Path, *, voi: str = "auto", percentiles=(0.5, 99.5)) 
     arr, value_range = stored_values(ds, arr)
     lut, offset, used, low, high = voi_lut(ds, arr, voi=voi, percentiles=percentiles, value_range=value_range)
     image = apply_lut(lut, offset, arr)
+    del ds[_PIXEL_DATA_FIRST:]  # the pixel data and pydicom's decoded array let go: the header stays
     return Pixels(
         image=image,
         photometric=str(ds.PhotometricInterpretation),
@@ -344,4 +354,29 @@ def read_dicom(path: str | Path, *, voi: str = "auto", percentiles=(0.5, 99.5)) 
         window_low=low,
         window_high=high,
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        header=ds,
     )
+
+
+def convert(path: str | Path, *, size: int, voi: str = "auto", percentiles=(0.5, 99.5)) -> tuple[Pixels, np.ndarray]:
+    """`path` as ``vinbig images`` converts it, in memory: :func:`read_dicom` (pydicom's warnings about files it
+    can still read silenced), then resized with OpenCV's area interpolation so that its long side is at most
+    `size` (:func:`vinbig.boxes.png_size`: never enlarged). Returns the pixels at the original size (and the
+    header) and the converted 8-bit image. Raises :class:`DicomError` for a file it cannot read."""
+    import cv2
+
+    from vinbig.boxes import png_size
+
+    with warnings.catch_warnings():  # pydicom warns about files it can still read
+        warnings.simplefilter("ignore")
+        px = read_dicom(path, voi=voi, percentiles=percentiles)
+    width, height = png_size(px.width, px.height, size)
+    if (width, height) == (px.width, px.height):
+        return px, px.image
+    return px, cv2.resize(px.image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def failure_reason(e: Exception) -> str:
+    """The errors.csv reason of a file whose conversion raised `e`: a DicomError's own message, else the
+    unexpected error named (one bad file must never stop the others)."""
+    return str(e) if isinstance(e, DicomError) else f"unexpected {type(e).__name__}: {e}"

@@ -1,4 +1,5 @@
-"""One way to map a function over work items in processes, shared by the stages.
+"""One way to map a function over work items in processes, shared by the stages, and one way to read batches
+ahead in threads while the caller works on the current one.
 
 A worker process that dies (the out-of-memory killer, a signal, a crash in a native library) ends the map
 with a :class:`WorkerDiedError` at once: the pool never waits for the lost task. What the caller already
@@ -12,11 +13,15 @@ import multiprocessing
 import os
 import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from vinbig.errors import WorkerDiedError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def n_workers(workers: int, n_items: int) -> int:
@@ -136,3 +141,33 @@ def process_map(fn: Callable, items: Sequence, workers: int, *, ordered: bool = 
         yield _results(executor, fn, list(items), ordered, max(1, int(chunksize)), known, state), n
     finally:
         _stop(executor, known, state["complete"])
+
+
+def prefetched(read: Callable[[T], R], items: Sequence[T], batch: int, prefetch: int, *,
+               name: str = "read") -> Iterator[tuple[Sequence[T], list[R]]]:
+    """``(chunk, [read(item) for item in chunk])`` for `items`, `batch` at a time, in order. Background threads
+    (at most 4, named `name`) read up to `prefetch` chunks ahead while the caller works on the current one (0: each
+    chunk read in this thread when it is reached), for reads that let go of the GIL (OpenCV, pydicom's file I/O).
+    An exception of `read` is raised when its chunk is reached; stopped early (an error, a closed generator), the
+    reads not yet started are cancelled."""
+    n = max(1, batch)
+    chunks = [items[i:i + n] for i in range(0, len(items), n)]
+    if prefetch <= 0:
+        for chunk in chunks:
+            yield chunk, [read(item) for item in chunk]
+        return
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix=name) as pool:
+        ahead: deque = deque()
+        try:
+            for chunk in chunks:
+                ahead.append((chunk, [pool.submit(read, item) for item in chunk]))
+                if len(ahead) > prefetch:
+                    done, futures = ahead.popleft()
+                    yield done, [f.result() for f in futures]
+            while ahead:
+                done, futures = ahead.popleft()
+                yield done, [f.result() for f in futures]
+        finally:  # no more reads start
+            for _, futures in ahead:
+                for f in futures:
+                    f.cancel()

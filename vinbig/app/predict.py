@@ -38,9 +38,7 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +52,7 @@ from vinbig.artifacts import (BOX, CLASS_NAMES, DEFAULT_RUN, DETECTOR_PRED_COLUM
 from vinbig.app.kaggle import EXPORT_CONFIG  # written last by 'vinbig export': it marks a complete export
 from vinbig.errors import ArtifactError, UserError
 from vinbig.options import Outcome
+from vinbig.runs import STAGES
 
 logger = logging.getLogger("vinbig")
 
@@ -115,7 +114,7 @@ def config_files(root: Path, run: Mapping[str, str] | None = None) -> list[Path]
         files = [root / EXPORT_CONFIG]
     else:
         files = [config_path(Work(root).images("train"), "images")]
-        files += [_saved(root, stage, (run or {}).get(stage)) for stage in ("detector", "classifier")]
+        files += [_saved(root, stage, (run or {}).get(stage)) for stage in STAGES]
     files.append(Work(root).fusion_config)
     return [f for f in files if f is not None and f.is_file()]
 
@@ -124,7 +123,7 @@ def _device(args: argparse.Namespace, cfg: dict) -> dict:
     """The devices of the detector and classifier sections: --device, else what --set gave, else null (the GPU of
     this session if any, else the CPU: the model's folder may hold training's device)."""
     out = {s: dict(v) for s, v in cfg.items()}
-    for section in ("detector", "classifier"):
+    for section in STAGES:
         if args.device is not None:
             out[section]["device"] = args.device
         elif not any(o.replace(" ", "").startswith(f"{section}.device=") for o in args.overrides):
@@ -170,7 +169,7 @@ def _sections(root: Path, kind: str, cfg: dict, stage: str, args: argparse.Names
 def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) -> Model:
     """Check --model: folds.csv, every run's detector for every fold, the classifiers (all of a run's folds or none).
     A missing file is one UserError naming it and the command that makes it."""
-    from vinbig.app.kaggle import work_folds
+    from vinbig.app.kaggle import model_paths, work_folds
 
     root = Path(root)
     kind = model_kind(root)
@@ -184,16 +183,14 @@ def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) ->
                     f"'{EXPORT_COMMAND.format(root=root)}' again")
         return f"run '{train_command(work, stage, k, run)}'"
 
-    for run in model.detectors:
-        for k in folds:
-            path = work.checkpoint("detector", k, "best", run)
-            if not path.is_file():
-                what = f"fold {k}" + (f" of the detector run {run}" if run != DEFAULT_RUN else " of the detector")
-                raise UserError(f"--model {root}: {path} not found ({what}); {made_by('detector', k, run)}"
-                                f"{work.old_layout_hint('detector')}")
-            model.detector_paths[run, k] = path
+    for (run, k), path in model_paths(work, "detector", list(model.detectors), folds).items():
+        if not path.is_file():
+            what = f"fold {k}" + (f" of the detector run {run}" if run != DEFAULT_RUN else " of the detector")
+            raise UserError(f"--model {root}: {path} not found ({what}); {made_by('detector', k, run)}"
+                            f"{work.old_layout_hint('detector')}")
+        model.detector_paths[run, k] = path
     for run, section in _sections(root, kind, cfg, "classifier", args).items():
-        paths = {k: work.checkpoint("classifier", k, "best", run) for k in folds}
+        paths = {k: path for (_, k), path in model_paths(work, "classifier", [run], folds).items()}
         have = [k for k, p in paths.items() if p.is_file()]
         if not have:
             logger.info("no classifier%s in %s: the 'No finding' gate stays off", "" if run == DEFAULT_RUN else
@@ -232,7 +229,8 @@ def load_models(model: Model, tta: Sequence[str]) -> Loaded:
 
     follow_log_level()
     work = Work(model.root)
-    detectors = {(run, k): load_fold_model(work, k, "best", path, run) for (run, k), path in model.detector_paths.items()}
+    detectors = {(run, k): load_fold_model(work, k, "best", path, run)
+                 for (run, k), path in model.detector_paths.items()}
     device = prediction_device(model.cfg["detector"]["device"])
     args = {run: predict_args(section, device) for run, section in model.detectors.items()}
     loaded = Loaded(detectors, args, list(dict.fromkeys(["none", *tta])), {}, dict(model.classifiers),
@@ -257,7 +255,7 @@ class Image:
 
     file: Path
     image_id: str
-    header: object  # pydicom Dataset, read without its pixel data
+    header: object  # pydicom Dataset, as read_dicom parsed it, without its pixel data
     width: int  # original DICOM columns
     height: int  # original DICOM rows
     image: object  # numpy uint8 array, long side images.size (as `vinbig images` writes the PNG)
@@ -295,60 +293,35 @@ def find_inputs(inputs: Sequence[Path], out: Path | None = None) -> tuple[list[P
 
 
 def read_image(path: Path, images: Mapping) -> Image:
-    """`path` converted as `vinbig images` converts it (``images`` config section), in memory. Raises DicomError."""
-    import cv2
-    import pydicom
-
-    from vinbig.boxes import png_size
-    from vinbig.dicom import DicomError, read_dicom
+    """`path` converted as `vinbig images` converts it (``images`` config section), in memory, with the header
+    read_dicom parsed (for the GSPS and the SOP Instance UID). Raises DicomError."""
+    from vinbig.dicom import convert
 
     t = time.perf_counter()
-    with warnings.catch_warnings():  # pydicom warns about files it can still read
-        warnings.simplefilter("ignore")
-        px = read_dicom(path, voi=images["voi"], percentiles=tuple(images["percentiles"]))
-        try:  # the header again, up to the pixel data: for the GSPS and the SOP Instance UID (see the report)
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:  # read_dicom read it a moment ago
-            raise DicomError(f"the header cannot be read again ({type(e).__name__}: {e})") from None
-    w, h = png_size(px.width, px.height, images["size"])
-    image = px.image if (w, h) == (px.width, px.height) else cv2.resize(px.image, (w, h), interpolation=cv2.INTER_AREA)
-    return Image(Path(path), Path(path).stem, header, px.width, px.height, image, px.voi,
+    px, image = convert(path, size=images["size"], voi=images["voi"], percentiles=tuple(images["percentiles"]))
+    return Image(Path(path), Path(path).stem, px.header, px.width, px.height, image, px.voi,
                  (px.window_low, px.window_high), time.perf_counter() - t)
 
 
 def _read_or_error(path: Path, images: Mapping) -> Image | dict:
-    from vinbig.dicom import DicomError
+    from vinbig.dicom import failure_reason
 
     try:
         return read_image(path, images)
-    except DicomError as e:
-        return {"file": str(path), "image_id": path.stem, "reason": str(e)}
     except Exception as e:  # one bad file must never stop the others
-        return {"file": str(path), "image_id": path.stem, "reason": f"unexpected {type(e).__name__}: {e}"}
+        return {"file": str(path), "image_id": path.stem, "reason": failure_reason(e)}
 
 
 def read_batches(files: Sequence[Path], images: Mapping, batch: int, prefetch: int = _PREFETCH
                  ) -> Iterator[list[Image | dict]]:
     """`files` read `batch` at a time, in order (an Image, or an error row for a file that cannot be read);
     background threads read up to `prefetch` batches ahead while the models work on the current one."""
-    chunks = [files[i:i + batch] for i in range(0, len(files), max(1, batch))]
-    if prefetch <= 0:
-        for chunk in chunks:
-            yield [_read_or_error(f, images) for f in chunk]
-        return
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="read-dicom") as pool:
-        ahead: list = []
-        try:
-            for chunk in chunks:
-                ahead.append([pool.submit(_read_or_error, f, images) for f in chunk])
-                if len(ahead) > prefetch:
-                    yield [f.result() for f in ahead.pop(0)]
-            while ahead:
-                yield [f.result() for f in ahead.pop(0)]
-        finally:
-            for futures in ahead:
-                for f in futures:
-                    f.cancel()
+    from vinbig.parallel import prefetched
+
+    read = partial(_read_or_error, images=images)
+    with contextlib.closing(prefetched(read, files, batch, prefetch, name="read-dicom")) as batches:
+        for _, images_or_errors in batches:  # closed with this generator: the reads not started are cancelled
+            yield images_or_errors
 
 
 # --------------------------------------------------------------------------- one batch through every model
@@ -537,8 +510,13 @@ def _fit(text: str, width: int, scale: float) -> float:
     return scale if w <= width else scale * width / w
 
 
+def _rerun_fix(e: OSError) -> str:
+    """The fix of a failed write of an output: free space or mend the permission, then predict again."""
+    return f"{write_fix(e)}, then run 'vinbig predict' again"
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
-    with writing(path, lambda e: f"{write_fix(e)}, then run 'vinbig predict' again"), atomic_path(path) as tmp:
+    with writing(path, _rerun_fix), atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
@@ -608,7 +586,7 @@ def gsps(r: Result, thr: float, most: int):
 
 def write_gsps(r: Result, out: Path, thr: float, most: int) -> Path:
     ds = gsps(r, thr, most)
-    with writing(out, lambda e: f"{write_fix(e)}, then run 'vinbig predict' again"), atomic_path(out) as tmp:
+    with writing(out, _rerun_fix), atomic_path(out) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return out
 
@@ -617,15 +595,20 @@ def _none(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
+def _box(b) -> dict:
+    """One box of Result.boxes (a row of itertuples) as predictions.csv and predictions.json give it."""
+    c = int(b.class_id)
+    return {"class_id": c, "class_name": CLASS_NAMES[c], "score": float(b.score),
+            **{k: float(getattr(b, k)) for k in BOX}}
+
+
 def table_rows(results: Sequence[Result]) -> list[dict]:
     """predictions.csv: per image its row (p_abnormal, gate), its boxes by score, then 'No finding'."""
     rows = []
     for r in results:
         base = {"file": str(r.image.file), "image_id": r.image.image_id}
         rows.append({**base, "p_abnormal": r.p, "gate": r.gate})
-        for b in r.boxes.itertuples():
-            rows.append({**base, "class_id": int(b.class_id), "class_name": CLASS_NAMES[int(b.class_id)],
-                         "score": float(b.score), **{c: float(getattr(b, c)) for c in BOX}})
+        rows += [{**base, **_box(b)} for b in r.boxes.itertuples()]
         if r.no_finding is not None:
             rows.append({**base, "class_id": NO_FINDING, "class_name": CLASS_NAMES[NO_FINDING],
                          "score": r.no_finding})
@@ -638,8 +621,7 @@ def json_image(r: Result, out: Path) -> dict:
         "sop_instance_uid": str(r.image.header.get("SOPInstanceUID", "")) or None,
         "width": r.image.width, "height": r.image.height,
         "p_abnormal": _none(r.p), "gate": r.gate, "no_finding": _none(r.no_finding),
-        "boxes": [{"class_id": int(b.class_id), "class_name": CLASS_NAMES[int(b.class_id)], "score": float(b.score),
-                   **{c: float(getattr(b, c)) for c in BOX}} for b in r.boxes.itertuples()],
+        "boxes": [_box(b) for b in r.boxes.itertuples()],
         "overlay": r.overlay.relative_to(out).as_posix() if r.overlay else None,
         "gsps": r.gsps.relative_to(out).as_posix() if r.gsps else None,
     }
@@ -795,12 +777,11 @@ def _settings(model: Model, sets: Sequence[str], f: Mapping, draw_thr: float, dr
 def _write_tables(out: Path, results: Sequence[Result], failed: Sequence[dict], settings: dict) -> None:
     import pandas as pd
 
-    fix = lambda e: f"{write_fix(e)}, then run 'vinbig predict' again"  # noqa: E731
     table = pd.DataFrame(table_rows(results), columns=list(COLUMNS))
     table["class_id"] = table["class_id"].astype("Int64")
-    with writing(out / "predictions.csv", fix):
+    with writing(out / "predictions.csv", _rerun_fix):
         write_csv(table, out / "predictions.csv", COLUMNS)
-    with writing(out / "errors.csv", fix):
+    with writing(out / "errors.csv", _rerun_fix):
         write_csv(pd.DataFrame(list(failed), columns=list(ERROR_COLUMNS)), out / "errors.csv", ERROR_COLUMNS)
     doc = {"settings": settings, "gates": GATES, "images": [json_image(r, out) for r in results],
            "failed": [dict(e) for e in failed]}

@@ -33,11 +33,8 @@ import time
 from pathlib import Path
 
 import cv2
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
-FOLDS = 5
+from _common import DEMO, FOLDS, ROOT, classifier_checkpoint, detector_checkpoint, vinbig
 
 # a whole command in a fresh interpreter: counts the PNG decodes; "per_fold" restores the loop of before
 COMMAND = '''
@@ -57,13 +54,6 @@ rc = main(sys.argv[2:])
 print(json.dumps({"rc": rc, "reads": reads[0]}), file=sys.stderr)
 sys.exit(rc)
 '''
-
-
-def vinbig(*args: str) -> None:
-    from vinbig.app.cli import main
-
-    if main([*args, "-q"]) != 0:
-        raise SystemExit(f"vinbig {' '.join(args)} failed")
 
 
 def make_work(root: Path, n_test: int, size: int) -> Path:
@@ -89,29 +79,16 @@ def demo_runs(stage: str) -> dict:
 def save_models(work: Path) -> None:
     """Every fold's best.pt of every run of both stages, as training writes them, from random weights."""
     from detector._offline import follow_log_level  # first: ultralytics offline
-    from classifier._model import create_model, save_checkpoint
-    from ultralytics.nn.tasks import DetectionModel
     from vinbig.artifacts import Work
 
     follow_log_level()
     w = Work(work)
     for r, run in enumerate(demo_runs("detector")):
         for k in range(FOLDS):
-            torch.manual_seed(100 * r + k)
-            model = DetectionModel("yolov8n.yaml", nc=14, verbose=False)
-            with torch.no_grad():
-                for head in (*model.model[-1].cv2, *model.model[-1].cv3):  # untrained, it finds no box above conf
-                    head[-1].bias.normal_(0, 1)
-            path = w.checkpoint("detector", k, run=run)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
+            detector_checkpoint(w.checkpoint("detector", k, run=run), seed=100 * r + k, biases=True)
     for r, run in enumerate(demo_runs("classifier")):
         for k in range(FOLDS):
-            torch.manual_seed(100 * r + k)
-            model = create_model("test_efficientnet")
-            torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
-            save_checkpoint({"model": model.state_dict(), "backbone": "test_efficientnet", "imgsz": 128, "epoch": 0,
-                             "auc": 0.5}, w.checkpoint("classifier", k, run=run))
+            classifier_checkpoint(w.checkpoint("classifier", k, run=run), seed=100 * r + k, std=0.5, imgsz=128)
 
 
 def set_way(way: str) -> None:

@@ -42,17 +42,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
-FOLDS = 5
+from _common import DEMO, FOLDS, ROOT, classifier_checkpoint, detector_checkpoint, vinbig
+
 PARTS = ("read", "detector", "classifier", "fusion", "writing")
-
-
-def vinbig(*args: str) -> None:
-    from vinbig.app.cli import main
-
-    if main([*args, "-q"]) != 0:
-        raise SystemExit(f"vinbig {' '.join(args)} failed")
 
 
 def make_dicoms(root: Path, n: int) -> Path:
@@ -69,8 +61,6 @@ def make_export(root: Path) -> Path:
     import pandas as pd
 
     from detector._offline import follow_log_level  # first: ultralytics offline
-    from classifier._model import create_model, save_checkpoint
-    from ultralytics.nn.tasks import DetectionModel
     from vinbig.artifacts import Work
     from vinbig.config import load_config
     from vinbig.runs import run_names
@@ -85,19 +75,11 @@ def make_export(root: Path) -> Path:
     cfg = load_config(DEMO)
     for r, run in enumerate(run_names(cfg, "detector")):
         for k in range(FOLDS):
-            torch.manual_seed(100 * r + k)
-            model = DetectionModel(cfg["detector"]["model"], nc=14, verbose=False)
-            with torch.no_grad():
-                for head in (*model.model[-1].cv2, *model.model[-1].cv3):  # untrained, it finds no box above conf
-                    head[-1].bias.normal_(0, 1)
-            path = work.checkpoint("detector", k, "best", run)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
+            detector_checkpoint(work.checkpoint("detector", k, "best", run), seed=100 * r + k, biases=True,
+                                arch=cfg["detector"]["model"])
     for k in range(FOLDS):
-        model = create_model(cfg["classifier"]["backbone"])
-        torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
-        save_checkpoint({"model": model.state_dict(), "backbone": cfg["classifier"]["backbone"],
-                         "imgsz": cfg["classifier"]["imgsz"], "epoch": 0, "auc": 0.5}, work.checkpoint("classifier", k))
+        classifier_checkpoint(work.checkpoint("classifier", k), std=0.5, imgsz=cfg["classifier"]["imgsz"],
+                              backbone=cfg["classifier"]["backbone"])
     vinbig("export", "--work", str(work.root), "--out", str(out), "--config", str(DEMO))
     return out
 

@@ -1,17 +1,27 @@
-"""Shared fixtures: the real chest CR of pydicom-data, small hand-made DICOM files, a tiny synthetic work folder."""
+"""Shared fixtures and helpers: the real chest CR of pydicom-data, small hand-made DICOM files, a tiny synthetic work
+folder, hand-made train tables, meta.csv and fold models, a machine's GPUs, headless Chromium."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from browser import Browser, chromium
+from vinbig.artifacts import CLASS_NAMES, META_COLUMNS, TRAIN_COLUMNS
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+from _common import classifier_checkpoint, detector_checkpoint  # noqa: E402 (bench/, beside tests/)
 
 # Tests that import ultralytics directly (before vinbig's detector, which sets this itself) must not
 # make it probe DNS at import; the network-blocked detector test runs in a subprocess without it.
@@ -80,7 +90,7 @@ def read_png(path: Path) -> np.ndarray:
     return image
 
 
-__all__ = ["RG1", "gradient", "make_dicom", "pydicom", "read_png"]
+__all__ = ["RG1", "classifier_checkpoint", "detector_checkpoint", "gradient", "make_dicom", "pydicom", "read_png"]
 
 
 # --------------------------------------------------------------------------- a tiny synthetic work folder
@@ -118,8 +128,7 @@ def own_work(synth_work: SynthWork, root: Path) -> Path:
     for split in ("train", "test"):
         (work / "images" / split).symlink_to(synth_work.work / "images" / split, target_is_directory=True)
     for name in ("labels.csv", "folds.csv", "readers.csv"):
-        if (synth_work.work / name).is_file():
-            shutil.copy(synth_work.work / name, work / name)
+        shutil.copy(synth_work.work / name, work / name)
     return work
 
 
@@ -127,3 +136,62 @@ def own_work(synth_work: SynthWork, root: Path) -> Path:
 def work_copy(synth_work, tmp_path) -> SynthWork:
     """A fresh work folder of its own (see `own_work`) for a test that writes stage outputs."""
     return SynthWork(synth_work.data, own_work(synth_work, tmp_path))
+
+
+# --------------------------------------------------------------------------- hand-made inputs of `vinbig folds`
+
+
+def train_table(*rows) -> pd.DataFrame:
+    """A validated-looking train table from (image_id, rad_id, class_id, x_min, y_min, x_max, y_max) tuples;
+    class 14 rows may give only (image_id, rad_id, 14)."""
+    records = []
+    for r in rows:
+        image_id, rad_id, class_id, *box = r
+        box = box or [np.nan] * 4
+        records.append((image_id, CLASS_NAMES[class_id], class_id, rad_id, *map(float, box)))
+    return pd.DataFrame.from_records(records, columns=list(TRAIN_COLUMNS))
+
+
+def write_meta(work: Path, sizes: dict[str, tuple[int, int]], png_size: tuple[int, int] | None = None) -> Path:
+    """WORK/images/train/meta.csv as `vinbig images` writes it, giving the original (width, height) of each image
+    and of its PNG (`png_size`, else the original's)."""
+    rows = []
+    for image_id, (width, height) in sizes.items():
+        png_width, png_height = png_size or (width, height)
+        rows.append({"image_id": image_id, "width": width, "height": height, "png_width": png_width,
+                     "png_height": png_height, "photometric": "MONOCHROME2", "bits_stored": 12, "voi": "window",
+                     "window_low": 0, "window_high": 4095, "transfer_syntax": "1.2.840.10008.1.2.1"})
+    path = work / "images" / "train" / "meta.csv"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame(rows, columns=list(META_COLUMNS)).to_csv(path, index=False)
+    return path
+
+
+# --------------------------------------------------------------------------- a machine's GPUs, a browser
+
+# torch 2.14 built for CUDA 13: no Pascal (P100, sm_60) nor Volta kernels any more
+CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+T4 = SimpleNamespace(name="Tesla T4", total_memory=15 * 2 ** 30, major=7, minor=5)
+P100 = SimpleNamespace(name="Tesla P100-PCIE-16GB", total_memory=16 * 2 ** 30, major=6, minor=0)
+
+
+def gpus(monkeypatch, *cards: SimpleNamespace, arch=CU130) -> None:
+    """Make torch report `cards` (none: a CPU-only machine) and a build with kernels for `arch` (only the device
+    rules run: nothing computes on them)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(cards))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(cards))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: cards[i])
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch))
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (tests/browser.py), closed after the test; skips the test without a chromium binary."""
+    binary = chromium()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+    b = Browser(binary, tmp_path / "profile")
+    yield b
+    b.close()

@@ -19,7 +19,7 @@ from vinbig.artifacts import CLASSIFIER_PRED_COLUMNS, ArtifactError, Work, read_
 from vinbig.app.cli import main
 from vinbig.config import ConfigError, load_config
 
-from conftest import own_work
+from conftest import classifier_checkpoint, own_work
 from faults import damage, errors
 
 # timm's smallest EfficientNet at 64 px, data loaded in the test process
@@ -334,17 +334,6 @@ def test_gate_operating_point(pos, neg, max_miss, threshold, missed, caught):
 # --------------------------------------------------------------------------- faults: outputs and checkpoints
 
 
-def hand_made_checkpoint(path) -> None:
-    """A best.pt as train-classifier writes one, of an untrained model: no training needed to predict with it."""
-    from classifier._model import save_checkpoint
-
-    save_checkpoint({"model": create_model("test_efficientnet").state_dict(), "backbone": "test_efficientnet",
-                     "imgsz": 64, "epoch": 0, "auc": 0.5}, path)
-
-
-
-
-
 @pytest.fixture
 def scored(monkeypatch) -> list:
     """Each fold model's scoring run, recorded."""
@@ -365,7 +354,7 @@ def test_predict_checks_its_output_before_any_model_runs_and_a_failed_write_is_o
 
     work = Work(work_copy.work)
     for k in range(3):
-        hand_made_checkpoint(work.checkpoint("classifier", k))
+        classifier_checkpoint(work.checkpoint("classifier", k))  # untrained: no training needed to predict
     out = work.classifier_preds("test")
     if fault == "preds_is_a_file":
         work.preds.write_text("not a folder")
@@ -390,7 +379,7 @@ def test_predict_checks_its_output_before_any_model_runs_and_a_failed_write_is_o
 def test_a_damaged_checkpoint_names_the_file_and_the_fix(work_copy, caplog, scored, how):
     work = Work(work_copy.work)
     for k in range(3):
-        hand_made_checkpoint(work.checkpoint("classifier", k))
+        classifier_checkpoint(work.checkpoint("classifier", k))  # untrained: no training needed to predict
     best = damage(work.checkpoint("classifier", 1), how)
     assert main(["predict-classifier", "--work", str(work.root), "--split", "test", *TINY, "-q"]) == 2
     [message] = errors(caplog)

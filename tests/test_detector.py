@@ -21,6 +21,7 @@ from detector import (DETECTOR_CLASSES, boxes_to_yolo, fold_dataset, label_text,
 from vinbig.artifacts import CLASS_NAMES, DETECTOR_PRED_COLUMNS, NO_FINDING, Work
 from vinbig.errors import ConfigError
 
+from conftest import T4, detector_checkpoint, gpus
 from faults import damage, errors, guarded_env
 
 TINY = ["--model", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu",
@@ -211,22 +212,16 @@ def test_every_training_key_of_the_detector_section_is_an_ultralytics_argument()
     assert set(TRAIN_KEYS) <= set(DEFAULT_CFG_DICT), sorted(set(TRAIN_KEYS) - set(DEFAULT_CFG_DICT))
 
 
-def two_gpus(monkeypatch, n: int = 2) -> None:
-    """Make torch report `n` GPUs (only the device rules run: nothing computes on them)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
-
-
-@pytest.mark.parametrize("gpus, device, batch, expected", [
+@pytest.mark.parametrize("n_gpus, device, batch, expected", [
     (0, None, 16, "cpu"), (1, None, 16, "0"), (2, None, 16, "0,1"),  # null: every GPU torch sees, DDP over several
     (2, None, -1, "0"),  # AutoBatch works on one GPU: null takes GPU 0 alone, with a warning
     (2, "cpu", 16, "cpu"), (2, "1", -1, "1"), (0, [0, 1], 16, "0,1"),
 ])
-def test_the_training_device_is_this_machines(monkeypatch, caplog, gpus, device, batch, expected):
+def test_the_training_device_is_this_machines(monkeypatch, caplog, n_gpus, device, batch, expected):
     from detector._train import train_args, training_device
     from vinbig.config import load_config
 
-    two_gpus(monkeypatch, gpus)
+    gpus(monkeypatch, *[T4] * n_gpus)
     assert training_device(device, batch) == expected
     assert ("trains on one GPU only" in caplog.text) == (batch == -1 and device is None)
     cfg = {**load_config()["detector"], "device": device, "batch": batch}
@@ -241,25 +236,13 @@ def test_autobatch_on_two_named_gpus_is_an_error_that_says_what_to_change(monkey
         training_device("0,1", -1)
 
 
-def interrupted_checkpoint(path: Path, **train_args) -> Path:
-    """An untrained YOLOv8n saved as ultralytics saves a run stopped after its first epoch, with `train_args`."""
-    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
-    from ultralytics.nn.tasks import DetectionModel
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = DetectionModel("yolov8n.yaml", nc=14, verbose=False).half()
-    torch.save({"model": model, "epoch": 0, "optimizer": {"state": {}, "param_groups": []},
-                "train_args": {"batch": 16, **train_args}, "date": None}, path)
-    return path
-
-
-@pytest.mark.parametrize("gpus, device, ckpt_batch, expected", [
+@pytest.mark.parametrize("n_gpus, device, ckpt_batch, expected", [
     (0, None, 16, "cpu"),  # a run started on two GPUs resumes on a machine without any
     (1, None, 16, "0"),  # or on one GPU
     (2, None, -1, "0"),  # a run of AutoBatch stays on one GPU
     (2, "cpu", 16, "cpu"),  # the resuming session's config decides
 ])
-def test_a_resumed_run_takes_the_device_of_the_session_that_resumes_it(tmp_path, monkeypatch, caplog, gpus, device,
+def test_a_resumed_run_takes_the_device_of_the_session_that_resumes_it(tmp_path, monkeypatch, caplog, n_gpus, device,
                                                                         ckpt_batch, expected):
     from ultralytics.engine.model import Model
 
@@ -267,10 +250,12 @@ def test_a_resumed_run_takes_the_device_of_the_session_that_resumes_it(tmp_path,
     from vinbig.config import load_config
 
     work = Work(tmp_path / "work")
-    interrupted_checkpoint(work.checkpoint("detector", 0, "last"), device="0,1", batch=ckpt_batch)
+    # an untrained YOLOv8n saved as ultralytics saves a run stopped after its first epoch
+    detector_checkpoint(work.checkpoint("detector", 0, "last"), epoch=0, optimizer={"state": {}, "param_groups": []},
+                        train_args={"batch": ckpt_batch, "device": "0,1"})
     calls = []
     monkeypatch.setattr(Model, "train", lambda self, **kwargs: calls.append(kwargs))  # the arguments are the point
-    two_gpus(monkeypatch, gpus)
+    gpus(monkeypatch, *[T4] * n_gpus)
     cfg = {**load_config()["detector"], "device": device}
     with caplog.at_level("INFO"):
         assert train_fold(work, 0, cfg, resume=True).trained
@@ -389,18 +374,6 @@ def test_train_refuses_a_fold_that_does_not_exist_and_predict_names_the_missing_
 # --------------------------------------------------------------------------- faults: outputs, checkpoints, boxes
 
 
-def hand_made_checkpoint(path: Path) -> Path:
-    """An untrained YOLOv8n of the 14 findings, saved as ultralytics saves a finished run: loads and predicts in
-    a second, where training one would take minutes on a CPU."""
-    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
-    from ultralytics.nn.tasks import DetectionModel
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = DetectionModel("yolov8n.yaml", nc=14, verbose=False).half()
-    torch.save({"model": model, "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
-    return path
-
-
 PREDICT_TEST = ["--split", "test", "--imgsz", "64", "--conf", "1e-6", "--device", "cpu", "-q"]
 
 
@@ -415,7 +388,7 @@ def test_predict_checks_its_output_before_any_model_runs_and_a_failed_write_is_o
 
     work = Work(work_copy.work)
     for k in range(3):
-        hand_made_checkpoint(work.checkpoint("detector", k))
+        detector_checkpoint(work.checkpoint("detector", k))  # untrained: predicts in a second, no training
     loaded = []
     real_yolo = ultralytics.YOLO
     monkeypatch.setattr(ultralytics, "YOLO", lambda *a, **kw: loaded.append(a) or real_yolo(*a, **kw))
@@ -459,7 +432,7 @@ def test_a_damaged_checkpoint_names_the_file_and_the_fix_without_the_network(wor
 
     work = Work(work_copy.work)
     for k in range(3):
-        hand_made_checkpoint(work.checkpoint("detector", k))
+        detector_checkpoint(work.checkpoint("detector", k))  # untrained: predicts in a second, no training
     best = damage(work.checkpoint("detector", 1), how)
     assert main(["predict-detector", "--work", str(work.root), *PREDICT_TEST]) == 2
     [message] = errors(caplog)
@@ -470,7 +443,7 @@ def test_a_damaged_checkpoint_names_the_file_and_the_fix_without_the_network(wor
     assert not work.detector_preds("test").exists()
 
     caplog.clear()
-    last = damage(hand_made_checkpoint(work.checkpoint("detector", 2, "last")), how)  # torn by a killed run
+    last = damage(detector_checkpoint(work.checkpoint("detector", 2, "last")), how)  # torn by a killed run
     assert main(["train-detector", "--work", str(work.root), "--fold", "2", "--resume", *TINY]) == 2
     [message] = errors(caplog)
     assert message.startswith(f"{last.resolve()} is not a readable ultralytics checkpoint")

@@ -3,25 +3,10 @@ on a GPU only): what null becomes for training and for prediction, and the GPU r
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-import torch
 
+from conftest import CU130, P100, T4, gpus
 from vinbig.devices import Device, gpu_lines, has_kernels, parse_device
-
-# torch 2.14 built for CUDA 13: no Pascal (P100, sm_60) nor Volta kernels any more
-CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
-T4 = SimpleNamespace(name="Tesla T4", total_memory=15 * 2 ** 30, major=7, minor=5)
-P100 = SimpleNamespace(name="Tesla P100-PCIE-16GB", total_memory=16 * 2 ** 30, major=6, minor=0)
-
-
-def gpus(monkeypatch, *cards: SimpleNamespace, arch=CU130) -> None:
-    """Make torch report `cards` (none: a CPU-only machine) and a build with kernels for `arch`."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(cards))
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(cards))
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: cards[i])
-    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch))
 
 
 @pytest.mark.parametrize("cards, trains_on", [((), "cpu"), ((T4,), "0"), ((T4, T4), "0,1")])

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from ensemble_boxes import weighted_boxes_fusion
 
+from conftest import train_table, write_meta
 from folds import TrainCsvError, consolidate, make_folds, split_folds, validate_train_csv
 from vinbig.artifacts import (
     BOX,
-    CLASS_NAMES,
     FOLD_COLUMNS,
     LABEL_COLUMNS,
     NO_FINDING,
@@ -43,17 +43,6 @@ def write_csv_lines(tmp_path, lines, header=HEADER):
     path = tmp_path / "train.csv"
     path.write_text("\n".join([header, *lines]) + "\n")
     return path
-
-
-def train_table(*rows) -> pd.DataFrame:
-    """A validated-looking train table from (image_id, rad_id, class_id, x_min, y_min, x_max, y_max) tuples;
-    class 14 rows may give only (image_id, rad_id, 14)."""
-    records = []
-    for r in rows:
-        image_id, rad_id, class_id, *box = r
-        box = box or [np.nan] * 4
-        records.append((image_id, CLASS_NAMES[class_id], class_id, rad_id, *map(float, box)))
-    return pd.DataFrame.from_records(records, columns=list(TRAIN_COLUMNS))
 
 
 # --------------------------------------------------------------------------- validation
@@ -444,19 +433,6 @@ def test_an_exact_duplicate_row_is_reported_by_line_and_counted_once(tmp_path, c
     once = make_folds(write_csv_lines(tmp_path, GOOD), tmp_path / "once", n_folds=2)
     assert (tmp_path / "work" / "labels.csv").read_bytes() == once.labels.read_bytes()
     assert (tmp_path / "work" / "folds.csv").read_bytes() == once.folds.read_bytes()
-
-
-def write_meta(work, sizes: dict[str, tuple[int, int]]):
-    """WORK/images/train/meta.csv giving the original (width, height) of each image."""
-    from vinbig.artifacts import META_COLUMNS
-
-    rows = [{"image_id": i, "width": w, "height": h, "png_width": w, "png_height": h, "photometric": "MONOCHROME2",
-             "bits_stored": 12, "voi": "window", "window_low": 0, "window_high": 4095,
-             "transfer_syntax": "1.2.840.10008.1.2.1"} for i, (w, h) in sizes.items()]
-    path = work / "images" / "train" / "meta.csv"
-    path.parent.mkdir(parents=True)
-    pd.DataFrame(rows, columns=list(META_COLUMNS)).to_csv(path, index=False)
-    return path
 
 
 OUTSIDE = [  # lines 8..10 after GOOD; img_c is 461 x 500 px

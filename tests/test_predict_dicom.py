@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import torch
 
-from conftest import gradient, make_dicom, own_work
+from conftest import classifier_checkpoint, detector_checkpoint, gradient, make_dicom, own_work
 from tiny import set_args
 from vinbig.app.cli import main
 from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, Work
@@ -37,34 +36,20 @@ COLUMNS = ["file", "image_id", "class_id", "class_name", "score", *BOX, "p_abnor
 def save_models(work: Work, cfg: dict) -> None:
     """Every fold's best.pt of every run of both stages, with random weights and head biases (fold 2's classifiers
     at another input size), and beside each the config training saves: the run's own section."""
-    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
-    from classifier._model import create_model, save_checkpoint
-    from ultralytics.nn.tasks import DetectionModel
     from vinbig.artifacts import config_path
     from vinbig.config import save_config
     from vinbig.runs import run_config, run_names
 
     for r, run in enumerate(run_names(cfg, "detector")):
         for k in range(FOLDS):
-            torch.manual_seed(10 * r + k)
-            model = DetectionModel("yolov8n.yaml", nc=14, verbose=False)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(torch.randn_like(p) * 0.1 * (p.std() if p.numel() > 1 else 1))
-                for head in (*model.model[-1].cv2, *model.model[-1].cv3):
-                    head[-1].bias.normal_(0, 1)
-            path = work.checkpoint("detector", k, "best", run)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, path)
+            detector_checkpoint(work.checkpoint("detector", k, "best", run), seed=10 * r + k, perturb=True, biases=True)
             save_config({**cfg, "detector": run_config(cfg, "detector", run)},
                         config_path(work.fold_dir("detector", k, run), "detector"), ["detector", "folds", "runs"])
     for r, run in enumerate(run_names(cfg, "classifier")):
         for k in range(FOLDS):
-            torch.manual_seed(10 * r + k)
-            clf = create_model("test_efficientnet")
-            torch.nn.init.normal_(clf.get_classifier().weight, std=50)  # P(abnormal) from about 0.44 to 0.6 over two runs
-            save_checkpoint({"model": clf.state_dict(), "backbone": "test_efficientnet", "imgsz": 48 if k == 2 else 64,
-                             "epoch": 0, "auc": 0.5}, work.checkpoint("classifier", k, "best", run))
+            # std 50: P(abnormal) from about 0.44 to 0.6 over two runs
+            classifier_checkpoint(work.checkpoint("classifier", k, "best", run), seed=10 * r + k, std=50,
+                                  imgsz=48 if k == 2 else 64)
             save_config({**cfg, "classifier": run_config(cfg, "classifier", run)},
                         config_path(work.fold_dir("classifier", k, run), "classifier"), ["classifier", "runs"])
 

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import train_table, write_meta
 from detector._dataset import fold_dataset, label_text, yolo_to_boxes
 from folds import make_folds
-from vinbig.artifacts import (BOX, CLASS_NAMES, META_COLUMNS, NO_FINDING, READER_COLUMNS, TRAIN_COLUMNS, Work,
-                              folds_command, png_path, read_folds, read_labels, read_readers)
+from vinbig.artifacts import (BOX, NO_FINDING, READER_COLUMNS, Work, folds_command, png_path, read_folds, read_labels,
+                              read_readers)
 from vinbig.consolidate import consolidate
 from vinbig.errors import ArtifactError, ConfigError
 
@@ -54,31 +55,18 @@ def random_rows(n_images: int = 40, seed: int = 0) -> list[tuple]:
     return rows
 
 
-def write_train(path, rows) -> None:
-    records = []
-    for image_id, rad_id, class_id, *box in rows:
-        box = box or [np.nan] * 4
-        records.append((image_id, CLASS_NAMES[class_id], class_id, rad_id, *box))
-    pd.DataFrame.from_records(records, columns=list(TRAIN_COLUMNS)).to_csv(path, index=False)
-
-
 def write_images(work: Work, image_ids, width: int = 1000, height: int = 800) -> None:
     """8 x 8 PNGs and the meta.csv of `vinbig images`, every original image `width` x `height` px."""
-    image_dir = work.images("train")
-    image_dir.mkdir(parents=True)
+    write_meta(work.root, dict.fromkeys(image_ids, (width, height)), png_size=(8, 8))
     for image_id in image_ids:
-        cv2.imwrite(str(png_path(image_dir, image_id)), np.zeros((8, 8), np.uint8))
-    meta = pd.DataFrame({"image_id": list(image_ids), "width": width, "height": height, "png_width": 8,
-                         "png_height": 8, "photometric": "MONOCHROME2", "bits_stored": 12, "voi": "window",
-                         "window_low": 0, "window_high": 4095, "transfer_syntax": "1.2.840.10008.1.2.1"})
-    meta.loc[:, list(META_COLUMNS)].to_csv(image_dir / "meta.csv", index=False)
+        cv2.imwrite(str(png_path(work.images("train"), image_id)), np.zeros((8, 8), np.uint8))
 
 
 @pytest.fixture
 def work(tmp_path) -> Work:
     """A work folder after `vinbig images` (stand-ins) and `vinbig folds` over random_rows, 2 folds."""
     rows = random_rows()
-    write_train(tmp_path / "train.csv", rows)
+    train_table(*rows).to_csv(tmp_path / "train.csv", index=False)
     work = Work(tmp_path / "work")
     write_images(work, sorted({r[0] for r in rows}))
     make_folds(tmp_path / "train.csv", work, **FOLDS_CFG)

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
+from conftest import classifier_checkpoint, detector_checkpoint
 from vinbig.artifacts import BOX, CLASSIFIER_PRED_COLUMNS, DETECTOR_PRED_COLUMNS, Work, read_meta
 
 FOLDS = 3  # the synthetic work folder's
@@ -31,21 +31,8 @@ def reads(monkeypatch) -> list[str]:
 def detector_pts(tmp_path_factory) -> list:
     """An untrained YOLOv8n per fold, each with its own random weights and head biases (untrained, every fold
     would give the same boxes; these differ, so a fold mix-up shows)."""
-    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
-    from ultralytics.nn.tasks import DetectionModel
-
-    paths = []
-    for k in range(FOLDS):
-        torch.manual_seed(k)
-        model = DetectionModel("yolov8n.yaml", nc=14, verbose=False)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.1 * (p.std() if p.numel() > 1 else 1))
-            for head in (*model.model[-1].cv2, *model.model[-1].cv3):  # box and class outputs
-                head[-1].bias.normal_(0, 1)
-        paths.append(tmp_path_factory.mktemp("detector") / "best.pt")
-        torch.save({"model": model.half(), "epoch": -1, "optimizer": None, "train_args": {}, "date": None}, paths[-1])
-    return paths
+    return [detector_checkpoint(tmp_path_factory.mktemp("detector") / "best.pt", seed=k, perturb=True, biases=True)
+            for k in range(FOLDS)]
 
 
 def row_groups(path) -> list[int]:
@@ -66,14 +53,8 @@ def install(pts: list, work: Work, run: str = "default") -> None:
 def classifier_checkpoints(work: Work, sizes=(64, 64, 48)) -> None:
     """An untrained test_efficientnet per fold with a random head (a zero head gives 0.5 everywhere); fold 2
     was trained at another size."""
-    from classifier._model import create_model, save_checkpoint
-
     for k, imgsz in enumerate(sizes):
-        torch.manual_seed(k)
-        model = create_model("test_efficientnet")
-        torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
-        save_checkpoint({"model": model.state_dict(), "backbone": "test_efficientnet", "imgsz": imgsz, "epoch": 0,
-                         "auc": 0.5}, work.checkpoint("classifier", k))
+        classifier_checkpoint(work.checkpoint("classifier", k), seed=k, std=0.5, imgsz=imgsz)
 
 
 @pytest.mark.parametrize("folds", [None, [2, 0]])

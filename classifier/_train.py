@@ -93,10 +93,19 @@ def _check(cfg: dict) -> None:
 
 
 def check_fresh(work: Work, fold: int, resume: bool, overwrite: bool, run: str = DEFAULT_RUN) -> None:
-    """Refuse to start over a fold's run unless asked: trained weights are not thrown away by a rerun."""
-    if not resume and not overwrite and work.checkpoint("classifier", fold, "last", run).is_file():
+    """Refuse to start over a fold's run unless asked: trained weights are not thrown away by a rerun, nor a best.pt
+    or summary.csv without the last.pt to resume from (copied from another machine, or a last.pt deleted)."""
+    if resume or overwrite:
+        return
+    if work.checkpoint("classifier", fold, "last", run).is_file():
         raise UserError(f"{work.fold_dir('classifier', fold, run)} already holds a run (last.pt); use --resume to continue "
                         "it or --overwrite to start over")
+    earlier = [p.name for p in (work.checkpoint("classifier", fold, "best", run), work.classifier_summary(fold, run))
+               if p.exists() or p.is_symlink()]
+    if earlier:
+        raise UserError(f"{work.fold_dir('classifier', fold, run)} holds {' and '.join(earlier)} of an earlier run and "
+                        "no last.pt to resume from; a fresh start would remove them: --overwrite to start over, or "
+                        "move them away")
 
 
 @dataclass(frozen=True)
@@ -267,7 +276,9 @@ class _State:
         self.rows: list[dict] = []
 
     def clear(self, fold: int) -> None:
-        """A fresh start: remove an earlier run's files, so that its summary rows do not mix with the new ones."""
+        """A fresh start: remove an earlier run's files, so that its summary rows do not mix with the new ones. Only
+        vinbig's fixed names in the fold's folder, and only after check_fresh (--overwrite, or none of them but the
+        config there); a link is removed, never followed."""
         if self.last.is_file():
             logger.warning("starting fold %d afresh (--overwrite): the run in %s is replaced", fold, self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,13 @@ Layout of ``WORK/detector/{run}/data/fold{k}/``::
     labels/val/<image_id>.txt
     data.yaml                       the 14 class names in competition order, no absolute paths
     source.sha1                     fingerprint of the labels, settings, folds and sizes it was made from
+    .vinbig-manifest.json           every file above (vinbig.manifest, kind "detector-data") and ultralytics' label
+                                    caches labels/{train,val}.cache
+
+A dataset is remade (when its fingerprint changed) beside the old one and swapped in; the old one is then removed
+file by file, and only when every file in it is vinbig's (its manifest; for a dataset of a vinbig before manifests,
+the layout above): a file, folder or link a user put there stops the rebuild with an error naming it, and a link or
+a file standing in place of the folder is never followed or removed.
 
 Training images are the other folds' images, validation images fold k's. What a training image's label holds is
 the run's ``labels`` setting (its detector section, vinbig.runs):
@@ -42,8 +49,9 @@ import yaml
 from vinbig.artifacts import (BOX, CLASS_NAMES, DEFAULT_RUN, NO_FINDING, Work, check_fold, check_outside_boxes,
                               folds_command, meta_path, png_path, read_folds, read_labels, read_meta, read_readers)
 from vinbig.boxes import clip
-from vinbig.errors import ArtifactError, ConfigError
+from vinbig.errors import ArtifactError, ConfigError, UserError
 from vinbig.log import some
+from vinbig.manifest import MANIFEST, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +144,9 @@ def _outside_message(beyond: pd.DataFrame, work: Work | None, source: str) -> st
 
 LABEL_MODES = ("consolidated", "per_reader")
 COPY_SEPARATOR = "__"  # a per_reader copy is named <image_id>__<rad_id>
+KIND = "detector-data"  # the manifest kind of a fold's dataset folder
+CACHES = ("labels/train.cache", "labels/val.cache")  # ultralytics writes its label caches there while training
+FOLDERS = ("images", "images/train", "images/val", "labels", "labels/train", "labels/val")  # in a dataset folder
 
 
 @dataclass(frozen=True)
@@ -325,14 +336,20 @@ def _per_reader(rows: pd.DataFrame, found: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 def _write(out: Path, fold: int, run: str, stamp: str, samples: pd.DataFrame, boxes: pd.DataFrame,
            meta: pd.DataFrame, image_dir: Path) -> None:
-    """The dataset in a temporary folder beside `out`, renamed onto it once complete."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """The dataset in a temporary folder beside `out`, swapped in once complete; the old one is then removed, only
+    when it holds nothing but vinbig's files (checked before anything is written)."""
+    _own_files(out)
+    tmp, old = (out.with_name(f".{out.name}.{os.getpid()}.{what}") for what in ("partial", "old"))
+    for leftover in (tmp, old):  # of an interrupted run with the same process id
+        _remove(leftover, _own_files(leftover))
     sizes = meta.set_index("image_id")[["width", "height"]]
     by_name = {key: g for key, g in boxes.groupby(["subset", "name"], sort=False)}
     for subset in ("train", "val"):
         (tmp / "images" / subset).mkdir(parents=True)
         (tmp / "labels" / subset).mkdir(parents=True)
+    names = [f"{kind}/{subset}/{name}.{ext}" for subset, name, _ in samples.itertuples(index=False)
+             for kind, ext in (("images", "png"), ("labels", "txt"))]
+    Manifest(tmp, KIND, [*names, "data.yaml", "source.sha1", *CACHES]).save()  # before the files: a crash leaves it
     for subset, name, image_id in samples.itertuples(index=False):
         _link(png_path(image_dir, image_id), png_path(tmp / "images" / subset, name))
         g = by_name.get((subset, name))
@@ -344,8 +361,74 @@ def _write(out: Path, fold: int, run: str, stamp: str, samples: pd.DataFrame, bo
         f"# ultralytics dataset of fold {fold} of detector run {run}, written by vinbig train-detector; paths are "
         "relative to this file\n" + yaml.safe_dump(data, sort_keys=False))
     (tmp / "source.sha1").write_text(stamp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    if out.exists():
+        owned = _own_files(out)  # again: checked, then moved aside at once
+        os.replace(out, old)
+        os.replace(tmp, out)
+        _remove(old, owned)
+    else:
+        os.replace(tmp, out)
+
+
+def _own_files(folder: Path) -> set[str]:
+    """The files of the dataset folder `folder` (relative paths), when every one is vinbig's: listed in its manifest
+    or, in a dataset of a vinbig before manifests (source.sha1 and no manifest), laid out as vinbig lays it out.
+    Raises a UserError naming what is not vinbig's: a link or a file in place of the folder, or anything in it a
+    user put there. An empty set when `folder` does not exist."""
+    if not folder.exists() and not folder.is_symlink():
+        return set()
+    if folder.is_symlink() or not folder.is_dir():
+        raise UserError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, where vinbig keeps a fold's "
+                        "dataset, which it remakes; vinbig removes only what it made: move it away and run again")
+    found: set[str] = set()
+    other: list[str] = []  # folders vinbig does not make, links to folders (never descended into)
+    for root, dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        other += [(rel / d).as_posix() for d in dirs
+                  if (Path(root) / d).is_symlink() or (rel / d).as_posix() not in FOLDERS]
+        dirs[:] = [d for d in dirs if (rel / d).as_posix() in FOLDERS and not (Path(root) / d).is_symlink()]
+        found.update((rel / f).as_posix() for f in files)
+    manifest = Manifest.read(folder)
+    if manifest is not None and manifest.kind == KIND:
+        owned = manifest.files | {MANIFEST}
+    elif manifest is None and "source.sha1" in found:
+        owned = _old_layout(found)
+    else:
+        owned = set()
+    foreign = sorted(other + [f for f in found if f not in owned])
+    if foreign:
+        raise UserError(f"{folder} holds {len(foreign)} file(s) or link(s) that vinbig did not write "
+                        f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); vinbig remakes this "
+                        "dataset and removes only its own files: move them away and run again")
+    return found
+
+
+def _old_layout(files: set[str]) -> set[str]:
+    """Of the files of a dataset written by a vinbig before manifests, those it laid out: data.yaml, source.sha1,
+    ultralytics' caches, each label labels/SUBSET/NAME.txt and its image images/SUBSET/NAME.png."""
+    owned = {"data.yaml", "source.sha1", *CACHES}
+    for f in files:
+        parts = f.split("/")
+        if len(parts) == 3 and parts[0] == "labels" and parts[1] in ("train", "val") and parts[2].endswith(".txt"):
+            owned |= {f, f"images/{parts[1]}/{parts[2][:-4]}.png"}
+    return owned & files
+
+
+def _remove(folder: Path, files: set[str]) -> None:
+    """Remove `files` (relative paths, vinbig's, as :func:`_own_files` found them) from `folder`, then its folders
+    left empty; whatever else is there stays (with a warning)."""
+    if not files and not folder.is_dir():
+        return
+    Manifest(folder, KIND, files - {MANIFEST}).remove_stale(())
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for sub in sorted(FOLDERS, key=len, reverse=True) + ["."]:  # deepest first
+        try:
+            (folder / sub).rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            logger.warning("%s is kept: it holds files vinbig did not write", folder / sub)
+            return
 
 
 def _link(target: Path, link: Path) -> None:

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, N_CLASSES, Work, png_path, read_meta, read_readers
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, N_CLASSES, Work, png_path, read_readers
 from vinbig.errors import VinbigError
 from vinbig.log import progress
+from vinbig.manifest import Manifest
 from vinbig.metric import IOU_THRESHOLD, Marks, Result, index_of, mark, prepare_truth
 
-from fusion._report import _RGB, _write
+from fusion._report import _RGB, _write, file_name_safe
 
 logger = logging.getLogger(__name__)
 
@@ -208,18 +209,17 @@ def write_thumbnail(png: Path, out: Path, size: int, quality: int = 85) -> tuple
 
 
 def thumbnails(records: list[dict], image_dir: Path, meta: pd.DataFrame, folder: Path, size: int) -> list[Path]:
-    """Thumbnails of the records' PNGs into `folder` (old ones removed); sets each record's ``img``, ``tw``, ``th``
-    and the scale ``sx``, ``sy`` (original pixels -> thumbnail pixels, through meta.csv's PNG size) in place of
-    its ``w``, ``h``."""
+    """Thumbnails of the records' PNGs into `folder`; sets each record's ``img``, ``tw``, ``th`` and the scale
+    ``sx``, ``sy`` (original pixels -> thumbnail pixels, through meta.csv's PNG size) in place of its ``w``, ``h``.
+    Returns the thumbnails written (an unreadable PNG gets none)."""
     folder.mkdir(parents=True, exist_ok=True)
-    keep = set()
     written = []
     for rec in progress(records, desc="report thumbnails", unit="image"):
         image_id = rec["id"]
         w, h = rec.pop("w"), rec.pop("h")  # the JS reads the thumbnail's size and scale only
         out = folder / f"{image_id}.jpg"
         wh = None
-        if image_id in meta.index:
+        if image_id in meta.index and file_name_safe(image_id):
             wh = write_thumbnail(png_path(image_dir, image_id), out, size)
         if wh is None:
             rec.update(img=None, tw=w, th=h, sx=1.0, sy=1.0)
@@ -229,11 +229,7 @@ def thumbnails(records: list[dict], image_dir: Path, meta: pd.DataFrame, folder:
         rec.update(img=f"{IMAGES}/{out.name}", tw=wh[0], th=wh[1],
                    sx=float(row.png_width / row.width * wh[0] / row.png_width),
                    sy=float(row.png_height / row.height * wh[1] / row.png_height))
-        keep.add(out.name)
         written.append(out)
-    for old in folder.glob("*.jpg"):
-        if old.name not in keep:
-            old.unlink()
     return written
 
 
@@ -298,28 +294,21 @@ def read_optional_readers(work: Work) -> pd.DataFrame | None:
         return None
 
 
-def write_page(work: Work, out: Path, result: Result, preds: pd.DataFrame, truth: pd.DataFrame, *,
-               runs: Mapping[str, Result] | None = None, p_abnormal: pd.Series | None = None,
-               low: float | None = None, high: float | None = None, readers: pd.DataFrame | None = None,
-               score_thr: float = 0.3, thumb_size: int = 384, max_images: int = 1000,
-               meta: pd.DataFrame | None = None) -> list[Path]:
-    """``out/index.html`` and its thumbnails ``out/images/*.jpg``; the files written, the page first.
+def page_files(out: Path, data: dict, meta: pd.DataFrame) -> list[Path]:
+    """The files :func:`write_page` may write into the report folder `out` for `data`: the page and a thumbnail of
+    each record with a meta.csv row."""
+    return [out / PAGE, *(out / IMAGES / f"{r['id']}.jpg" for r in data["images"]
+                          if r["id"] in meta.index and file_name_safe(r["id"]))]
 
-    `preds`: the fused, gated OOF predictions (PRED_COLUMNS, original pixels); `truth`: their truth; `runs`: each
-    detector run's result for the table; `p_abnormal` (by image id), `low`, `high`: the gate; `readers`: the readers'
-    own boxes (default WORK/readers.csv when it exists); `meta`: meta.csv of the training images by image id (read
-    when None). At most `max_images` images go into the browser, the most wrong first when there are more (the
-    table and curves count them all).
-    """
-    work = Work.of(work)
-    if readers is None:
-        readers = read_optional_readers(work)
-    image_dir = work.images("train")
-    if meta is None:
-        meta = read_meta(image_dir).set_index("image_id")
-    data = page_data(result, preds, truth, meta, runs=runs, p_abnormal=p_abnormal, low=low, high=high,
-                     readers=readers, score_thr=score_thr, max_images=max_images)
+
+def write_page(out: Path, data: dict, image_dir: Path, meta: pd.DataFrame, manifest: Manifest,
+               thumb_size: int = 384) -> list[Path]:
+    """``out/index.html`` of `data` (:func:`page_data`) and its thumbnails ``out/images/*.jpg`` of the PNGs in
+    `image_dir`; the files written, the page first. `manifest` lists the report's files (fusion._report, which
+    records :func:`page_files` before anything is written): the thumbnails of an earlier report that this one does
+    not show are removed, and only those it lists."""
     written = thumbnails(data["images"], image_dir, meta, out / IMAGES, thumb_size)
+    manifest.remove_stale(written, within=IMAGES)
     page = out / PAGE
     _write(page, lambda tmp: tmp.write_text(render(data), encoding="utf-8"))
     logger.info("error browser: %s (%d of %d images, %d thumbnails)", page, len(data["images"]), data["n_images"],

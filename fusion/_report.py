@@ -7,6 +7,10 @@
 * ``metrics.csv``: the per-class table;
 * ``overlays/<class>_<image>.png``: true boxes (solid) and predicted boxes (dashed, with scores)
   on the PNGs of a few images per class, boxes scaled original -> PNG with meta.csv's sizes.
+
+The folder carries a manifest of kind ``report`` (vinbig.manifest): a rerun removes only the stale overlays and
+thumbnails it lists, never a file that a user or another command put there, and refuses a folder that is not a
+report of its own (``--overwrite`` writes into such a folder, removing nothing; never into another command's output).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ import pandas as pd
 from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, ArtifactError, Work, atomic_path, png_path, read_meta,
                               write_csv, writing)
 from vinbig.boxes import to_png
+from vinbig.errors import UserError
+from vinbig.manifest import MANIFEST, Manifest
 from vinbig.metric import Result
 
 logger = logging.getLogger(__name__)
 _MIN_CANVAS = 768  # overlays of smaller PNGs are enlarged so that the labels stay readable
+KIND = "report"  # the manifest kind of a report folder
+OVERLAYS = "overlays"
 
 
 # one colour per class, far apart in hue (Trubetskoy's "20 distinct colours"), RGB
@@ -166,6 +174,12 @@ def draw_overlay(png: Path, meta_row, truth: pd.DataFrame, preds: pd.DataFrame, 
     return out
 
 
+def file_name_safe(image_id: str) -> bool:
+    """An image id that names a file inside a folder (meta.csv's ids are DICOM file names; a crafted one with a
+    separator or '..' gets no picture, so that nothing is written outside the report)."""
+    return image_id not in ("", ".", "..") and "/" not in image_id and "\\" not in image_id
+
+
 def _write(path: Path, write) -> None:
     """`write(tmp)` then rename onto `path`: never a half-written file; a failed write names the file."""
     with writing(path, "free space on its disk or give another --out, then run 'vinbig report' again"), \
@@ -180,42 +194,72 @@ class Report(NamedTuple):
     files: list[Path]
 
 
+def claim_report(out: str | os.PathLike, overwrite: bool = False) -> Manifest:
+    """`out` as a report folder (made if missing): its manifest. Refused with a UserError when it holds files and is
+    not a report of vinbig's, unless `overwrite` (then nothing there is removed); always refused when it holds
+    another command's output (`vinbig predict`, an export), whose manifest a report must not take over."""
+    out = Path(out)
+    found = Manifest.read(out) if out.is_dir() else None
+    try:
+        manifest = Manifest.claim(out, KIND, "report folder", overwrite)
+    except UserError as e:
+        if found is None and any((out / name).exists() for name in ("index.html", "metrics.csv")):
+            raise UserError(f"{e} (a report of a vinbig before {MANIFEST}: rerun once with --overwrite, which "
+                            "replaces its files and removes nothing, or remove the folder)") from None
+        raise
+    for sub in (OVERLAYS, "images"):
+        folder = out / sub
+        if folder.is_symlink() or folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, where 'vinbig report' keeps "
+                            "a folder of its own; move it away or give another --out")
+    return manifest
+
+
 def write_report(work: Work | str | os.PathLike, result: Result, preds: pd.DataFrame, truth: pd.DataFrame,
                  out: Path | None = None, per_class: int = 2, score_thr: float = 0.3, *,
                  runs: Mapping[str, Result] | None = None, p_abnormal: pd.Series | None = None,
                  low: float | None = None, high: float | None = None, readers: pd.DataFrame | None = None,
-                 max_images: int = 1000) -> Report:
+                 max_images: int = 1000, overwrite: bool = False) -> Report:
     """All pictures and the metric table of the out-of-fold predictions into `out` (default WORK/report), and the
     page index.html (fusion._html): the AP table (a column per run of `runs` when there are several), the PR curves
     and the error browser, with the gate's `p_abnormal` (by image id), `low` and `high` and the readers' boxes
-    (`readers`, default WORK/readers.csv when it exists)."""
+    (`readers`, default WORK/readers.csv when it exists).
+
+    `out` must be missing, empty or an earlier report (see :func:`claim_report`; `overwrite`: write into another
+    folder, replacing same-named files and removing nothing); a rerun removes the overlays and thumbnails of the
+    earlier report that it does not write again, and only those."""
+    from fusion._html import page_data, page_files, read_optional_readers, write_page  # fusion._html imports us
+
     work = Work.of(work)
     out = Path(out or work.report)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [write_csv(result.table(), out / "metrics.csv", list(result.table().columns)),
-               plot_ap(result, out / "per_class_ap.png"), plot_pr(result, out / "pr_curves.png")]
+    manifest = claim_report(out, overwrite)
     image_dir = work.images("train")
     meta = read_meta(image_dir).set_index("image_id")
-    overlays = out / "overlays"
-    overlays.mkdir(exist_ok=True)
-    for old in overlays.glob("*.png"):
-        old.unlink()
-    t_by, p_by = dict(tuple(truth.groupby("image_id"))), dict(tuple(preds.groupby("image_id")))
-    empty = preds.iloc[:0]
+    if readers is None:
+        readers = read_optional_readers(work)
+    overlays = []  # (path, image_id, class)
     for c in range(NO_FINDING):
         ids = sorted(truth.loc[truth.class_id == c, "image_id"].unique())
-        ids = [i for i in ids if i in meta.index and png_path(image_dir, i).is_file()][:per_class]
+        ids = [i for i in ids if i in meta.index and file_name_safe(i) and png_path(image_dir, i).is_file()][:per_class]
         slug = re.sub(r"[^a-z0-9]+", "_", CLASS_NAMES[c].lower()).strip("_")
-        for image_id in ids:
-            path = overlays / f"{c:02d}_{slug}_{image_id}.png"
-            written.append(draw_overlay(png_path(image_dir, image_id), meta.loc[image_id], t_by[image_id],
-                                        p_by.get(image_id, empty), path, f"{image_id[:12]} ({CLASS_NAMES[c]})",
-                                        score_thr))
-    n_overlays = len(written) - 3
-    from fusion._html import write_page  # here, not at the top: fusion._html imports this module
+        overlays += [(out / OVERLAYS / f"{c:02d}_{slug}_{image_id}.png", image_id, c) for image_id in ids]
+    data = page_data(result, preds, truth, meta, runs=runs, p_abnormal=p_abnormal, low=low, high=high,
+                     readers=readers, score_thr=score_thr, max_images=max_images)
+    fixed = [out / "metrics.csv", out / "per_class_ap.png", out / "pr_curves.png"]
+    manifest.own(fixed + [p for p, _, _ in overlays] + page_files(out, data, meta), "report folder",
+                 overwrite)  # before writing
 
-    written += write_page(work, out, result, preds, truth, runs=runs, p_abnormal=p_abnormal, low=low, high=high,
-                          readers=readers, score_thr=score_thr, max_images=max_images, meta=meta)
-    logger.info("report in %s: %d files (%d overlays); open %s in a browser", out, len(written), n_overlays,
+    written = [write_csv(result.table(), fixed[0], list(result.table().columns)), plot_ap(result, fixed[1]),
+               plot_pr(result, fixed[2])]
+    (out / OVERLAYS).mkdir(exist_ok=True)
+    t_by, p_by = dict(tuple(truth.groupby("image_id"))), dict(tuple(preds.groupby("image_id")))
+    empty = preds.iloc[:0]
+    for path, image_id, c in overlays:
+        written.append(draw_overlay(png_path(image_dir, image_id), meta.loc[image_id], t_by[image_id],
+                                    p_by.get(image_id, empty), path, f"{image_id[:12]} ({CLASS_NAMES[c]})",
+                                    score_thr))
+    manifest.remove_stale([p for p, _, _ in overlays], within=OVERLAYS)
+    written += write_page(out, data, image_dir, meta, manifest)
+    logger.info("report in %s: %d files (%d overlays); open %s in a browser", out, len(written), len(overlays),
                 out / "index.html")
     return Report(out, written)

@@ -124,12 +124,14 @@ def cmd_validate(args: argparse.Namespace, cfg: dict) -> int:
 
 
 def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
-    from fusion._report import write_report
+    from fusion._report import claim_report, write_report
     from fusion._stage import format_run_ap, oof_inputs, run_results, score_oof
 
     work = _work(args)
     out = getattr(args, "out", None) or work.report
+    overwrite = getattr(args, "overwrite", False)
     check_writable(out, folder=True)
+    claim_report(out, overwrite).add([config_path(out, "fusion")])  # before the scoring: a folder not vinbig's report
     f = cfg["fusion"]
     inputs = oof_inputs(work, f)  # read once for the ensemble and each run alone
     result, final, truth = score_oof(work, f, curves=True, inputs=inputs)
@@ -138,7 +140,7 @@ def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
     if runs:
         print("\n" + format_run_ap(result, runs))
     write_report(work, result, final, truth, out, f["report_images"], f["report_score_thr"], runs=runs,
-                 p_abnormal=inputs.p, low=f["low"], high=f["high"])
+                 p_abnormal=inputs.p, low=f["low"], high=f["high"], overwrite=overwrite)
     return Outcome(0, config_path(out, "fusion"))
 
 
@@ -222,7 +224,13 @@ def register(add) -> None:
                 "error browser of every image's TP, FP and missed boxes; thumbnails in images/), per_class_ap.png, "
                 "pr_curves.png, metrics.csv and overlays/ (true boxes solid, predicted boxes dashed, on the PNGs of a "
                 "few images per class). With several detector runs it also prints each run's per-class AP beside "
-                "the ensemble's.", sections=["fusion"], extra=_tuned)
+                "the ensemble's. A rerun removes the overlays and thumbnails of the earlier report that it does not "
+                "write again, and only those (the folder's .vinbig-manifest.json lists them); a folder that is not "
+                "a report of vinbig's is refused unless empty.", sections=["fusion"], extra=_tuned)
     work_argument(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default WORK/report)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not a report of vinbig's (one of an older vinbig, or a folder "
+                        "of your own), replacing the files of the same names and removing nothing; never into "
+                        "another command's output")
     _ignore_tuned(p)

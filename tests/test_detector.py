@@ -141,12 +141,13 @@ def test_fold_dataset_is_reused_until_its_inputs_change_and_ultralytics_accepts_
     stamp = (data_yaml.parent / "source.sha1").read_text()
     (data_yaml.parent / "marker").write_text("kept while nothing changes")
     assert fold_dataset(work, 0) == data_yaml and (data_yaml.parent / "marker").exists()
+    (data_yaml.parent / "marker").unlink()  # a file vinbig did not write stops a rebuild (test_no_foreign_deletes.py)
 
     labels = pd.read_csv(work.labels, dtype={"image_id": str})
     labels.loc[labels.class_id != NO_FINDING, "x_max"] -= 1
     labels.to_csv(work.labels, index=False)
     fold_dataset(work, 0)
-    assert (data_yaml.parent / "source.sha1").read_text() != stamp and not (data_yaml.parent / "marker").exists()
+    assert (data_yaml.parent / "source.sha1").read_text() != stamp
     assert not list(data_yaml.parent.parent.glob(".*partial"))
 
     data = check_det_dataset(str(data_yaml))

@@ -51,12 +51,33 @@ def test_another_kind_of_output_is_refused_and_overwrite_removes_nothing(tmp_pat
     m = Manifest.claim(tmp_path, "predict", "--out")
     (tmp_path / "predictions.csv").write_text("x")
     m.add(["predictions.csv"])
-    with pytest.raises(UserError, match="holds vinbig's predict output"):
-        Manifest.claim(tmp_path, "report", "--out", overwrite=False)
+    for overwrite in (None, False, True):
+        with pytest.raises(UserError, match="holds vinbig's predict output"):
+            Manifest.claim(tmp_path, "report", "--out", overwrite=overwrite)
+    assert Manifest.read(tmp_path).kind == "predict"
 
-    taken = Manifest.claim(tmp_path, "report", "--out", overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    taken = Manifest.claim(tmp_path / "mine", "report", "--out", overwrite=True)
     assert taken.files == set() and taken.remove_stale([]) == []
-    assert (tmp_path / "predictions.csv").read_text() == "x"
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("overwrite", [None, False, True])
+def test_own_refuses_a_file_vinbig_did_not_write_unless_overwrite(tmp_path, overwrite):
+    m = Manifest.claim(tmp_path / "o", "report", "--out")
+    (tmp_path / "o" / "index.html").write_text("the user's")
+    (tmp_path / "o" / "metrics.csv").write_text("vinbig's")
+    m.add(["metrics.csv"])
+    if overwrite:
+        m.own(["index.html", "metrics.csv"], "report folder", overwrite)
+        assert m.files == {"index.html", "metrics.csv"}
+        return
+    with pytest.raises(UserError) as e:
+        m.own(["index.html", "metrics.csv", "new.png"], "report folder", overwrite)
+    assert "holds index.html, which vinbig did not write" in str(e.value)
+    assert ("--overwrite" in str(e.value)) == (overwrite is False)
+    assert m.files == {"metrics.csv"}
 
 
 def test_empty_or_missing_folders_are_taken(tmp_path):

@@ -201,8 +201,10 @@ def test_too_many_images_keep_the_most_wrong(tiny, tmp_path):
 
 def test_a_rerun_removes_stale_thumbnails_and_without_readers_hides_nothing(tiny, tmp_path):
     out = tmp_path / "report"
-    (out / "images").mkdir(parents=True)
-    (out / "images" / "gone.jpg").write_bytes(b"old")
+    earlier = tiny.truth.image_id.unique()[2:8]  # an earlier report's thumbnails, two of them shown again
+    truth, preds = tiny.truth[tiny.truth.image_id.isin(earlier)], tiny.preds[tiny.preds.image_id.isin(earlier)]
+    write_report(tiny.work, evaluate(truth, preds), preds, truth, out, per_class=1)
+    assert len(list((out / "images").iterdir())) == len(earlier)
     one = tiny.truth.image_id.unique()[:4]
     truth, preds = tiny.truth[tiny.truth.image_id.isin(one)], tiny.preds[tiny.preds.image_id.isin(one)]
     os.rename(tiny.work.readers, tmp_path / "readers.csv")

@@ -125,8 +125,9 @@ def test_abnormal_fraction_zero_and_one(tmp_path, fraction, normal):
 
 
 def test_the_test_truth_is_written_only_under_private(data):
-    """Beside the Kaggle files, DATA holds one thing more: private/test_labels.csv."""
-    assert sorted(p.name for p in data.iterdir()) == ["private", "sample_submission.csv", "test", "train", "train.csv"]
+    """Beside the Kaggle files, DATA holds private/test_labels.csv and the manifest of what vinbig wrote."""
+    assert sorted(p.name for p in data.iterdir()) == [".vinbig-manifest.json", "private", "sample_submission.csv",
+                                                      "test", "train", "train.csv"]
     assert [p.name for p in (data / "private").iterdir()] == ["test_labels.csv"]
     assert not list(data.rglob("*.partial"))
 

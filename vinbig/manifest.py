@@ -65,12 +65,14 @@ class Manifest:
         found = cls.read(folder) if folder.is_dir() else None
         if found is not None and found.kind == kind:
             return found
+        if found is not None:  # another command's output: never taken over, whatever --overwrite says
+            raise UserError(f"{what} {folder}: it holds vinbig's {found.kind} output, which {kind} output never "
+                            "writes into or cleans up; give an empty or new folder")
         if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-            was = (f"it holds vinbig's {found.kind} output" if found is not None
-                   else f"it holds files that vinbig did not write as {kind} output (no {MANIFEST} of kind '{kind}')")
             fix = ("give an empty or new folder, or --overwrite to write into it (nothing already there is removed)"
                    if overwrite is not None else "give an empty or new folder")
-            raise UserError(f"{what} {folder}: {was}; vinbig does not write into or clean up a folder it did not "
+            raise UserError(f"{what} {folder}: it holds files that vinbig did not write as {kind} output (no "
+                            f"{MANIFEST} of kind '{kind}'); vinbig does not write into or clean up a folder it did not "
                             f"make; {fix}")
         folder.mkdir(parents=True, exist_ok=True)
         manifest = cls(folder, kind)
@@ -94,6 +96,20 @@ class Manifest:
         self.files.update(self._rel(p) for p in paths)
         if len(self.files) != before:
             self.save()
+
+    def own(self, paths: Iterable[str | os.PathLike], what: str, overwrite: bool | None = None) -> None:
+        """:meth:`add` `paths` before writing them, after refusing (UserError, nothing recorded) when one of them
+        exists and the manifest does not list it: a file vinbig did not write is never replaced, unless
+        `overwrite` (None where the command has no ``--overwrite``). `what` names the folder in the message."""
+        paths = [Path(p) if Path(p).is_absolute() else self.folder / p for p in paths]
+        foreign = [p for p in paths if (p.exists() or p.is_symlink()) and not self.owns(p)]
+        if foreign and not overwrite:
+            names = ", ".join(self._rel(p) for p in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            fix = ", or --overwrite to replace them" if overwrite is not None else ""
+            raise UserError(f"{what} {self.folder} holds {names}{more}, which vinbig did not write but would write "
+                            f"now; move them away or give another folder{fix}")
+        self.add(paths)
 
     def owns(self, path: str | os.PathLike) -> bool:
         return self._rel(path) in self.files

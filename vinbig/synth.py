@@ -8,6 +8,11 @@
     out/sample_submission.csv    every test image once with "14 1 0 0 1 1"
     out/private/test_labels.csv  the test images' truth (LABEL_COLUMNS): the latent lesions, for
                                  `vinbig score` only; no stage reads it (the synthetic leaderboard)
+    out/.vinbig-manifest.json    what vinbig wrote there (vinbig.manifest, kind "synth")
+
+`out` must be missing, empty or a synthetic dataset of vinbig's (its manifest): a real dataset, or any folder
+holding files vinbig did not write, is refused before anything is written. A rerun into its own dataset removes the
+DICOMs of the earlier run that it does not write again (another seed or size), and only those.
 
 The images show torso, lungs, mediastinum, heart, diaphragm, ribs, clavicles and humeri; one painter
 per class draws a lesion inside its latent box, which each reader then draws after the habits of their
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +44,15 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from vinbig.artifacts import (BOX, CLASS_NAMES, LABEL_COLUMNS, NO_FINDING, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
                               TRAIN_COLUMNS, atomic_path, write_csv)
-from vinbig.errors import ConfigError
+from vinbig.errors import ConfigError, UserError
 from vinbig.log import progress
+from vinbig.manifest import MANIFEST, Manifest
 from vinbig.parallel import n_workers, process_map
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+KIND = "synth"  # the manifest kind of a synthetic dataset
 PRIVATE_TRUTH = Path("private") / "test_labels.csv"  # under the dataset folder: the test truth no stage reads
 TRUTH_READERS = 5  # the test truth stands for a consensus of five radiologists (docs/competition.md, Metric)
 RENDER_MAX = 768  # anatomy and lesions are drawn with a long side of at most this, then resized
@@ -421,11 +429,16 @@ def _dicom(rng, density, image_id, compressed) -> Dataset:
     return ds
 
 
+def _image(seed: int, split_index: int, index: int) -> tuple[np.random.Generator, str]:
+    """An image's own generator and its id, the generator's first draw."""
+    rng = np.random.default_rng([seed, split_index, index])
+    return rng, rng.bytes(16).hex()
+
+
 def _make_one(job) -> dict:
     """Write one image; return its id, its train.csv rows (train) or its truth rows (test) and what it holds."""
     out, split_index, index, seed, size, abnormal_fraction, compressed_fraction = job
-    rng = np.random.default_rng([seed, split_index, index])
-    image_id = rng.bytes(16).hex()
+    rng, image_id = _image(seed, split_index, index)
     height = int(round(size * rng.uniform(0.8, 1.2)))
     width = int(round(height * rng.uniform(0.8, 1.05)))
     width = width - 1 if width == height else width  # never square
@@ -474,10 +487,17 @@ def make_dataset(out, *, n_train: int = 60, n_test: int = 20, seed: int = 0, siz
         raise ConfigError(f"synth.abnormal_fraction and synth.compressed_fraction must lie in [0, 1] "
                           f"(got {abnormal_fraction}, {compressed_fraction})")
     out = Path(out)
+    manifest = claim(out)
+    counts = (n_train, n_test)
+    dicoms = {split: [out / split / f"{_image(int(seed), s, i)[1]}.dicom" for i in range(counts[s])]
+              for s, split in enumerate(SPLITS)}
+    tables = [out / "train.csv", out / "sample_submission.csv", out / PRIVATE_TRUTH]
+    manifest.own([*tables, *dicoms["train"], *dicoms["test"]], "--out of 'vinbig synth'")  # every file before the first is written
     for split in SPLITS:
-        (out / split).mkdir(parents=True, exist_ok=True)
+        (out / split).mkdir(exist_ok=True)
+    (out / PRIVATE_TRUTH).parent.mkdir(exist_ok=True)
     jobs = [(str(out), s, i, int(seed), int(size), float(abnormal_fraction), float(compressed_fraction))
-            for s, n in enumerate((n_train, n_test)) for i in range(n)]
+            for s, n in enumerate(counts) for i in range(n)]
     logger.info("writing %d train and %d test images of height about %d to %s with %d process(es)",
                 n_train, n_test, size, out, n_workers(workers, len(jobs)))
     with process_map(_make_one, jobs, workers) as (results, _):
@@ -485,16 +505,40 @@ def make_dataset(out, *, n_train: int = 60, n_test: int = 20, seed: int = 0, siz
 
     train, test = results[:n_train], results[n_train:]
     rows = pd.DataFrame([r for res in train for r in res["rows"]], columns=list(TRAIN_COLUMNS))
-    write_csv(rows, out / "train.csv", TRAIN_COLUMNS)
+    write_csv(rows, tables[0], TRAIN_COLUMNS)
     sub = pd.DataFrame({"image_id": [r["image_id"] for r in test], "PredictionString": NO_FINDING_PREDICTION})
-    write_csv(sub, out / "sample_submission.csv", SUBMISSION_COLUMNS)
+    write_csv(sub, tables[1], SUBMISSION_COLUMNS)
     truth = pd.DataFrame([r for res in test for r in res["rows"]], columns=list(LABEL_COLUMNS))
     truth = truth.astype({"class_id": np.int64, "n_readers": np.int64})
-    write_csv(truth.sort_values(["image_id", "class_id", *BOX], kind="stable"), out / PRIVATE_TRUTH, LABEL_COLUMNS)
-    for split, res in (("train", train), ("test", test)):
-        stale = {p.stem for p in (out / split).glob("*.dicom")} - {r["image_id"] for r in res}
-        if stale:
-            logger.warning("%s holds %d .dicom file(s) that this run did not write (another seed or n?); "
-                           "delete the folder and rerun for a clean dataset", out / split, len(stale))
+    write_csv(truth.sort_values(["image_id", "class_id", *BOX], kind="stable"), tables[2], LABEL_COLUMNS)
+    for split in SPLITS:
+        removed = manifest.remove_stale(dicoms[split], within=split)
+        if removed:
+            logger.info("removed %d .dicom file(s) of an earlier 'vinbig synth' from %s", len(removed), out / split)
+        foreign = {p.stem for p in (out / split).glob("*.dicom")} - {p.stem for p in dicoms[split]}
+        if foreign:
+            logger.warning("%s holds %d .dicom file(s) that vinbig did not write, kept as they are: they are not in "
+                           "train.csv or sample_submission.csv", out / split, len(foreign))
     return SynthResult(out, len(train), len(test), int(sum(r["boxes"] for r in train)),
                        int(sum(r["compressed"] for r in results)), int(sum(r["boxes"] for r in test)))
+
+
+def claim(out: str | os.PathLike) -> Manifest:
+    """`out` as a synthetic dataset folder: its manifest (made with the folder when missing or empty). A folder
+    that holds files and no synth manifest (a real dataset, a work folder, a synthetic dataset of a vinbig before
+    manifests) is refused with a UserError, and nothing is written."""
+    out = Path(out)
+    try:
+        manifest = Manifest.claim(out, KIND, "--out of 'vinbig synth'")
+    except UserError as e:
+        if Manifest.read(out) is not None:
+            raise
+        what = "a dataset, whose train.csv synth never replaces" if (out / "train.csv").exists() else "not empty"
+        raise UserError(f"{e} ({what}; a synthetic dataset of a vinbig before {MANIFEST} is refused too: delete it "
+                        "and run 'vinbig synth' again)") from None
+    for sub in (*SPLITS, PRIVATE_TRUTH.parent.name):
+        folder = out / sub
+        if folder.is_symlink() or folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, where 'vinbig synth' keeps "
+                            "a folder of its own; move it away or give another --out")
+    return manifest

@@ -9,6 +9,10 @@ weights_only=True)`` reads them:
 
 ``timm.models.load_state_dict`` reads both (preferring "model_ema"), so either can be given as
 ``classifier.weights`` to start another run from it.
+
+An export holds no pickle: a fold's best.pt becomes ``best.safetensors`` (the weights) and ``best.yaml`` (the
+``backbone`` and ``imgsz``) beside where it was (:func:`export_checkpoint`); :func:`load_checkpoint` reads a fold's
+best.pt when there is one, else those two files.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import yaml
 from torch import nn
 
 from vinbig.artifacts import atomic_path
@@ -166,8 +171,36 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
-    """A checkpoint written by train-classifier; an error names the file and the fix.
+def exported(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The safetensors file and the yaml (backbone, imgsz) that stand for the checkpoint `path` in an export."""
+    path = Path(path)
+    return path.with_suffix(".safetensors"), path.with_suffix(".yaml")
+
+
+def has_weights(path: str | os.PathLike) -> bool:
+    """Whether the fold of checkpoint `path` has weights: the .pt itself or its exported form."""
+    return Path(path).is_file() or all(p.is_file() for p in exported(path))
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, made_by: str) -> list[Path]:
+    """Write the exported form of the checkpoint `src` for the path `dst`: its weights (the EMA's when it has them)
+    as safetensors, its backbone and image size as yaml, each atomically. Returns the two files."""
+    from safetensors.torch import save_file
+
+    ckpt = load_checkpoint(src, made_by)
+    state = ckpt.get("model_ema") or ckpt["model"]
+    tensors, arch = exported(dst)
+    tensors.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(tensors) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+    with atomic_path(arch) as tmp:
+        tmp.write_text(yaml.safe_dump({"backbone": str(ckpt["backbone"]), "imgsz": int(ckpt["imgsz"])}))
+    return [tensors, arch]
+
+
+def load_checkpoint(path: str | os.PathLike, made_by: str, *, pickles: bool = True) -> dict:
+    """A checkpoint written by train-classifier, or its exported form when the .pt is not there (`pickles` False,
+    an export: the exported form only, the .pt is never read); an error names the file and the fix.
 
     `made_by` is the command that trains the fold (``vinbig train-classifier --work W --fold K``): a missing
     file is made by it, a damaged one (truncated by a full disk or a killed copy, or another kind of file) by
@@ -176,6 +209,8 @@ def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
     from vinbig.artifacts import ArtifactError
 
     path = Path(path)
+    if not pickles or not path.is_file() and all(p.is_file() for p in exported(path)):
+        return _load_exported(path, made_by)
     if not path.is_file():
         raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
     again = f"train the fold again with '{made_by} --overwrite'"
@@ -188,6 +223,30 @@ def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
         raise ArtifactError(f"{path} is not a train-classifier checkpoint (it lacks the keys model, backbone and "
                             f"imgsz); {again}")
     return ckpt
+
+
+def _load_exported(path: Path, made_by: str) -> dict:
+    """The checkpoint dict (model, backbone, imgsz) of the exported form of `path`; nothing is unpickled."""
+    from safetensors.torch import load_file
+
+    from vinbig.artifacts import ArtifactError
+
+    tensors, arch = exported(path)
+    again = f"train the fold again ('{made_by} --overwrite') and export it again"
+    try:
+        doc = yaml.safe_load(arch.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ArtifactError(f"{arch} is not a readable yaml file ({cause(e)}); {again}") from None
+    ok = isinstance(doc, dict) and isinstance(doc.get("backbone"), str) and ":" not in doc["backbone"] and \
+        isinstance(doc.get("imgsz"), int) and not isinstance(doc["imgsz"], bool) and 0 < doc["imgsz"] <= 8192
+    if not ok:
+        raise ArtifactError(f"{arch} must hold 'backbone' (a timm model name) and 'imgsz' (a size in pixels); "
+                            f"{again}")
+    try:
+        state = load_file(str(tensors))
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise ArtifactError(f"{tensors} is not a readable safetensors file ({cause(e)}); {again}") from None
+    return {"model": state, "backbone": doc["backbone"], "imgsz": doc["imgsz"]}
 
 
 def load_classifier(path: str | os.PathLike, device: torch.device, made_by: str = "vinbig train-classifier",

@@ -28,7 +28,7 @@ from vinbig.errors import ConfigError
 from vinbig.log import progress
 
 from classifier._data import PngDataset, abnormal_targets, png_paths, worker_init
-from classifier._model import Prepare, cudnn_benchmark, load_checkpoint, load_classifier, resolve_device
+from classifier._model import Prepare, cudnn_benchmark, has_weights, load_checkpoint, load_classifier, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
     table = abnormal_targets(work) if split == "oof" else read_folds(work)
     folds = fold_ids(table)
     ckpts = {(run, k): work.checkpoint("classifier", k, "best", run) for run in runs for k in folds}
-    missing = [key for key, p in ckpts.items() if not p.is_file()]
+    missing = [key for key, p in ckpts.items() if not has_weights(p)]  # best.pt, or an export's safetensors
     if missing:
         commands = "; ".join(f"'{train_command(work, 'classifier', k, run)}'" for run, k in missing)
         raise ArtifactError(f"no trained classifier for {len(missing)} fold(s): {ckpts[missing[0]]} not found; "

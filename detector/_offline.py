@@ -9,9 +9,15 @@ Importing this module is enough, and it must happen before anything imports ultr
   is pointed at a font on this machine (matplotlib's bundled DejaVu Sans when nothing better is here).
 - ``check_amp`` would download yolo26n.pt to compare FP32 and AMP outputs; it runs the same
   comparison on the model being trained instead.
-- a checkpoint is loaded by :func:`load_yolo` from its absolute path: ultralytics re-downloads a damaged
-  file only when it is named bare like one of its own assets (``yolov8n.pt``); an unreadable file is an
-  error naming it and the fix, not ultralytics' advice to download ``yolo26n.pt``.
+- ultralytics' ``torch_load`` (``weights_only=False``: unpickling runs whatever a file names), in its own
+  module and wherever it was imported by name, becomes :func:`detector._weights.torch_load`, the restricted
+  loader: no checkpoint is unpickled unrestricted in a vinbig process (a resumed run, ``detector.model: x.pt``,
+  ultralytics' own loads of best.pt and last.pt). A fold is loaded by :func:`detector._weights.load_detector`
+  from its absolute path, so ultralytics never re-downloads an asset named bare (``yolov8n.pt``); an unreadable
+  file is an error naming it and the fix, not ultralytics' advice to download ``yolo26n.pt``.
+- ultralytics' label caches (``labels/*.cache``, pickles it reads with ``np.load(allow_pickle=True)``) are read by
+  :func:`load_label_cache`, which rebuilds numpy arrays and plain values only: a cache that names anything else is
+  not loaded, and ultralytics scans the labels again as for a missing cache.
 - ``add_integration_callbacks`` would attach the Ultralytics Platform callbacks (which upload when an
   API key is set, whatever ``YOLO_OFFLINE`` says) and Comet, ClearML, DVC or MLflow when installed;
   no integration is attached.
@@ -25,6 +31,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
+import sys
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -33,7 +41,6 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 import torch  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 
-from vinbig.errors import ArtifactError, cause  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +94,6 @@ def _first_tensor(out) -> torch.Tensor:
     return out
 
 
-def load_yolo(path: str | os.PathLike, fix: str, error: type[Exception] = ArtifactError, what: str = ""):
-    """``YOLO(path)`` for the local checkpoint `path`; nothing is downloaded.
-
-    A truncated, damaged or foreign file raises `error`: "<what><path> is not a readable ultralytics checkpoint
-    (<cause>); <fix>".
-    """
-    from ultralytics import YOLO
-
-    path = Path(path).expanduser().resolve()  # a path, never a bare asset name ultralytics would fetch
-    try:
-        return YOLO(str(path))
-    except Exception as e:  # torch, zip and pickle raise many types for a damaged file; ultralytics wraps some
-        raise error(f"{what}{path} is not a readable ultralytics checkpoint (truncated, damaged or another kind of "
-                    f"file: {cause(e)}); {fix}") from None
-
-
 def follow_log_level() -> bool:
     """Give ultralytics' logger vinbig's level (``-q``: warnings only); return whether it stays verbose."""
     level = logging.getLogger().getEffectiveLevel()
@@ -112,6 +103,54 @@ def follow_log_level() -> bool:
 
 def _no_integrations(instance) -> None:
     """Attach no third-party or Ultralytics Platform callbacks: nothing leaves this machine."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dtypes and numbers and plain Python values; any other global is refused."""
+
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a label cache")
+        return super().find_class(module, name)
+
+
+def load_label_cache(path) -> dict:
+    """ultralytics' ``load_dataset_cache_file`` without unrestricted unpickling: the dict of the ``.npy`` file
+    `path`, its pickle read by :class:`_ArrayUnpickler`. Raises on anything else (ultralytics then rebuilds it)."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        _, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                       np.lib.format.read_array_header_2_0)(f)
+        if not dtype.hasobject:
+            raise ValueError(f"{path} is not a label cache")
+        return _ArrayUnpickler(f).load().item()
+
+
+def _restrict_loads() -> None:
+    """ultralytics' torch_load and load_dataset_cache_file (both unpickle unrestricted), in their own modules and in
+    every loaded ultralytics module that imported them by name (ultralytics.nn.tasks, utils.torch_utils,
+    data.dataset ...), replaced by restricted loaders."""
+    import ultralytics.nn.tasks  # noqa: F401  (imported now: each takes torch_load by name)
+    import ultralytics.utils.patches as patches
+    import ultralytics.utils.torch_utils  # noqa: F401
+
+    from detector._weights import torch_load
+
+    import ultralytics.data.dataset  # noqa: F401
+    import ultralytics.data.utils as data_utils
+
+    originals = {"torch_load": (patches.torch_load, torch_load),
+                 "load_dataset_cache_file": (data_utils.load_dataset_cache_file, load_label_cache)}
+    for name, module in list(sys.modules.items()):
+        if name == "ultralytics" or name.startswith("ultralytics."):
+            for attr, (original, restricted) in originals.items():
+                if getattr(module, attr, None) is original:
+                    setattr(module, attr, restricted)
 
 
 def _patch() -> None:
@@ -128,6 +167,7 @@ def _patch() -> None:
     trainer_module.check_amp = offline_check_amp
     for module in (callbacks, callbacks_base):
         module.add_integration_callbacks = _no_integrations
+    _restrict_loads()
 
 
 _patch()

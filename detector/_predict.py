@@ -53,8 +53,11 @@ def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
 
 
 def weights_path(work: Work, fold: int, which: str = "best", run: str = DEFAULT_RUN) -> Path:
+    """The path of fold `fold`'s `which` checkpoint; it, or (for best) its exported form, must be there."""
+    from detector._weights import has_weights
+
     path = work.checkpoint("detector", fold, which, run)
-    if not path.is_file():
+    if not (path.is_file() or which == "best" and has_weights(path)):
         what = f"fold {fold}" + (f" of run {run}" if run != DEFAULT_RUN else "")
         raise ArtifactError(f"no detector weights for {what} at {path}; run "
                             f"'{train_command(work, 'detector', fold, run)}'{work.old_layout_hint('detector')}")
@@ -197,13 +200,16 @@ def kept_rows(out: Path, keep_runs: Sequence[str], made_by: str) -> list[pd.Data
     return [df] if len(df) else []
 
 
-def load_fold_model(work: Work, fold: int, weights: str, path: Path, run: str = DEFAULT_RUN):
-    """The ultralytics model of `path`, fold `fold`'s `weights` checkpoint; a damaged file names the fixes."""
-    from detector._offline import load_yolo
+def load_fold_model(work: Work, fold: int, weights: str, path: Path, run: str = DEFAULT_RUN, *,
+                    pickles: bool = True):
+    """The ultralytics model of fold `fold`'s `weights` checkpoint `path` (or, for best, its exported form: an
+    export copied into a work folder), loaded restricted (detector._weights); a damaged file names the fixes.
+    `pickles` False (an export): the exported form only, the .pt is never read."""
+    from detector._weights import load_detector
 
     other = "last" if weights == "best" else "best"
-    return load_yolo(path, f"predict with each fold's {other}.pt (--weights {other}) or train fold {fold} again: "
-                           f"'{train_command(work, 'detector', fold, run)} --overwrite'")
+    return load_detector(path, f"predict with each fold's {other}.pt (--weights {other}) or train fold {fold} "
+                               f"again: '{train_command(work, 'detector', fold, run)} --overwrite'", pickles=pickles)
 
 
 def write_parquet(out: Path, tables: Iterable, schema, made_by: str) -> Path:

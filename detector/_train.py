@@ -36,7 +36,17 @@ def resolve_model(model: str) -> str:
         raise ConfigError(
             f"detector.model: {model!r} is neither an architecture yaml (yolov8n.yaml ... yolov8x.yaml) "
             "nor a .pt weights file")
-    if path.is_file():
+    if path.is_file():  # a local architecture: ultralytics evals its activation, so it is checked first
+        import yaml
+
+        from detector._weights import check_architecture
+
+        try:
+            arch = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"detector.model: {path} is not a readable YAML file ({e.__class__.__name__}); give "
+                              "an ultralytics architecture yaml") from None
+        check_architecture(arch, path, "give an ultralytics architecture yaml (e.g. a copy of yolov8s.yaml)")
         return str(path.resolve())
     from ultralytics.nn.tasks import yaml_model_load
 
@@ -113,10 +123,12 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     (folds.outside_boxes: error, clip or drop) says what a box of labels.csv beyond its image becomes.
     `cfg`'s labels, exclude_readers and reader_weights choose the training labels, with the folds section
     `folds_cfg` (see detector._dataset.fold_dataset).
-    A damaged last.pt (or .pt given as detector.model) is an error naming the file and the fix.
+    A damaged last.pt (or .pt given as detector.model) is an error naming the file and the fix; one that asks for
+    a global outside the restricted loader's allow-list (detector._weights) is refused, naming the file and the global.
     """
     from detector._dataset import fold_dataset
-    from detector._offline import OfflineDetectionTrainer, follow_log_level, load_yolo  # first: ultralytics offline
+    from detector._offline import OfflineDetectionTrainer, follow_log_level  # first: ultralytics offline
+    from detector._weights import load_detector
     from ultralytics import YOLO
 
     verbose = follow_log_level()
@@ -127,7 +139,7 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     if resume:
         if not last.is_file():
             raise ConfigError(f"--resume: no {last} to resume from; train without --resume first")
-        model = load_yolo(last, f"the run cannot continue from it: start fold {fold} over with "
+        model = load_detector(last, f"the run cannot continue from it: start fold {fold} over with "
                                 f"'{again} --overwrite'")
         ckpt = model.ckpt or {}
         # A finished run's last.pt has no optimizer and epoch -1; given one, ultralytics would start a new
@@ -159,7 +171,7 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
 
     model_path = resolve_model(cfg["model"])
     if model_path.endswith(".pt"):
-        model = load_yolo(model_path, "give another .pt file or an architecture yaml (e.g. yolov8s.yaml)",
+        model = load_detector(model_path, "give another .pt file or an architecture yaml (e.g. yolov8s.yaml)",
                           ConfigError, "detector.model: ")
     else:
         model = YOLO(model_path)

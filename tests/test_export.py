@@ -1,5 +1,6 @@
 """`vinbig export` and `copy_work` (vinbig.app.kaggle) on work folders made by hand: what an export holds, in WORK's
-layout, its config.yaml, the errors that name the missing fold and its command, and what a second export removes."""
+layout (each best.pt as best.safetensors and best.yaml), its config.yaml, the errors that name the missing fold and
+its command, and what a second export removes."""
 
 from __future__ import annotations
 
@@ -11,26 +12,27 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import classifier_checkpoint, detector_checkpoint
 from vinbig.artifacts import Work
 from vinbig.app.cli import main
 from vinbig.config import load_config
+from vinbig.manifest import MANIFEST
 
 FUSION_YAML = "fusion:\n  iou_thr: 0.5\n  low: 0.1\n"
 
 
 def fake_work(root: Path, detectors=(0, 1), classifiers=(), folds=(0, 1), fusion: bool = False,
               runs: bool = False) -> Path:
-    """A work folder with folds.csv over `folds` and placeholder best.pt files (any bytes: export only copies) for
-    the folds named; `fusion`: with the fusion.yaml of 'vinbig tune'; `runs`: with more files of a training run."""
+    """A work folder with folds.csv over `folds` and tiny untrained best.pt files (as training saves them: export
+    converts them) for the folds named; `fusion`: with the fusion.yaml of 'vinbig tune'; `runs`: with more files of
+    a training run."""
     work = root / "work"
     work.mkdir(parents=True)
     pd.DataFrame({"image_id": [f"img{k}" for k in folds], "fold": list(folds)}).to_csv(work / "folds.csv", index=False)
     w = Work(work)
     for stage, ks in (("detector", detectors), ("classifier", classifiers)):
         for k in ks:
-            best = w.checkpoint(stage, k)
-            best.parent.mkdir(parents=True)
-            best.write_bytes(b"%s %d" % (stage.encode(), k))
+            save_checkpoint(w.checkpoint(stage, k), stage, k)
             if runs:
                 w.checkpoint(stage, k, "last").write_bytes(b"last")
                 log = w.fold_dir(stage, k) / "results.csv" if stage == "detector" else w.classifier_summary(k)
@@ -40,8 +42,20 @@ def fake_work(root: Path, detectors=(0, 1), classifiers=(), folds=(0, 1), fusion
     return work
 
 
+def save_checkpoint(path: Path, stage: str, seed: int) -> Path:
+    """A tiny untrained best.pt of `stage` at `path`, its weights drawn with `seed`."""
+    if stage == "detector":
+        return detector_checkpoint(path, seed=seed, arch="yolov8n.yaml")
+    return classifier_checkpoint(path, seed=seed, std=1.0)
+
+
+def exported(*best: str) -> list[str]:
+    """The files an export holds for the best.pt paths `best`."""
+    return [f"{b[:-3]}{suffix}" for b in best for suffix in (".safetensors", ".yaml")]
+
+
 def files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def export(work: Path, out: Path, *extra: str) -> int:
@@ -76,32 +90,44 @@ def test_a_missing_detector_fold_is_named_with_its_train_command_and_nothing_is_
 
 def test_export_keeps_the_layout_and_removes_what_an_earlier_export_left(tmp_path):
     out = tmp_path / "models"
-    stale = out / "detector/default/fold7/weights/best.pt"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old")
+    assert export(fake_work(tmp_path / "a", folds=(0, 1, 7), detectors=(0, 1, 7)), out) == 0
+    assert (out / "detector/default/fold7/weights/best.safetensors").is_file()
     (out / "dataset-metadata.json").write_text("{}")  # what the user put there stays
     work = fake_work(tmp_path, classifiers=(0, 1))
     assert main(["export", "--work", str(work), "--out", str(out), "--set", "detector.imgsz=320", "-q"]) == 0
-    assert files(out) == ["classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt", "config.yaml",
-                          "dataset-metadata.json", "detector/default/fold0/weights/best.pt", "detector/default/fold1/weights/best.pt",
-                          "folds.csv"]
-    assert (out / "classifier/default/fold1/best.pt").read_bytes() == b"classifier 1"
+    assert files(out) == sorted([*exported("classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt"),
+                                 "config.yaml", "dataset-metadata.json",
+                                 *exported("detector/default/fold0/weights/best.pt",
+                                           "detector/default/fold1/weights/best.pt"), "folds.csv"])
+    assert yaml.safe_load((out / "classifier/default/fold1/best.yaml").read_text()) == {"backbone": "test_efficientnet",
+                                                                                       "imgsz": 64}
     assert yaml.safe_load((out / "config.yaml").read_text())["detector"]["imgsz"] == 320
 
     assert main(["export", "--work", str(work), "--out", str(out), "--no-classifier", "-q"]) == 0
-    assert not list(out.glob("classifier/default/fold*/best.pt"))  # inference would otherwise use them
+    assert not list(out.glob("classifier/default/fold*/best.*"))  # inference would otherwise use them
+    assert (out / "dataset-metadata.json").read_text() == "{}"
 
 
 def test_every_exported_file_is_the_work_folders_at_the_same_relative_path(tmp_path):
+    from safetensors.torch import load_file
+
     work = fake_work(tmp_path, classifiers=(0, 1), fusion=True, runs=True)  # last.pt, summaries: not exported
     out = tmp_path / "models"
     assert export(work, out) == 0
-    exported = [f for f in files(out) if f != "config.yaml"]
-    assert exported == ["classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt", "detector/default/fold0/weights/best.pt",
-                        "detector/default/fold1/weights/best.pt", "folds.csv", "fusion.yaml"]
-    for rel in exported:
+    exported_files = [f for f in files(out) if f != "config.yaml"]
+    best = ["classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt",
+            "detector/default/fold0/weights/best.pt", "detector/default/fold1/weights/best.pt"]
+    assert exported_files == sorted([*exported(*best), "folds.csv", "fusion.yaml"])
+    for rel in ("folds.csv", "fusion.yaml"):
         assert (out / rel).read_bytes() == (work / rel).read_bytes(), rel
-    assert not list(out.rglob("*.partial"))
+    for rel in best:  # the same tensors as the work folder's checkpoint, nothing pickled
+        import torch
+
+        ckpt = torch.load(work / rel, weights_only=False)
+        state = ckpt["model"] if isinstance(ckpt["model"], dict) else ckpt["model"].state_dict()
+        tensors = load_file(out / rel.replace(".pt", ".safetensors"))
+        assert tensors.keys() == state.keys() and all(torch.equal(tensors[k], state[k]) for k in state), rel
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.pt"))
 
 
 def test_config_yaml_is_the_resolved_config_written_last(tmp_path):
@@ -143,23 +169,28 @@ def test_the_exported_config_leaves_the_device_to_the_inference_session(tmp_path
 
 def test_an_interrupted_export_does_not_look_complete(tmp_path, monkeypatch, caplog):
     """config.yaml of an earlier export is removed first and written only once every file is there."""
+    import safetensors.torch
+
     work = fake_work(tmp_path)
     out = tmp_path / "models"
     assert export(work, out) == 0
-    (work / "detector/default/fold1/weights/best.pt").write_bytes(b"retrained")
-    real = shutil.copyfile
+    before = (out / "detector/default/fold1/weights/best.safetensors").read_bytes()
+    save_checkpoint(work / "detector/default/fold1/weights/best.pt", "detector", 99)  # retrained
+    real = safetensors.torch.save_file
 
-    def copy_then_fail(src, dst, *args, **kwargs):
-        if "fold1" in str(src):
+    def save_then_fail(tensors, filename, *args, **kwargs):
+        if "fold1" in str(filename):
             raise OSError(28, "No space left on device")
-        return real(src, dst, *args, **kwargs)
+        return real(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_then_fail)
     assert export(work, out) == 2  # one line, no traceback
-    assert f"cannot write {out / 'detector/default/fold1/weights/best.pt'}: No space left on device" in caplog.text
+    assert f"cannot write {out / 'detector/default/fold1/weights/best.safetensors'}: No space left on device" \
+        in caplog.text
     assert not (out / "config.yaml").exists()
     assert not list(out.rglob("*.partial"))
-    assert (out / "detector/default/fold1/weights/best.pt").read_bytes() == b"detector 1"  # the old file, never half-written
+    # the old file, never half-written
+    assert (out / "detector/default/fold1/weights/best.safetensors").read_bytes() == before
 
 
 def test_export_without_tuning_warns_and_a_second_export_drops_the_stale_fusion_yaml(tmp_path, caplog):
@@ -178,10 +209,11 @@ def test_export_without_tuning_warns_and_a_second_export_drops_the_stale_fusion_
 def test_a_second_export_of_fewer_folds_removes_the_stale_models(tmp_path):
     out = tmp_path / "models"
     assert export(fake_work(tmp_path / "a", folds=(0, 1, 2), detectors=(0, 1, 2), classifiers=(0, 1, 2)), out) == 0
-    assert len(list(out.glob("*/*/fold*/**/best.pt"))) == 6
+    assert len(list(out.glob("*/*/fold*/**/best.safetensors"))) == 6
     assert export(fake_work(tmp_path / "b", classifiers=(0, 1)), out) == 0
-    assert files(out) == ["classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt", "config.yaml",
-                          "detector/default/fold0/weights/best.pt", "detector/default/fold1/weights/best.pt", "folds.csv"]
+    assert files(out) == sorted([*exported("classifier/default/fold0/best.pt", "classifier/default/fold1/best.pt",
+                                           "detector/default/fold0/weights/best.pt",
+                                           "detector/default/fold1/weights/best.pt"), "config.yaml", "folds.csv"])
 
 
 def test_no_classifier_exports_the_detectors_even_when_some_classifier_folds_are_missing(tmp_path):
@@ -189,8 +221,8 @@ def test_no_classifier_exports_the_detectors_even_when_some_classifier_folds_are
     out = tmp_path / "models"
     assert export(work, out, "--no-classifier") == 0
     assert not (out / "classifier").exists()
-    assert files(out) == ["config.yaml", "detector/default/fold0/weights/best.pt", "detector/default/fold1/weights/best.pt",
-                          "folds.csv"]
+    assert files(out) == sorted(["config.yaml", "folds.csv", *exported("detector/default/fold0/weights/best.pt",
+                                                                       "detector/default/fold1/weights/best.pt")])
 
 
 def test_export_warns_when_the_config_differs_from_the_training_sizes(tmp_path, caplog):
@@ -230,7 +262,8 @@ def test_copy_work_skips_what_is_there_and_the_detector_datasets(tmp_path):
     dst = tmp_path / "b" / "work"
     assert copy_work(src, dst)["copied"] == 3  # folds.csv and two best.pt
     assert (dst / "folds.csv").stat().st_mode & 0o200  # the copy is writable
-    assert (dst / "detector/default/fold1/weights/best.pt").read_bytes() == b"detector 1"
+    assert (dst / "detector/default/fold1/weights/best.pt").read_bytes() == \
+        (src / "detector/default/fold1/weights/best.pt").read_bytes()
     assert not (dst / "detector/default/data").exists()
     assert copy_work(src, dst)["copied"] == 0
     (src / "folds.csv").chmod(0o644)
@@ -257,16 +290,14 @@ def test_export_carries_every_named_run(tmp_path, caplog):
     w = Work(work)
     for stage, run in (("detector", "a"), ("detector", "b"), ("classifier", "x")):
         for k in (0, 1):
-            best = w.checkpoint(stage, k, "best", run)
-            best.parent.mkdir(parents=True)
-            best.write_bytes(f"{stage} {run} {k}".encode())
+            save_checkpoint(w.checkpoint(stage, k, "best", run), stage, k)
     runs = ["--set", "runs.detector={a: {}, b: {imgsz: 640}}", "--set", "runs.classifier={x: {}}"]
     out = tmp_path / "models"
     assert export(work, out, *runs) == 0
-    assert files(out) == ["classifier/x/fold0/best.pt", "classifier/x/fold1/best.pt", "config.yaml",
-                          "detector/a/fold0/weights/best.pt",
-                          "detector/a/fold1/weights/best.pt", "detector/b/fold0/weights/best.pt",
-                          "detector/b/fold1/weights/best.pt", "folds.csv"]
+    assert files(out) == sorted([*exported("classifier/x/fold0/best.pt", "classifier/x/fold1/best.pt",
+                                           "detector/a/fold0/weights/best.pt", "detector/a/fold1/weights/best.pt",
+                                           "detector/b/fold0/weights/best.pt", "detector/b/fold1/weights/best.pt"),
+                                 "config.yaml", "folds.csv"])
     assert set(load_config(out / "config.yaml")["runs"]["detector"]) == {"a", "b"}
     (work / "detector/b/fold1/weights/best.pt").unlink()
     assert export(work, tmp_path / "again", *runs) == 2

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from vinbig.artifacts import DETECTOR_PRED_COLUMNS
 
@@ -215,12 +216,16 @@ def test_the_next_session_trains_the_rest_tunes_reports_and_exports(trained):
     for name in ("config.yaml", "folds.csv", "fusion.yaml"):
         assert (export / name).is_file(), name
     assert not (export / "labels.csv").exists() and not (export / "images").exists()  # no train data needed
-    for k in (0, 1):
-        assert (export / f"detector/default/fold{k}/weights/best.pt").is_file()
-        assert (export / f"classifier/default/fold{k}/best.pt").is_file()
+    for k in (0, 1):  # weights as data: safetensors and the architecture in yaml, no pickle
+        for rel in (f"detector/default/fold{k}/weights/best", f"classifier/default/fold{k}/best"):
+            assert (export / f"{rel}.safetensors").is_file() and (export / f"{rel}.yaml").is_file(), rel
+    assert not list(export.rglob("*.pt"))
     # fold 0 is the first session's model, carried over
-    assert ((export / "detector/default/fold0/weights/best.pt").read_bytes()
-            == (trained.first / "detector/default/fold0/weights/best.pt").read_bytes())
+    ckpt = torch.load(trained.first / "detector/default/fold0/weights/best.pt", weights_only=False)
+    first = (ckpt.get("ema") or ckpt["model"]).state_dict()
+    exported = load_file(export / "detector/default/fold0/weights/best.safetensors")
+    assert exported.keys() == first.keys()
+    assert all(torch.equal(exported[k], first[k]) for k in first)
     assert not list(export.rglob("*.partial")) and not list(export.rglob("*.png"))
     cfg = yaml.safe_load((export / "config.yaml").read_text())
     assert cfg["images"]["size"] == 128 and cfg["detector"]["imgsz"] == 64  # the training sizes

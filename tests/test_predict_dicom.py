@@ -293,11 +293,11 @@ def export_without(export_dir: Path, tmp_path: Path, *missing: str) -> Path:
     (lambda e, t: t, ["neither config.yaml (an export) nor folds.csv (a work folder)"]),
     (lambda e, t: export_without(e, t, "config.yaml"),
      ["config.yaml not found, so the export is incomplete", "run 'vinbig export --work WORK --out"]),
-    (lambda e, t: export_without(e, t, "detector/b/fold1/weights/best.pt"),
-     ["detector/b/fold1/weights/best.pt not found (fold 1 of the detector run b)", "vinbig train-detector",
+    (lambda e, t: export_without(e, t, "detector/b/fold1/weights/best.safetensors"),
+     ["detector/b/fold1/weights/best.safetensors not found (fold 1 of the detector run b)", "vinbig train-detector",
       "--run b --fold 1", "vinbig export --work WORK --out"]),
-    (lambda e, t: export_without(e, t, "classifier/c2/fold2/best.pt"),
-     ["classifier/c2/fold2/best.pt not found, while folds [0, 1] have a classifier"]),
+    (lambda e, t: export_without(e, t, "classifier/c2/fold2/best.yaml"),
+     ["classifier/c2/fold2/best.yaml not found, while folds [0, 1] have a classifier"]),
 ])
 def test_a_bad_model_is_one_line_naming_what_is_missing_and_the_command_that_makes_it(export, inputs, tmp_path,
                                                                                      caplog, make, words):

@@ -1,15 +1,23 @@
-"""Kaggle: `vinbig export` copies what offline test inference needs out of a work folder, as a dataset to upload,
+"""Kaggle: `vinbig export` writes what offline test inference needs out of a work folder, as a dataset to upload,
 and `copy_work` copies such a dataset (or an earlier session's work folder) back into a writable work folder.
 
-An export keeps WORK's layout, so that copied into an empty WORK it predicts the test images::
+An export keeps WORK's layout, so that copied into an empty WORK it predicts the test images. It holds no pickle:
+each fold's best.pt becomes its weights as safetensors and its architecture as a plain yaml file, beside where
+best.pt was (detector._weights, classifier._model), and every loader of a fold takes them when there is no best.pt::
 
     folds.csv                               which folds there are
     fusion.yaml                             the WBF values, run weights and gate thresholds 'vinbig tune' chose
-    detector/{run}/fold{k}/weights/best.pt  every fold of folds.csv of every detector run of the config
-    classifier/{run}/fold{k}/best.pt        every fold of every classifier run, if classifiers were trained
+    detector/{run}/fold{k}/weights/best.safetensors, best.yaml
+                                            every fold of folds.csv of every detector run of the config: the tensors;
+                                            the ultralytics model yaml, the class names and the image size
+    classifier/{run}/fold{k}/best.safetensors, best.yaml
+                                            every fold of every classifier run, if classifiers were trained: the
+                                            tensors; the timm backbone and the image size
+    .vinbig-manifest.json                   what vinbig wrote there (vinbig.manifest): a later export into the folder
+                                            removes only those files, and a folder that is not an export is refused
     config.yaml                             the resolved config (training sizes, the runs) with detector.device and
-                                       classifier.device null (the inference session's GPU if it has one,
-                                       else its CPU); written last: without it the export is incomplete
+                                            classifier.device null (the inference session's GPU if it has one,
+                                            else its CPU); written last: without it the export is incomplete
 
 The notebooks in notebooks/ use both on Kaggle.
 """
@@ -27,6 +35,7 @@ from vinbig import log
 from vinbig.artifacts import DEFAULT_RUN, Work, atomic_path, config_path, fold_ids, read_folds, train_command
 from vinbig.config import save_config
 from vinbig.errors import UserError
+from vinbig.manifest import MANIFEST, Manifest
 from vinbig.options import work_argument
 from vinbig.runs import STAGES, run_config, run_names
 
@@ -34,8 +43,9 @@ logger = logging.getLogger(__name__)
 
 EXPORT_CONFIG = "config.yaml"
 # paths of a work folder that copy_work leaves out: the detector's datasets are relative links into images/,
-# rewritten by 'vinbig train-detector' when missing
-NOT_COPIED = ("detector/*/data",)
+# rewritten by 'vinbig train-detector' when missing; an export's manifest (the copy is a work folder, not an export)
+NOT_COPIED = ("detector/*/data", MANIFEST)
+EXPORT_COMMAND = "vinbig export --work WORK --out {out}"
 
 
 def _size(n: float) -> str:
@@ -63,20 +73,30 @@ def model_paths(work, stage: str, runs: list[str], folds: list[int] | None = Non
     return {(run, k): work.checkpoint(stage, k, "best", run) for run in runs for k in folds}
 
 
+def has_weights(stage: str, path: Path) -> bool:
+    """Whether the fold of `stage` whose best.pt is `path` has weights: best.pt, or the safetensors form an export
+    writes (each stage's loader takes either)."""
+    if stage == "detector":
+        from detector import has_weights as has
+    else:
+        from classifier import has_weights as has
+    return has(path)
+
+
 def missing_models(work, stage: str, runs: list[str]) -> list[tuple[str, int]]:
-    """``(run, fold)`` of folds.csv without a trained `stage` model (best.pt)."""
-    return [key for key, path in model_paths(work, stage, runs).items() if not path.is_file()]
+    """``(run, fold)`` of folds.csv without a trained `stage` model (best.pt, or its exported form)."""
+    return [key for key, path in model_paths(work, stage, runs).items() if not has_weights(stage, path)]
 
 
 def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | None = None) -> list[str]:
-    """The files of `work` an export holds (relative paths, config.yaml aside), after checking every fold of every run
-    of `cfg` is trained."""
+    """The files of `work` an export is made of (relative paths: folds.csv, fusion.yaml, each fold's best.pt, or its
+    exported form where the work folder holds that), after checking every fold of every run of `cfg` is trained."""
     work = Work.of(work)
     root = work.root
     folds = work_folds(work) if folds is None else folds
     detectors = model_paths(work, "detector", run_names(cfg, "detector"), folds)
     for (run, k), path in detectors.items():
-        if not path.is_file():
+        if not has_weights("detector", path):
             of_run = f" of run {run}" if run != DEFAULT_RUN else ""
             raise UserError(f"{path} not found: fold {k} of {work.folds} has no trained detector{of_run}, and "
                             f"every fold's model predicts the test images; run "
@@ -87,9 +107,9 @@ def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | No
     else:
         logger.warning("no %s: inference fuses with the config's values; run 'vinbig tune --work %s' on the "
                        "out-of-fold predictions first to export tuned ones", work.fusion_config, root)
-    files += list(detectors.values())
+    files += [p for path in detectors.values() for p in _sources(path)]
     classifiers = model_paths(work, "classifier", run_names(cfg, "classifier"), folds)
-    trained = [f"{run}/fold{k}" for (run, k), p in classifiers.items() if p.is_file()]
+    trained = [f"{run}/fold{k}" for (run, k), p in classifiers.items() if has_weights("classifier", p)]
     if not trained:
         logger.info("no classifier in %s: the export holds the detectors alone (the 'No finding' gate stays off)",
                     work.classifier)
@@ -98,12 +118,17 @@ def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | No
                     work.classifier)
     else:
         for (run, k), path in classifiers.items():
-            if not path.is_file():
+            if not has_weights("classifier", path):
                 raise UserError(f"{path} not found, while {', '.join(trained)} have a classifier; run "
                                 f"'{train_command(work, 'classifier', k, run)}', or give --no-classifier to export "
                                 "the detectors alone (the 'No finding' gate then stays off)")
-        files += list(classifiers.values())
+        files += [p for path in classifiers.values() for p in _sources(path)]
     return [p.relative_to(root).as_posix() for p in files]
+
+
+def _sources(best: Path) -> list[Path]:
+    """best.pt, or (a work folder made from an export) the safetensors and yaml files that stand for it."""
+    return [best] if best.is_file() else [best.with_suffix(".safetensors"), best.with_suffix(".yaml")]
 
 
 def _warn_if_sizes_differ(work: Work, cfg: dict, folds: list[int]) -> None:
@@ -141,12 +166,15 @@ def any_device(cfg: dict) -> dict:
 
 
 def export(work, out, cfg: dict, classifier: bool = True) -> dict:
-    """Copy the files inference needs from `work` into `out` and write the config `cfg` as out/config.yaml, its devices
-    null (:func:`any_device`).
+    """Write the files inference needs from `work` into `out` (each fold's best.pt as safetensors and yaml, nothing
+    pickled) and the config `cfg` as out/config.yaml, its devices null (:func:`any_device`).
 
-    Every file is copied to a temporary name and renamed; config.yaml is removed first and written last, so that
-    an interrupted export never looks complete. Model files of an earlier export into `out` that this one does not
-    hold are removed (inference would otherwise use them). Returns ``{"files": [...], "bytes": n, "out": path}``.
+    `out` must be missing, empty or an earlier export (its manifest, vinbig.manifest): another folder, a work
+    folder or an export made before exports had manifests, is refused before anything is written. Every file is
+    written to a temporary name and renamed; config.yaml is removed first and written last, so that an interrupted
+    export never looks complete. The files an earlier export into `out` wrote that this one does not hold are
+    removed (inference would otherwise use them); nothing else there is touched. Returns ``{"files": [...],
+    "bytes": n, "out": path}``.
     """
     work, out = Work.of(work), Path(out)
     if not work.root.is_dir():
@@ -154,34 +182,71 @@ def export(work, out, cfg: dict, classifier: bool = True) -> dict:
     if out.resolve() == work.root.resolve():
         raise UserError(f"--out {out} is the work folder itself; give another folder (the dataset to upload)")
     folds = work_folds(work)
-    files = export_files(work, cfg, classifier, folds)
+    sources = export_files(work, cfg, classifier, folds)
     _warn_if_sizes_differ(work, cfg, folds)
-    out.mkdir(parents=True, exist_ok=True)
+    manifest = _claim(out)
+    written = {rel: _exported_names(rel) for rel in sources}
+    outputs = [name for names in written.values() for name in names]
+    manifest.add([*outputs, EXPORT_CONFIG])  # before writing: an interrupted export still lists what it may have left
     (out / EXPORT_CONFIG).unlink(missing_ok=True)
-    models = ("detector/*/fold*/weights/best.pt", "detector/fold*/weights/best.pt", "classifier/*/fold*/best.pt",
-              "classifier/fold*/best.pt", "fusion.yaml")  # (also those of a vinbig before named runs)
-    earlier = {p.relative_to(out).as_posix() for pattern in models for p in out.glob(pattern)}
-    for rel in sorted(earlier - set(files)):
-        (out / rel).unlink()
-        logger.warning("removed %s: left by an earlier export, not part of this one", out / rel)
+    for path in manifest.remove_stale([*outputs, EXPORT_CONFIG]):
+        logger.warning("removed %s: written by an earlier export, not part of this one", path)
     total = 0
-    for rel in files:
-        dst = out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
+    for rel, names in written.items():
         try:
-            with atomic_path(dst) as tmp:
-                shutil.copyfile(work.root / rel, tmp)
+            _write(work.root / rel, out, rel, names, work)
         except OSError as e:
-            raise UserError(f"cannot write {dst}: {e.strerror or e}; free space on its disk or choose another --out, "
-                            "then export again (the export is incomplete: config.yaml is written last)") from None
-        total += dst.stat().st_size
-        logger.info("exported %s (%s)", rel, _size(dst.stat().st_size))
+            raise UserError(f"cannot write {out / names[0]}: {e.strerror or e}; free space on its disk or choose "
+                            "another --out, then export again (the export is incomplete: config.yaml is written "
+                            "last)") from None
+        size = sum((out / n).stat().st_size for n in names)
+        total += size
+        logger.info("exported %s (%s)", ", ".join(names), _size(size))
     save_config(any_device(cfg), out / EXPORT_CONFIG)
     total += (out / EXPORT_CONFIG).stat().st_size
-    files.append(EXPORT_CONFIG)
+    outputs.append(EXPORT_CONFIG)
     logger.info("exported %d files, %s, to %s; upload it as a dataset and give it to the inference notebook as "
-                "MODELS", len(files), _size(total), out)
-    return {"files": files, "bytes": total, "out": out}
+                "MODELS", len(outputs), _size(total), out)
+    return {"files": outputs, "bytes": total, "out": out}
+
+
+def _claim(out: Path) -> Manifest:
+    """`out` as export output (vinbig.manifest); an export made before manifests is refused with its own fix."""
+    if out.is_dir() and Manifest.read(out) is None and (out / EXPORT_CONFIG).is_file():
+        raise UserError(f"--out {out} is an export made before vinbig recorded what it writes (no {MANIFEST}), "
+                        f"and its pickled best.pt files are no longer exported; vinbig does not clean up a folder "
+                        f"it cannot tell its own files in: give a new or empty folder, e.g. "
+                        f"'{EXPORT_COMMAND.format(out=out.parent / (out.name + '-v2'))}'")
+    return Manifest.claim(out, "export", "--out of 'vinbig export'")
+
+
+def _exported_names(rel: str) -> list[str]:
+    """What the work folder's file `rel` becomes in an export: a best.pt its safetensors and yaml, others itself."""
+    p = Path(rel)
+    if p.name == "best.pt":
+        return [p.with_suffix(".safetensors").as_posix(), p.with_suffix(".yaml").as_posix()]
+    return [rel]
+
+
+def _write(src: Path, out: Path, rel: str, names: list[str], work: Work) -> None:
+    """Write the export's files `names` of the work folder's file `src`: a best.pt converted by its stage's face
+    (loaded restricted: a checkpoint with a foreign global is refused), anything else copied."""
+    for name in names:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+    if len(names) == 1:
+        with atomic_path(out / names[0]) as tmp:
+            shutil.copyfile(src, tmp)
+        return
+    stage, run, fold = rel.split("/")[:3]
+    again = f"train the fold again: '{train_command(work, stage, int(fold[4:]), run)} --overwrite'"
+    if stage == "detector":
+        from detector import export_weights
+
+        export_weights(src, out / rel, again)
+    else:
+        from classifier import export_checkpoint
+
+        export_checkpoint(src, out / rel, train_command(work, stage, int(fold[4:]), run))
 
 
 def copy_work(src, dst) -> dict:
@@ -189,7 +254,8 @@ def copy_work(src, dst) -> dict:
 
     Files already in `dst` with the same size and modification time are skipped; the others are copied to a
     temporary name and renamed, without the source's permissions (a read-only input stays writable here).
-    ``detector/RUN/data`` (links rebuilt by 'vinbig train-detector') is left out. Returns ``{"copied": n, "bytes": n}``.
+    ``detector/RUN/data`` (links rebuilt by 'vinbig train-detector') and an export's manifest are left out.
+    Returns ``{"copied": n, "bytes": n}``.
     """
 
     src, dst = Path(src), Path(dst)
@@ -200,7 +266,8 @@ def copy_work(src, dst) -> dict:
     for folder, dirs, names in os.walk(src):
         rel = Path(folder).relative_to(src)
         dirs[:] = sorted(d for d in dirs if not any(fnmatch.fnmatch((rel / d).as_posix(), n) for n in NOT_COPIED))
-        todo += [rel / n for n in sorted(names) if not n.endswith(".partial")]
+        todo += [rel / n for n in sorted(names) if not n.endswith(".partial")
+                 and not any(fnmatch.fnmatch((rel / n).as_posix(), p) for p in NOT_COPIED)]
     copied = skipped = total = 0
     for rel in log.progress(todo, desc=f"copy {src.name}", unit="file"):
         s, d = src / rel, dst / rel
@@ -230,9 +297,12 @@ def cmd_export(args: argparse.Namespace, cfg: dict) -> int:
 def register(add) -> None:
     """Add `vinbig export` with ``add(name, func, help, description)``."""
     p = add("export", cmd_export, "copy the trained models and tuned values into a folder to upload as a dataset",
-            "Copy what offline test inference needs from WORK into DIR, keeping WORK's layout: folds.csv, "
+            "Write what offline test inference needs from WORK into DIR, keeping WORK's layout: folds.csv, "
             "fusion.yaml (the values 'vinbig tune' chose), every fold's detector/RUN/foldK/weights/best.pt of every "
-            "detector run of the config and, if classifiers were trained, classifier/RUN/foldK/best.pt. "
+            "detector run of the config and, if classifiers were trained, classifier/RUN/foldK/best.pt, each as "
+            "best.safetensors (the weights) and best.yaml (the architecture): no pickle, so loading an export "
+            "never runs code. DIR must be new, empty or an earlier export (its .vinbig-manifest.json lists what "
+            "vinbig wrote; only those files are removed when this export does not hold them). "
             "Writes DIR/config.yaml, the resolved config (defaults, --config, "
             "--set): give the --config and --set of training, so that inference converts and predicts at the "
             "training sizes; its detector.device and classifier.device are null, so that inference takes the GPU "

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from vinbig.artifacts import (BOX, CLASS_NAMES, DEFAULT_RUN, DETECTOR_PRED_COLUM
                               write_fix, writing)
 from vinbig.app.kaggle import EXPORT_CONFIG  # written last by 'vinbig export': it marks a complete export
 from vinbig.errors import ArtifactError, UserError
+from vinbig.manifest import Manifest
 from vinbig.options import Outcome
 from vinbig.runs import STAGES
 
@@ -66,6 +68,7 @@ GATES = {
     "no box": "P(abnormal) >= fusion.low but the detectors found no box: 'No finding' alone",
 }
 EXPORT_COMMAND = "vinbig export --work WORK --out {root}"
+TABLES = ("predictions.csv", "predictions.json", "errors.csv")
 _PREFETCH = 1  # batches of DICOMs read ahead by background threads while the models run (0: read when needed)
 
 
@@ -169,7 +172,7 @@ def _sections(root: Path, kind: str, cfg: dict, stage: str, args: argparse.Names
 def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) -> Model:
     """Check --model: folds.csv, every run's detector for every fold, the classifiers (all of a run's folds or none).
     A missing file is one UserError naming it and the command that makes it."""
-    from vinbig.app.kaggle import model_paths, work_folds
+    from vinbig.app.kaggle import has_weights, model_paths, work_folds
 
     root = Path(root)
     kind = model_kind(root)
@@ -183,22 +186,43 @@ def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) ->
                     f"'{EXPORT_COMMAND.format(root=root)}' again")
         return f"run '{train_command(work, stage, k, run)}'"
 
+    def present(stage: str, path: Path) -> Path | None:
+        """What stands for the fold's best.pt `path`: in an export its safetensors file (an export holds no pickle),
+        in a work folder best.pt or that; None when missing."""
+        tensors = path.with_suffix(".safetensors")
+        if kind == "work":
+            return path if has_weights(stage, path) else None
+        if tensors.is_file() and path.with_suffix(".yaml").is_file():
+            return tensors
+        if path.is_file():
+            raise UserError(f"--model {root}: {path} is the pickled checkpoint of an export made before vinbig "
+                            f"exported weights as safetensors, and loading a pickle can run code, so an export's is "
+                            f"never read; export its work folder again into a new folder: "
+                            f"'{EXPORT_COMMAND.format(root='DIR')}'")
+        return None
+
+    def missing(path: Path) -> Path:
+        """The file of the fold's best.pt `path` that is not there: of an export, its safetensors or yaml file."""
+        if kind == "work":
+            return path
+        return next((p for p in (path.with_suffix(".safetensors"), path.with_suffix(".yaml")) if not p.is_file()), path)
+
     for (run, k), path in model_paths(work, "detector", list(model.detectors), folds).items():
-        if not path.is_file():
+        if present("detector", path) is None:
             what = f"fold {k}" + (f" of the detector run {run}" if run != DEFAULT_RUN else " of the detector")
-            raise UserError(f"--model {root}: {path} not found ({what}); {made_by('detector', k, run)}"
+            raise UserError(f"--model {root}: {missing(path)} not found ({what}); {made_by('detector', k, run)}"
                             f"{work.old_layout_hint('detector')}")
         model.detector_paths[run, k] = path
     for run, section in _sections(root, kind, cfg, "classifier", args).items():
         paths = {k: path for (_, k), path in model_paths(work, "classifier", [run], folds).items()}
-        have = [k for k, p in paths.items() if p.is_file()]
+        have = [k for k, p in paths.items() if present("classifier", p) is not None]
         if not have:
             logger.info("no classifier%s in %s: the 'No finding' gate stays off", "" if run == DEFAULT_RUN else
                         f" run {run}", root)
             continue
         for k, path in paths.items():
-            if not path.is_file():
-                raise UserError(f"--model {root}: {path} not found, while folds {have} have a classifier; "
+            if k not in have:
+                raise UserError(f"--model {root}: {missing(path)} not found, while folds {have} have a classifier; "
                                 f"{made_by('classifier', k, run)}")
         model.classifiers[run] = section
         model.classifier_paths.update({(run, k): p for k, p in paths.items()})
@@ -222,27 +246,28 @@ class Loaded:
 
 
 def load_models(model: Model, tta: Sequence[str]) -> Loaded:
-    """Load every checkpoint of `model` (all readable before the first image is read)."""
+    """Load every model of `model` with its stage's one loader (all readable before the first image is read): an
+    export's from its safetensors and yaml files only (no pickle is read), a work folder's best.pt through the
+    restricted loader."""
+    import classifier
+    import detector
+
     from detector._offline import follow_log_level  # first: ultralytics offline
 
-    from detector._predict import load_fold_model, predict_args, prediction_device
-
     follow_log_level()
-    work = Work(model.root)
-    detectors = {(run, k): load_fold_model(work, k, "best", path, run)
+    work, pickles = Work(model.root), model.kind == "work"
+    detectors = {(run, k): detector.load_fold_model(work, k, "best", path, run, pickles=pickles)
                  for (run, k), path in model.detector_paths.items()}
-    device = prediction_device(model.cfg["detector"]["device"])
-    args = {run: predict_args(section, device) for run, section in model.detectors.items()}
+    device = detector.prediction_device(model.cfg["detector"]["device"])
+    args = {run: detector.predict_args(section, device) for run, section in model.detectors.items()}
     loaded = Loaded(detectors, args, list(dict.fromkeys(["none", *tta])), {}, dict(model.classifiers),
                     batch=min(s["predict_batch"] for s in model.detectors.values()))
     if model.classifiers:
-        from classifier._model import load_checkpoint, load_classifier, resolve_device
-
-        loaded.classifier_device = resolve_device(model.cfg["classifier"]["device"])
+        loaded.classifier_device = classifier.resolve_device(model.cfg["classifier"]["device"])
         for (run, k), path in model.classifier_paths.items():
             made_by = train_command(work, "classifier", k, run)
-            loaded.classifiers.setdefault(run, {})[k] = load_classifier(
-                path, loaded.classifier_device, made_by, load_checkpoint(path, made_by))
+            loaded.classifiers.setdefault(run, {})[k] = classifier.load_classifier(
+                path, loaded.classifier_device, made_by, classifier.load_checkpoint(path, made_by, pickles=pickles))
     return loaded
 
 
@@ -267,8 +292,8 @@ class Image:
 def find_inputs(inputs: Sequence[Path], out: Path | None = None) -> tuple[list[Path], list[dict]]:
     """The DICOM files of `inputs` (a file as given; a folder searched for .dicom and .dcm files, sorted, leaving
     out the output folder `out` and its GSPS files), each once, and error rows for inputs that are not there,
-    folders without DICOMs and unusable or repeated image ids (the file name without its suffix, as `vinbig
-    images` names the PNGs)."""
+    folders without DICOMs, paths that are not UTF-8 (named with the bytes escaped) and unusable or repeated image
+    ids (the file name without its suffix, as `vinbig images` names the PNGs)."""
     from folds._images import _check_ids, find_dicoms
 
     skip = Path(out).resolve() if out is not None else None
@@ -277,19 +302,28 @@ def find_inputs(inputs: Sequence[Path], out: Path | None = None) -> tuple[list[P
         if path.is_dir():
             found = [f for f in find_dicoms(path) if skip is None or not f.resolve().is_relative_to(skip)]
             if not found:
-                errors.append({"file": str(path), "image_id": "", "reason": f"no {' or '.join(DICOM_SUFFIXES)} "
+                errors.append({"file": shown(path), "image_id": "", "reason": f"no {' or '.join(DICOM_SUFFIXES)} "
                                "file in this folder or under it"})
         elif path.is_file():
             found = [path]
         else:
-            errors.append({"file": str(path), "image_id": path.stem, "reason": "not found"})
+            errors.append({"file": shown(path), "image_id": shown(path.stem), "reason": "not found"})
             continue
         for f in found:
-            if f.resolve() not in seen:
+            if shown(f) != str(f):
+                errors.append({"file": shown(f), "image_id": shown(f.stem), "reason": "the path is not UTF-8 text "
+                               "(its undecodable bytes are shown as \\xNN); rename the folder or file in UTF-8"})
+            elif f.resolve() not in seen:
                 seen.add(f.resolve())
                 files.append(f)
     files, bad = _check_ids(files)
     return files, errors + bad
+
+
+def shown(path: Path | str) -> str:
+    """`path` as text that can be written anywhere: bytes of a name that are not UTF-8 (held by Python as lone
+    surrogates) shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def read_image(path: Path, images: Mapping) -> Image:
@@ -653,6 +687,7 @@ def predict(model: Model, inputs: Sequence[Path], out: Path, *, tta: Sequence[st
     files, failed = find_inputs(inputs, out)
     if not files and not failed:
         raise UserError("no input: give DICOM files or folders of them")
+    manifest = Manifest.claim(out, "predict", "--out of 'vinbig predict'")  # not another command's folder
     check_writable(out, folder=True)  # before any model loads
     for sub in ("overlays", *(("gsps",) if dicom_out else ())):
         check_writable(out / sub, folder=True)
@@ -664,6 +699,9 @@ def predict(model: Model, inputs: Sequence[Path], out: Path, *, tta: Sequence[st
     seconds = dict.fromkeys(("load", "read", "detector", "classifier", "fusion", "writing"), 0.0)
     sets = list(dict.fromkeys(["none", *tta]))
     results: list[Result] = []
+    # every file this run may write, recorded before it is written: a rerun removes only what vinbig wrote here
+    manifest.add([*TABLES, config_path(".", "predict").name, *(f"{sub}/{f.stem}.{ext}" for f in files
+                  for sub, ext in (("overlays", "png"), *((("gsps", "dcm"),) if dicom_out else ())))])
     if files:  # else nothing to load: every input failed already
         t = time.perf_counter()
         loaded = load_models(model, sets[1:])
@@ -677,7 +715,7 @@ def predict(model: Model, inputs: Sequence[Path], out: Path, *, tta: Sequence[st
     t = time.perf_counter()
     settings = _settings(model, sets, f, draw_thr, draw_max)
     _write_tables(out, results, failed, settings)
-    _remove_stale(out, results)
+    _remove_stale(manifest, results)
     seconds["writing"] += time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_start
     seconds["images"] = seconds["total"] - seconds["load"]
@@ -788,15 +826,15 @@ def _write_tables(out: Path, results: Sequence[Result], failed: Sequence[dict], 
     _write_bytes(out / "predictions.json", json.dumps(doc, indent=1, allow_nan=False).encode())
 
 
-def _remove_stale(out: Path, results: Sequence[Result]) -> None:
-    """Overlays and GSPS files an earlier run left in `out` for images this one did not predict."""
-    keep = {p for r in results for p in (r.overlay, r.gsps) if p is not None}
-    stale = [p for sub, ext in (("overlays", "png"), ("gsps", "dcm")) for p in (out / sub).glob(f"*.{ext}")
-             if p not in keep]
-    for p in stale:
-        p.unlink(missing_ok=True)
+def _remove_stale(manifest: Manifest, results: Sequence[Result]) -> None:
+    """The files an earlier run into the folder wrote (its manifest lists them) that this one did not: overlays and
+    GSPS of images not predicted now. Nothing vinbig did not write is touched."""
+    keep = [*TABLES, config_path(".", "predict").name,
+            *(p.relative_to(manifest.folder).as_posix() for r in results for p in (r.overlay, r.gsps) if p is not None)]
+    stale = manifest.remove_stale(keep)
     if stale:
-        logger.info("removed %d overlay or GSPS file(s) of an earlier run from %s", len(stale), out)
+        logger.info("removed %d file(s) an earlier run wrote into %s for images not predicted now", len(stale),
+                    manifest.folder)
 
 
 def format_summary(pred: Predictions, dicom_out: bool, most: int = 10) -> str:
@@ -831,8 +869,14 @@ def _model_files(args: argparse.Namespace) -> list[Path]:
 def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
     cfg = _device(args, cfg)
     model = open_model(args.model, cfg, args)
-    pred = predict(model, args.inputs, args.out, tta=[] if args.tta == "none" else [args.tta],
-                   dicom_out=args.dicom_out, draw_thr=args.draw_thr, draw_max=args.draw_max)
+    try:
+        pred = predict(model, args.inputs, args.out, tta=[] if args.tta == "none" else [args.tta],
+                       dicom_out=args.dicom_out, draw_thr=args.draw_thr, draw_max=args.draw_max)
+    except KeyboardInterrupt:
+        logger.error("interrupted: predictions.csv, predictions.json and errors.csv are written once every input is "
+                     "predicted, so %s holds none of this run (an earlier run's stay as they were, with some of "
+                     "the overlays replaced); a rerun of the same command predicts every input again", args.out)
+        return Outcome(130)
     print(format_summary(pred, args.dicom_out))
     return Outcome(1 if pred.failed else 0, config_path(args.out, "predict"))
 

@@ -181,8 +181,13 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     ddp = f" (DDP over {len(str(args['device']).split(','))} GPUs)" if "," in str(args["device"]) else ""
     logger.info("fold %d: training %s at %d px for %d epochs on device %s%s into %s", fold, cfg["model"],
                 cfg["imgsz"], cfg["epochs"], args["device"], ddp, run_dir)
-    # an earlier run's config goes: until this run ends, none stands beside weights it did not make
-    config_path(run_dir, "detector").unlink(missing_ok=True)
+    # an earlier run's config goes once this run starts writing (a run that fails while ultralytics sets it up
+    # leaves the earlier weights and their config as they were); DDP workers do not run our callbacks: at once
+    saved = config_path(run_dir, "detector")
+    if ddp:
+        saved.unlink(missing_ok=True)
+    else:
+        model.add_callback("on_pretrain_routine_end", lambda trainer: saved.unlink(missing_ok=True))
     model.train(trainer=OfflineDetectionTrainer, **args)
     return DetectorRun(run_dir, True)
 

@@ -32,7 +32,7 @@ import yaml
 
 from vinbig.artifacts import N_CLASSES, NO_FINDING, Work, atomic_path, read_classifier_preds, read_labels, writing
 from vinbig.metric import _ap, average_precision, index_of, match, prepare_truth
-from vinbig.runs import weight_of
+from vinbig.runs import check_weights, weight_of
 
 from fusion._fuse import Prepared, check_params, fuse, prepare
 from fusion._gate import apply_gate, image_probabilities
@@ -114,6 +114,7 @@ def tune(work: Work | str | os.PathLike, fusion_cfg: dict) -> Tuning:
     lows, highs = f["tune_low"] or [f["low"]], f["tune_high"] or [f["high"]]
     if f["gate"] and work.classifier_preds("oof").is_file():
         clf = read_classifier_preds(work, "oof")
+        check_weights(f["classifier_weights"], list(pd.unique(clf["run"])), "classifier_weights")  # as fuse does
         p = image_probabilities(clf, f["classifier_weights"])
         logger.info("tuning %d WBF settings x %d gate pairs on %d out-of-fold images (%d boxes)", len(grid),
                     sum(lo <= hi for lo in lows for hi in highs), len(inp.image_ids), inp.n_boxes)

@@ -30,7 +30,7 @@ def test_every_default_key_is_commented():
     [
         ("images.size=512", "images", "size", 512),
         ("folds.iou_thr=0.5", "folds", "iou_thr", 0.5),
-        ("folds.iou_thr=1", "folds", "iou_thr", 1.0),  # int accepted for a float
+        ("fusion.high=1", "fusion", "high", 1.0),  # int accepted for a float
         ("folds.exclude_readers=[R8, R9]", "folds", "exclude_readers", ["R8", "R9"]),
         ("folds.reader_weights={R8: 0.5}", "folds", "reader_weights", {"R8": 0.5}),
         ("images.allow_errors=true", "images", "allow_errors", True),

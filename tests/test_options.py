@@ -111,7 +111,7 @@ def test_every_key_of_a_section_is_an_option_with_its_meaning_as_help(command, s
         if s.flag in aliases:  # the alias took the flag: see the test of predict-detector
             continue
         assert s.flag in entries, f"vinbig {command}: no {s.flag} ({section}.{s.key})"
-        assert entries[s.flag] == f"{' '.join(s.meaning.split())} ({s.type}; default {s.text})", s.flag
+        assert entries[s.flag] == f"{' '.join(s.meaning.split())} ({s.declared}; default {s.text})", s.flag
         if s.type == "bool":
             assert f"--no-{s.flag[2:]}" in entries, f"vinbig {command}: no --no-{s.flag[2:]}"
 

@@ -435,5 +435,21 @@ def read_detector_preds(work: Work, split: str, columns: Sequence[str] | None = 
 
 
 def read_classifier_preds(work: Work, split: str) -> pd.DataFrame:
-    return read_csv(work.classifier_preds(split), CLASSIFIER_PRED_COLUMNS, predict_command(work, "classifier", split),
-                    dtype={"image_id": str, "run": str})
+    """WORK/preds/classifier_{split}.csv; a p_abnormal that is not a probability (NaN, empty, text, outside 0..1) or a
+    fold that is not a whole number is refused, naming the lines, their images and the command that writes it."""
+    import numpy as np
+    import pandas as pd
+
+    path, made_by = work.classifier_preds(split), predict_command(work, "classifier", split)
+    df = read_csv(path, CLASSIFIER_PRED_COLUMNS, made_by, dtype={"image_id": str, "run": str})
+    p = pd.to_numeric(df["p_abnormal"], errors="coerce").to_numpy(np.float64)
+    fold = pd.to_numeric(df["fold"], errors="coerce").to_numpy(np.float64)
+    bad = ~(np.isfinite(p) & (p >= 0) & (p <= 1)) | ~(np.isfinite(fold) & (fold == np.round(fold)))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = "; ".join(f"line {i + 2} (image {df['image_id'].iat[i]}, run {df['run'].iat[i]}, fold "
+                          f"{df['fold'].iat[i]}): p_abnormal {df['p_abnormal'].iat[i]}" for i in rows[:3])
+        more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+        raise ArtifactError(f"{path}: {len(rows)} row(s) hold no probability in 0..1 or no whole fold: {shown}{more}; "
+                            f"run '{made_by}' again")
+    return df.assign(p_abnormal=p, fold=fold.astype(np.int64))

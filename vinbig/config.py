@@ -1,7 +1,10 @@
 """One commented default config (`configs/default.yaml`), user files and `--set` overrides on top.
 
 A config is a plain two-level dict: ``{section: {key: value}}``. Every key a user names must
-exist in the defaults; a typo is rejected with the closest valid keys.
+exist in the defaults; a typo is rejected with the closest valid keys. Each key's line declares its type and,
+for numbers and names from a fixed list, its range: ``conf: 0.001  # (float, 0..1) meaning``. Every value is
+checked against both where it is read (a file, ``--set``, an option, a run of the ``runs`` section), and the
+error names where it came from, before any command does any work.
 """
 
 from __future__ import annotations
@@ -9,20 +12,23 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
 from vinbig.errors import ConfigError
 
 _REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-# a key of configs/default.yaml: `  key: default  # (type) meaning`
+# a key of configs/default.yaml: `  key: default  # (type) meaning` or `  key: default  # (type, range) meaning`
 _KEY_LINE = re.compile(r"^  (\w+):\s*(.*?)\s+# \(([^)]*)\)\s*(.*)$")
 _SECTION_LINE = re.compile(r"^(\w+):\s*$")
+# one alternative of a range: LO..HI (either end may be left out), LO..<HI (HI excluded), >X, or a value
+_SPAN = re.compile(r"^(?P<lo>[^.<>][^<>]*?)?\.\.(?P<open><)?(?P<hi>[^.<>].*)?$")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Setting:
     text: str  # the default as written there
     type: str  # e.g. int, float, bool, list[float], str|int|list|null
     meaning: str
+    range: str = ""  # e.g. 0..1, 1.., 0..<1, >0, -1|1.., none|hflip (of each item of a list, each value of a dict)
 
     @property
     def flag(self) -> str:
@@ -43,6 +50,36 @@ class Setting:
     @property
     def is_list(self) -> bool:
         return self.type.startswith("list")
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def declared(self) -> str:
+        """The type and range as the key's comment declares them: ``float, 0..1``."""
+        return f"{self.type}, {self.range}" if self.range else self.type
+
+    def check(self, value: Any, source: str) -> Any:
+        """`value` if it has the declared type and range (an int given for a float becomes a float), else a
+        ConfigError that names `source` (the file, ``--set`` or option it came from), the key and the rule."""
+        if self.type.startswith("dict[str,") and isinstance(value, Mapping):
+            for k in value:
+                if not isinstance(k, str):  # YAML's 1, 1.5, off, yes: a name that lost its spelling
+                    raise ConfigError(f"{source}: {self.name} has a name YAML reads as {_yaml_kind(k)}, not as "
+                                      f"a name; quote it as written, e.g. '{_spelt(k)}'")
+        fault = _type_fault(self.type, value)
+        if fault is not None:
+            raise ConfigError(f"{source}: {self.name} expects {self.type}, got {value!r} ({type(value).__name__})"
+                              f"{fault}; see the comment on '{self.key}' in {default_config_path()}")
+        if self.range:
+            spans = _spans(self.range, numeric="int" in self.type or "float" in self.type)
+            for where, item in _items(self.name, value):
+                if not _within(item, spans):
+                    raise ConfigError(f"{source}: {where} {_rule(item, spans, self.range, self.type)}")
+        if self.type == "float" and not isinstance(value, bool) and isinstance(value, int):
+            value = float(value)
+        return value
 
 
 def packaged_config(name: str) -> Path:
@@ -73,9 +110,163 @@ def _settings(path: Path) -> tuple[Setting, ...]:
             continue
         m = _KEY_LINE.match(line)
         if m and section:
-            key, text, kind, meaning = m.groups()
-            out.append(Setting(section, key, defaults[section][key], text, kind.strip(), meaning.strip()))
+            key, text, declared, meaning = m.groups()
+            kind, _, valid = declared.strip().partition(", ")  # types hold no ", ": dict[str,float]
+            out.append(Setting(section, key, defaults[section][key], text, kind, meaning.strip(), valid.strip()))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _declared(path: Path) -> dict[tuple[str, str], Setting]:
+    return {(s.section, s.key): s for s in _settings(path)}
+
+
+def setting(section: str, key: str) -> Setting | None:
+    """The declaration of ``section.key`` in configs/default.yaml (None: not declared there)."""
+    return _declared(default_config_path()).get((section, key))
+
+
+# --------------------------------------------------------------------------- types and ranges
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside brackets: ``str|list[int|str]`` -> ``['str', 'list[int|str]']``."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += (c == "[") - (c == "]")
+        if c == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _yaml_kind(key: Any) -> str:
+    """What YAML made of a mapping key that is not a string, for a message."""
+    if isinstance(key, bool):
+        return f"the boolean {str(key).lower()} (written {'on, yes or true' if key else 'off, no or false'})"
+    return "null" if key is None else f"a number ({type(key).__name__})"
+
+
+def _spelt(key: Any) -> str:
+    return ("yes" if key else "off") if isinstance(key, bool) else str(key)
+
+
+def _type_fault(kind: str, value: Any) -> str | None:
+    """None if `value` has the declared type `kind` (``int``, ``float``, ``list[float]``, ``dict[str,float]``,
+    alternatives joined by ``|``), else what is wrong beyond the type itself ('' when nothing more to say)."""
+    faults = []
+    for alt in _split(kind, "|"):
+        base, _, inner = alt.partition("[")
+        inner = inner[:-1]
+        if base == "null":
+            ok = value is None
+        elif base == "bool":
+            ok = isinstance(value, bool)
+        elif isinstance(value, bool):
+            ok = False
+        elif base == "int":
+            ok = isinstance(value, int)
+        elif base == "float":
+            ok = isinstance(value, (int, float))
+        elif base == "str":
+            ok = isinstance(value, str)
+        elif base == "list":
+            ok = isinstance(value, list)
+            if ok and inner:
+                bad = [v for v in value if _type_fault(inner, v) is not None]
+                if bad:
+                    faults.append(f": the item {bad[0]!r} is not a {inner}")
+                    ok = False
+        elif base == "dict":
+            ok = isinstance(value, Mapping)
+            if ok and inner:
+                k_kind, v_kind = _split(inner, ",")
+                for k, v in value.items():
+                    if _type_fault(k_kind, k) is not None:
+                        faults.append(f": the key {k!r} is not a {k_kind}")
+                        ok = False
+                        break
+                    if _type_fault(v_kind, v) is not None:
+                        faults.append(f": the value of {k} is not a {v_kind}")
+                        ok = False
+                        break
+        else:
+            raise ValueError(f"configs/default.yaml declares an unknown type {alt!r}")
+        if ok:
+            return None
+    return faults[0] if faults else ""
+
+
+def _spans(valid: str, numeric: bool) -> list[tuple]:
+    """A declared range as its alternatives: ``("span", lo, hi, hi_excluded)``, ``(">", x)`` or ``("=", value)``."""
+    out: list[tuple] = []
+    for alt in (a.strip() for a in valid.split("|")):
+        m = _SPAN.match(alt) if numeric else None
+        if m:
+            lo, hi = m.group("lo"), m.group("hi")
+            out.append(("span", float(lo) if lo else None, float(hi) if hi else None, bool(m.group("open"))))
+        elif numeric and alt.startswith(">"):
+            out.append((">", float(alt[1:])))
+        else:
+            out.append(("=", float(alt) if numeric else alt))
+    return out
+
+
+def _within(value: Any, spans: list[tuple]) -> bool:
+    for kind, *rest in spans:
+        if kind == "=":
+            if value == rest[0] and type(value) is not bool:
+                return True
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if kind == ">" and value > rest[0]:
+            return True
+        if kind == "span":
+            lo, hi, open_hi = rest
+            if (lo is None or value >= lo) and (hi is None or (value < hi if open_hi else value <= hi)):
+                return True
+    return False
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def _rule(value: Any, spans: list[tuple], valid: str, type_: str) -> str:
+    """What is wrong with `value` and what it must be, in words: the end of a message that starts with the key."""
+    if all(sp[0] == "=" and isinstance(sp[1], str) for sp in spans):
+        names = [sp[1] for sp in spans]
+        close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+        return f"{value!r} is not one of {', '.join(names)}" + (f" (did you mean {close[0]}?)" if close else "")
+    words = []
+    for kind, *rest in spans:
+        if kind == "=":
+            words.append(_g(rest[0]))
+        elif kind == ">":
+            words.append(f"above {_g(rest[0])}")
+        else:
+            lo, hi, open_hi = rest
+            if hi is None:
+                words.append(f"at least {_g(lo)}")
+            elif lo is None:
+                words.append(f"{'below' if open_hi else 'at most'} {_g(hi)}")
+            else:
+                words.append(f"from {_g(lo)} to {'below ' if open_hi else ''}{_g(hi)}")
+    number = "a finite number" if "float" in type_ else "a whole number"
+    return (f"is {value!r}; it must be {number} {' or '.join(words)} (its range in {default_config_path().name}: "
+            f"{valid})")
+
+
+def _items(name: str, value: Any) -> Iterable[tuple[str, Any]]:
+    """What a range applies to: the value, each item of a list, each value of a dict; with its name."""
+    if isinstance(value, list):
+        return [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        return [(f"{name}.{k}", v) for k, v in value.items()]
+    if value is None:
+        return []
+    return [(name, value)]
 
 
 def settings(section: str | None = None) -> list[Setting]:
@@ -100,31 +291,13 @@ def _suggest(name: str, options: Iterable[str]) -> str:
     return f" Similar keys: {', '.join(close)}." if close else ""
 
 
-def _check_type(key: str, default: Any, value: Any) -> Any:
-    """Return `value` if it fits the type of `default` (ints are accepted for floats)."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(default, bool) and isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float))
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise ConfigError(
-            f"{key} expects {type(default).__name__}, got {value!r} ({type(value).__name__}); "
-            f"see the comment on '{key.split('.')[-1]}' in {default_config_path()}"
-        )
-    return value
-
-
 def merge(base: Mapping[str, Mapping[str, Any]], update: Mapping[str, Any], source: str) -> dict:
-    """Return `base` updated by `update` (``{section: {key: value}}``), rejecting unknown keys."""
+    """Return `base` updated by `update` (``{section: {key: value}}``), rejecting unknown keys and values of another
+    type or outside the declared range; `source` (a file, ``--set ...``) starts each error message."""
     out = copy.deepcopy(dict(base))
     for section, values in update.items():
         if section not in out:
-            raise ConfigError(f"{source}: '{section}' is not a config section.{_suggest(section, out)}")
+            raise ConfigError(f"{source}: '{section}' is not a config section.{_suggest(str(section), out)}")
         if not isinstance(values, Mapping):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys, got {values!r}")
         for key, value in values.items():
@@ -133,7 +306,15 @@ def merge(base: Mapping[str, Mapping[str, Any]], update: Mapping[str, Any], sour
                 raise ConfigError(
                     f"{source}: '{section}.{key}' is not a valid key.{_suggest(f'{section}.{key}', full)}"
                 )
-            out[section][key] = _check_type(f"{section}.{key}", out[section][key], value)
+            declared = setting(section, key)
+            if section == "runs" and isinstance(value, Mapping):  # a run written `name:` changes no key
+                value = {name: {} if keys is None else keys for name, keys in value.items()}
+            if declared is not None:
+                value = declared.check(value, source)
+            if section == "runs" and key in out:  # each run: keys of its stage's section, checked the same way
+                for name, keys in value.items():
+                    merge({key: out[key]}, {key: keys}, f"{source}: runs.{key}.{name}")
+            out[section][key] = value
     return out
 
 
@@ -150,17 +331,58 @@ def parse_override(text: str) -> dict:
     return {section: {key: value}}
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), extra: Iterable[Path] = ()) -> dict:
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), extra: Iterable[Path] = (),
+                options: Mapping[str, Mapping[str, Any]] = {}) -> dict:
     """Defaults, then the keys of the file at `path`, of each file in `extra` (such as the values a stage
-    chose, e.g. WORK/fusion.yaml), then each ``section.key=value`` override."""
+    chose, e.g. WORK/fusion.yaml), then each ``section.key=value`` override, then `options` (``{section: {key:
+    value}}``, the command line's own options). Every value is checked as it is read, then the keys that name
+    each other: an error names the file, ``--set`` or option to fix, before any command does any work."""
     cfg = copy.deepcopy(_defaults(default_config_path()))
+    origin: dict[str, str] = {}
+
+    def apply(update: Mapping, source: str) -> dict:
+        for section, values in update.items():
+            for key in values if isinstance(values, Mapping) else ():
+                origin[f"{section}.{key}"] = source
+        return merge(cfg, update, source)
+
     if path is not None and Path(path).resolve() != default_config_path().resolve():
-        cfg = merge(cfg, _read_yaml(Path(path)), str(path))
+        cfg = apply(_read_yaml(Path(path)), str(path))
     for file in extra:
-        cfg = merge(cfg, _read_yaml(Path(file)), str(file))
+        cfg = apply(_read_yaml(Path(file)), str(file))
     for text in overrides:
-        cfg = merge(cfg, parse_override(text), f"--set {text}")
+        cfg = apply(parse_override(text), f"--set {text}")
+    for section, values in options.items():
+        for key, value in values.items():
+            cfg = apply({section: {key: value}}, f"--{key.replace('_', '-')}")
+    _check_across(cfg, lambda name: origin.get(name, str(default_config_path())))
     return cfg
+
+
+def _check_across(cfg: Mapping, origin: Callable[[str], str]) -> None:
+    """What one key's range cannot say: the runs the weights name (:func:`vinbig.runs.check_names`), detector.extra
+    setting a detector key past its range, the percentile window, the gate's thresholds. `origin(key)`: where the
+    key's value came from."""
+    from vinbig.runs import check_names
+
+    check_names(cfg, origin)
+    own = {s.key for s in settings("detector")}  # detector.extra must not pass them to ultralytics unchecked
+    extras = [("detector.extra", cfg["detector"]["extra"], origin("detector.extra"))]
+    extras += [(f"runs.detector.{name}: detector.extra", (keys or {}).get("extra") or {}, origin("runs.detector"))
+               for name, keys in (cfg["runs"]["detector"] or {}).items()]
+    for where, extra, source in extras:
+        clash = sorted(set(extra) & own)
+        if clash:
+            raise ConfigError(f"{source}: {where} sets {', '.join(clash)}, a key of the detector section itself; set "
+                              f"detector.{clash[0]} instead (its type and range are checked there)")
+    p = cfg["images"]["percentiles"]
+    if len(p) != 2 or not p[0] < p[1]:
+        raise ConfigError(f"{origin('images.percentiles')}: images.percentiles is {p}; give the low and the high "
+                          "percentile of the window, low first, e.g. [0.5, 99.5]")
+    f = cfg["fusion"]
+    if f["low"] > f["high"]:
+        raise ConfigError(f"fusion.low {f['low']:g} ({origin('fusion.low')}) is above fusion.high {f['high']:g} "
+                          f"({origin('fusion.high')}); the gate needs low <= high")
 
 
 def save_config(cfg: Mapping[str, Any], path: str | Path, sections: Iterable[str] | None = None) -> Path:

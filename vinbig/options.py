@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from vinbig.config import Setting, load_config, merge, settings
+from vinbig.config import Setting, load_config, settings
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def add_settings(parser: argparse.ArgumentParser, section: str, aliases: Mapping
             flags.insert(0, s.flag)
         if not flags:
             continue
-        help = f"{s.meaning} ({s.type}; default {s.text})".replace("%", "%%")
+        help = f"{s.meaning} ({s.declared}; default {s.text})".replace("%", "%%")
         if s.type == "bool":
             group.add_argument(*flags, dest=f"{section}.{s.key}", action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help)
@@ -96,12 +96,9 @@ def given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def resolve(args: argparse.Namespace, extra: Iterable[Path] = ()) -> dict:
-    """Defaults, ``--config``, the files `extra`, ``--set``, then the options given on the command line."""
-    cfg = load_config(args.config, args.overrides, extra)
-    for section, values in given(args).items():
-        for key, value in values.items():
-            cfg = merge(cfg, {section: {key: value}}, f"--{key.replace('_', '-')}")
-    return cfg
+    """Defaults, ``--config``, the files `extra`, ``--set``, then the options given on the command line; each value
+    checked against its declared type and range, before the command does anything."""
+    return load_config(args.config, args.overrides, extra, given(args))
 
 
 # --------------------------------------------------------------------------- arguments several commands share

@@ -17,7 +17,9 @@ With no run named, each stage has one run, ``default``: the stage section as it 
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+import difflib
+import math
+from typing import Callable, Iterable, Mapping, Sequence
 
 from vinbig.artifacts import DEFAULT_RUN, SAFE_ID
 from vinbig.config import merge
@@ -35,13 +37,19 @@ def declared(cfg: Mapping, stage: str) -> dict:
     return dict(runs)
 
 
-def run_names(cfg: Mapping, stage: str) -> list[str]:
-    """The runs of `stage` ("detector" or "classifier") in config order; ``["default"]`` when none is named."""
-    names = [str(n) for n in declared(cfg, stage)] or [DEFAULT_RUN]
+def run_names(cfg: Mapping, stage: str, source: str = "") -> list[str]:
+    """The runs of `stage` ("detector" or "classifier") in config order; ``["default"]`` when none is named.
+    A name YAML reads as a number or a boolean (``1``, ``off``) is refused, as a name that is no safe folder name;
+    `source` (the file that declared the runs) starts the message."""
+    names = list(declared(cfg, stage)) or [DEFAULT_RUN]
+    where = f"{source}: " if source else ""
     for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}runs.{stage} has a run name YAML reads as a {type(name).__name__} ({name!r}), "
+                              f"not as a name; quote it, e.g. '{name}'")
         if not SAFE_ID.match(name) or name == "data":
-            raise ConfigError(f"runs.{stage}: {name!r} cannot name a run (a folder WORK/{stage}/NAME): use letters, "
-                              "digits, '_', '.' and '-', starting with a letter or digit, and not 'data'")
+            raise ConfigError(f"{where}runs.{stage}: {name!r} cannot name a run (a folder WORK/{stage}/NAME): use "
+                              "letters, digits, '_', '.' and '-', starting with a letter or digit, and not 'data'")
     return names
 
 
@@ -102,10 +110,33 @@ def weight_of(weights: Mapping[str, float], name: str) -> float:
     return float(weights.get(name, 1.0))
 
 
-def check_weights(weights: Mapping[str, float], names: Sequence[str], key: str) -> None:
-    """Every weight of `key` is a number >= 0 and at least one of `names` weighs more than 0."""
+def check_weights(weights: Mapping[str, float], names: Sequence[str], key: str, source: str = "") -> None:
+    """Every weight of `key` is a finite number >= 0 and at least one of `names` weighs more than 0 (`source`: where
+    the weights come from, for the message)."""
+    where = f"{source}: " if source else ""
     for name, w in weights.items():
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
-            raise ConfigError(f"fusion.{key}.{name} is {w!r}; a run's weight is a number >= 0")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"{where}fusion.{key}.{name} is {w!r}; a run's weight is a finite number >= 0")
     if names and not any(weight_of(weights, n) > 0 for n in names):
-        raise ConfigError(f"fusion.{key} gives every run ({', '.join(names)}) weight 0; give one a weight above 0")
+        raise ConfigError(f"{where}fusion.{key} gives every run ({', '.join(names)}) weight 0; give one a weight "
+                          "above 0")
+
+
+WEIGHTS = {"detector": "run_weights", "classifier": "classifier_weights"}  # the fusion key weighing a stage's runs
+
+
+def check_names(cfg: Mapping, origin: Callable[[str], str]) -> None:
+    """The keys that name runs, checked when the config is read: each stage's run names (safe folder names, not
+    numbers or booleans), and fusion.run_weights and fusion.classifier_weights, which must name runs of the config
+    and leave one above 0. `origin(key)` is the file, ``--set`` or option that set ``key`` last."""
+    for stage, key in WEIGHTS.items():
+        names = run_names(cfg, stage, origin(f"runs.{stage}"))
+        weights = cfg["fusion"][key]
+        unknown = [str(n) for n in weights if n not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
+            how = f"declared in runs.{stage}" if declared(cfg, stage) else f"none is declared in runs.{stage}"
+            raise ConfigError(
+                f"{origin(f'fusion.{key}')}: fusion.{key} names {', '.join(unknown)}, not a {stage} run of the config; "
+                f"its {stage} runs are {', '.join(names)} ({how})" + (f"; did you mean {close[0]}?" if close else ""))
+        check_weights(weights, names, key, origin(f"fusion.{key}"))

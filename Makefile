@@ -61,7 +61,7 @@ kept = $(if $(wildcard $(1)/.trained),@echo "make: $(1) was trained before $(2) 
 # meta.csv is written even when some DICOMs failed (vinbig images exits 1): it records what was converted
 .PRECIOUS: $(TRAIN_IMAGES) $(TEST_IMAGES)
 .PHONY: help venv test demo synth images folds train train-detector train-classifier predict predict-detector \
-        predict-classifier tune submission report kaggle-wheels kaggle-models readme bench gpu-check clean
+        predict-classifier tune submission report kaggle-wheels kaggle-models reference bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -82,7 +82,7 @@ venv: $(VENV_OK) ## create .venv and install vinbig with its dev extra
 test: venv ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-demo: venv ## the whole job on a fresh synthetic dataset in DEMO (configs/demo.yaml; CPU: about 10 min)
+demo: venv ## the whole job on a fresh synthetic dataset in DEMO (configs/demo.yaml; CPU: about 11 min)
 	$(VINBIG) demo --out $(DEMO) $(if $(filter command line environment,$(origin CONFIG)),--config $(CONFIG))
 
 synth: venv ## write a synthetic dataset to DATA if it has no train.csv
@@ -175,8 +175,8 @@ kaggle-wheels: venv ## the wheels dataset: vinbig and its dependencies but torch
 kaggle-models: venv ## the weights dataset: WORK's trained folds, folds.csv, fusion.yaml, config in KAGGLE_MODELS
 	$(VINBIG) export --work $(WORK) --out $(KAGGLE_MODELS) $(ARGS)
 
-readme: venv ## rewrite the README's configuration tables from configs/default.yaml
-	$(BIN)/python tests/test_readme.py
+reference: venv ## rewrite docs/reference.md (every command and config key) from the code
+	$(BIN)/python -m vinbig.app.reference
 
 bench: venv ## run the CPU benchmarks in bench/ (about 90 min on 2 cores; results go in BENCHMARKS.md by hand)
 	$(BIN)/python bench/bench_images.py

@@ -5,6 +5,12 @@ is appended to a journal (``.meta.journal.csv``) right after its rename, so a ki
 nothing it finished. A rerun skips images whose PNG exists at the requested size and converts the
 rest; meta.csv and errors.csv are rewritten atomically at the end.
 
+A rerun never mixes two settings: ``.images.json`` holds the settings that change the pixels (``size``, ``voi``,
+``percentiles``) of every PNG listed in meta.csv and the journal. A rerun with other ones first removes
+config_images.yaml, meta.csv and the journal (in that order, so that no file ever describes PNGs that are not
+what it says), records its own settings, and converts every image again; config_images.yaml is saved when it
+finishes.
+
 The output folder is checked to be writable before the conversion starts. A write that fails on the
 way (a full disk) or a worker process that dies (the out-of-memory killer) stops the run with one
 error naming the cause; the images converted until then are kept for the rerun.
@@ -13,6 +19,7 @@ error naming the cause; the images converted until then are kept for the rerun.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +39,7 @@ from vinbig.artifacts import (
     ArtifactError,
     atomic_path,
     check_writable,
+    config_path,
     errors_path,
     meta_path,
     png_path,
@@ -46,6 +54,8 @@ from vinbig.parallel import process_map
 
 logger = logging.getLogger(__name__)
 JOURNAL = ".meta.journal.csv"
+SETTINGS = ".images.json"  # the settings that change the pixels, of every PNG listed in meta.csv and the journal
+PIXEL_KEYS = ("size", "voi", "percentiles")
 
 
 def find_dicoms(src: Path) -> list[Path]:
@@ -131,6 +141,47 @@ def _read_done(out: Path, size: int) -> pd.DataFrame:
     return done[same]
 
 
+def _pixel_settings(size: int, voi: str, percentiles) -> dict:
+    return {"size": int(size), "voi": str(voi), "percentiles": [float(p) for p in percentiles]}
+
+
+def _settings_of_pngs(out: Path) -> dict | None:
+    """The pixel settings of the PNGs listed in meta.csv and the journal: SETTINGS; for the output of an earlier
+    version without it, its config_images.yaml unless a run was stopped there; None when unknown."""
+    import yaml
+
+    try:
+        return json.loads((out / SETTINGS).read_text())
+    except (OSError, ValueError):
+        pass
+    if (out / JOURNAL).exists():
+        return None
+    try:
+        images = yaml.safe_load(config_path(out, "images").read_text())["images"]
+        return _pixel_settings(*(images[k] for k in PIXEL_KEYS))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _claim_settings(out: Path, wanted: dict) -> None:
+    """Make `wanted` the pixel settings of `out`. PNGs converted with others are converted again: their
+    config_images.yaml, meta.csv and journal are removed first, in that order, then `wanted` is recorded."""
+    have = _settings_of_pngs(out)
+    if have == wanted:
+        return
+    described = [p for p in (config_path(out, "images"), meta_path(out), out / JOURNAL) if p.exists()]
+    if described:
+        was = ", ".join(f"{k} {v}" for k, v in have.items()) if have else "unknown settings"
+        logger.warning("the PNGs in %s were converted with %s; converting every image again with %s (meta.csv and "
+                       "config_images.yaml are written when it finishes)", out, was,
+                       ", ".join(f"{k} {v}" for k, v in wanted.items()))
+    with writing(out / SETTINGS, _fix(out)):
+        for path in described:
+            path.unlink()
+        with atomic_path(out / SETTINGS) as tmp:
+            tmp.write_text(json.dumps(wanted) + "\n")
+
+
 def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
     """Files with a usable, unique image id, and error rows for the others."""
     seen: dict[str, Path] = {}
@@ -146,6 +197,12 @@ def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
             seen[f.stem] = f
             keep.append(f)
     return keep, errors
+
+
+def _text(name: str) -> str:
+    """`name` as text: the bytes of a file name that is not UTF-8 (an old archive's 'M\\xfcller.dcm', which Python
+    holds as surrogates) written as \\xNN escapes, so that errors.csv and the log can show it."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _fix(out: Path) -> str:
@@ -230,14 +287,19 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
     if png_strategy not in PNG_STRATEGIES:
         raise ArtifactError(f"images.png_strategy must be one of {list(PNG_STRATEGIES)}, got {png_strategy!r}")
     if not src.is_dir():
-        raise ArtifactError(f"--src {src} is not a folder; point it at the folder of .dicom files "
+        raise ArtifactError(f"--src {_text(str(src))} is not a folder; point it at the folder of .dicom files "
                             "(e.g. DATA/train)")
+    if _text(str(src.resolve())) != str(src.resolve()):  # source.txt names it for the later stages
+        raise ArtifactError(f"--src {_text(str(src.resolve()))} is not a UTF-8 name, which source.txt cannot record "
+                            "for the later stages; rename the folder (e.g. with convmv) or move the files")
     files, errors = _check_ids(find_dicoms(src))
     if not files and not errors:
         raise ArtifactError(f"no .dicom or .dcm files under {src}; check the path (make synth writes a dataset)")
     check_writable(out, folder=True)  # before any work: a file in its place, no permission, a read-only disk
-    for stale in out.glob(".*.partial"):
-        stale.unlink(missing_ok=True)
+    for stale in out.glob(".*.partial"):  # what atomic_path leaves of a killed run: .<name>.<pid>.partial
+        if stale.name.split(".")[-2].isdigit():
+            stale.unlink(missing_ok=True)
+    _claim_settings(out, _pixel_settings(size, voi, percentiles))
     with writing(source_path(out), _fix(out)):
         with atomic_path(source_path(out)) as tmp:  # later stages find DATA (sample_submission.csv) from it
             tmp.write_text(f"{src.resolve()}\n")
@@ -254,6 +316,7 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
     converted, processes = _convert_all(job, todo, workers, out, errors, len(done))
     elapsed = time.perf_counter() - start
 
+    errors = [{k: _text(str(v)) for k, v in row.items()} for row in errors]  # names that are not UTF-8
     journal_path = out / JOURNAL
     meta = _merge([done, _read_rows(journal_path)], out).sort_values("image_id")
     with writing(meta_path(out), _fix(out)):

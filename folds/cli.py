@@ -37,8 +37,9 @@ def register(add) -> None:
             "Convert every .dicom/.dcm under --src to <image_id>.png (long side --size, aspect kept) with "
             "the file's modality and VOI transforms, MONOCHROME1 inverted. Writes meta.csv (sizes for mapping "
             "boxes back) and errors.csv (files that could not be read, with the reason). Rerunning skips "
-            "images already done, also after a run stopped by a full disk or a killed worker process. Exits 1 "
-            "when a file failed, unless --allow-errors.", sections=["images"])
+            "images already done, also after a run stopped by a full disk, a killed worker process or SIGTERM; a "
+            "rerun with another --size, --voi or --percentiles converts every image again. Exits 1 when a file "
+            "failed, unless --allow-errors.", sections=["images"])
     p.add_argument("--src", required=True, type=Path, metavar="DIR", help="folder searched for DICOM files")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for PNGs, meta.csv, errors.csv")
 

@@ -13,15 +13,24 @@ Compressed transfer syntaxes decode through pydicom's pixel plugins (pylibjpeg w
 libjpeg and rle plugins: JPEG 2000, JPEG-LS, JPEG lossless and baseline, RLE); any other syntax is an
 error that lists the supported ones. Uncompressed pixel data must have the length the header gives it.
 
+Every file is bounded before its pixel data is decoded (:func:`check_header`): one greyscale frame of at most
+:data:`MAX_PIXELS` at 1, 8, 16 or 32 bits allocated; a Deflated data set is inflated no further than its header
+declares; a compressed frame must declare in its codestream (JPEG SOF, JPEG 2000 SIZ) the size of the header, in at
+most :data:`MAX_TILES` tiles, and only the one frame the header declares is decoded; and 32-bit data whose values span
+more than a table's 65,536 entries is mapped through a table of its distinct values (at most 65,536), so that no input
+of a few MB makes vinbig allocate gigabytes.
+
 The header parsed on the way is kept (:attr:`Pixels.header`, without its pixel data), and :func:`convert` is the
 whole conversion of ``vinbig images`` up to the PNG: read, then resized to the long side asked for.
 """
 
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pydicom
@@ -61,9 +70,113 @@ class Pixels:
         return self.image.shape[1]
 
 
-def _open(path: Path) -> pydicom.Dataset:
+# The most a file may declare, checked in its header before any pixel data is decoded or inflated: the largest chest
+# radiographs are about 3000 x 3500 (10.5 Mpixel), so 50 Mpixel leaves room for any real one while a hostile
+# header cannot make vinbig allocate gigabytes (50 Mpixel at 32 bits is 200 MB).
+MAX_PIXELS = 50_000_000
+BITS_ALLOCATED = (1, 8, 16, 32)
+# the most a Deflated data set inflates to before its header is read (the header of a radiograph is a few KB)
+_HEADER_BYTES = 4 << 20
+_SLACK_BYTES = 1 << 20  # what may follow the pixel data of a Deflated data set (trailing padding)
+
+
+def _number(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int:
+    """`keyword` of the header as an int (`default` when absent or empty); a DicomError naming the element when it is
+    missing or not a number."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        value = default
     try:
-        ds = pydicom.dcmread(path)
+        return int(value)
+    except (TypeError, ValueError):
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        raise DicomError(f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}) is "
+                         f"{'missing' if value is None else repr(value)}; re-export the file from its source") from None
+
+
+def check_header(ds: pydicom.Dataset) -> int:
+    """Check the image the header declares against vinbig's limits, before any pixel data is decoded: one frame of
+    one sample (greyscale) of Rows x Columns <= :data:`MAX_PIXELS` at 1, 8, 16 or 32 bits allocated. Returns the
+    bytes of its uncompressed pixel data; raises :class:`DicomError` with the reason."""
+    samples = _number(ds, "SamplesPerPixel", 1)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(f"not a greyscale radiograph (SamplesPerPixel {samples}, "
+                         f"PhotometricInterpretation {photometric or 'missing'})")
+    rows, cols = _number(ds, "Rows"), _number(ds, "Columns")
+    if rows < 1 or cols < 1:
+        raise DicomError(f"the header declares an image of Rows {rows} x Columns {cols}, which holds no pixel; "
+                         "re-export the file from its source")
+    if rows * cols > MAX_PIXELS:
+        raise DicomError(f"the header declares an image of Rows {rows} x Columns {cols} ({rows * cols / 1e6:.0f} "
+                         f"Mpixel), more than the {MAX_PIXELS / 1e6:.0f} Mpixel vinbig converts (the largest chest "
+                         "radiographs are about 3000 x 3500); downscale it or leave it out")
+    bits = _number(ds, "BitsAllocated")
+    if bits not in BITS_ALLOCATED:
+        raise DicomError(f"Bits Allocated is {bits}; vinbig reads {', '.join(map(str, BITS_ALLOCATED))}; "
+                         "re-export the file from its source")
+    stored = _number(ds, "BitsStored", bits)
+    if not 1 <= stored <= bits:
+        raise DicomError(f"Bits Stored is {stored}, outside 1 to Bits Allocated {bits}; re-export the file "
+                         "from its source")
+    if _number(ds, "PixelRepresentation", 0) not in (0, 1):
+        raise DicomError(f"Pixel Representation is {ds.PixelRepresentation}, neither 0 (unsigned) nor 1 (signed); "
+                         "re-export the file from its source")
+    frames = _number(ds, "NumberOfFrames", 1)
+    if frames != 1:
+        raise DicomError(f"the header declares {frames} frames; vinbig converts single-frame radiographs: "
+                         "split the file into one file per frame")
+    return (rows * cols + 7) // 8 if bits == 1 else rows * cols * bits // 8
+
+
+def _inflate(fp, path: Path, file_meta) -> pydicom.Dataset:
+    """The data set of a Deflated file, inflated only as far as its header allows: the header (at most 4 MB) is
+    inflated and checked first, then the rest up to the pixel data it declares. pydicom inflates the whole stream
+    at once, which lets a 1 MB file declare gigabytes."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    try:
+        start = 132 + 12 + int(file_meta.FileMetaInformationGroupLength)  # preamble, 'DICM', the group length
+    except (AttributeError, TypeError, ValueError):
+        raise DicomError("a Deflated file without File Meta Information Group Length (0002,0000); re-export "
+                         "the file") from None
+    preamble = fp.read(128)
+    fp.seek(start)
+    zipped = fp.read()
+
+    def parse(limit: int, stop_when=None) -> tuple[pydicom.Dataset, bool]:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(zipped, limit)
+        except zlib.error as e:
+            raise DicomError(f"the Deflated data set is corrupt ({e}); copy or download the file again") from None
+        more = bool(inflater.unconsumed_tail)
+        return read_dataset(DicomBytesIO(data), False, True, stop_when=stop_when), more
+
+    header, _ = parse(_HEADER_BYTES, lambda tag, vr, length: tag in (0x7FE00008, 0x7FE00009, 0x7FE00010))
+    need = check_header(header)
+    dataset, more = parse(_HEADER_BYTES + need + _SLACK_BYTES)
+    if more:
+        raise DicomError(f"the Deflated data set inflates to more than the {need} bytes of pixel data its header "
+                         "declares; re-export the file from its source")
+    return pydicom.FileDataset(str(path), dataset, preamble, file_meta, is_implicit_VR=False,
+                               is_little_endian=True)
+
+
+def _open(path: Path) -> pydicom.Dataset:
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        file_meta = read_file_meta_info(path)
+        if file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            with open(path, "rb") as fp:
+                ds = _inflate(fp, path, file_meta)
+        else:
+            ds = pydicom.dcmread(path)
     except InvalidDicomError:
         raise DicomError("not a DICOM file: no 'DICM' prefix or File Meta Information; check that it is a "
                          "complete DICOM Part 10 file") from None
@@ -77,11 +190,7 @@ def _open(path: Path) -> pydicom.Dataset:
     if "PixelData" not in ds:
         raise DicomError("no Pixel Data element (7FE0,0010): the file is truncated or holds no image; "
                          "copy or download it again")
-    samples = int(ds.get("SamplesPerPixel", 1))
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError(f"not a greyscale radiograph (SamplesPerPixel {samples}, "
-                         f"PhotometricInterpretation {photometric or 'missing'})")
+    check_header(ds)
     return ds
 
 
@@ -159,13 +268,123 @@ def _check_native_length(ds: pydicom.Dataset) -> None:
                      "re-export the file from its source")
 
 
+class _Frame(NamedTuple):
+    """The image a codestream's frame header declares."""
+
+    rows: int
+    columns: int
+    components: int
+    precision: int
+    tiles: int = 1  # JPEG 2000: the decoder sets up every tile's structures before it decodes any
+
+
+# The most tiles a JPEG 2000 codestream may split its image into: OpenJPEG takes about 11 KB for each (a 3 KB file of
+# 255 x 255 tiles of one pixel took 740 MB); encoders write one tile, or tiles of 256 pixels and more (168 for a
+# 3000 x 3500 radiograph).
+MAX_TILES = 4096
+# JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15, JPEG-LS SOF55 (0xF7) and the DHP of hierarchical JPEG (0xDE), which
+# all declare precision, rows, columns and components alike
+_JPEG_FRAME_CODES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7,
+                               0xDE})
+
+
+def _jpeg_frames(src: bytes) -> list[_Frame]:
+    """Every frame header of a JPEG or JPEG-LS codestream (ISO 10918-1 B.2, 14495-1 C.2): its marker segments are
+    walked by their lengths, and the entropy-coded data between them skipped as a decoder skips it (0xFF followed by
+    0x00 or a restart marker in JPEG, by a byte below 0x80 in JPEG-LS, is data)."""
+    if src[:2] != b"\xff\xd8":
+        raise DicomError("the JPEG pixel data does not start with an SOI marker; copy or download the file again")
+    frames, pos, jpeg_ls = [], 2, False
+    while (pos := src.find(b"\xff", pos)) >= 0 and pos + 4 <= len(src):
+        code = src[pos + 1]
+        if code == 0xFF:  # a fill byte before a marker
+            pos += 1
+            continue
+        if code in (0x00, 0x01) or 0xD0 <= code <= 0xD7 or (jpeg_ls and code < 0x80):  # data, TEM or RSTn
+            pos += 2
+            continue
+        if code == 0xD9:  # EOI
+            break
+        if code in _JPEG_FRAME_CODES and pos + 10 <= len(src):
+            rows, columns = struct.unpack_from(">HH", src, pos + 5)
+            frames.append(_Frame(rows, columns, src[pos + 9], src[pos + 4]))
+            jpeg_ls = jpeg_ls or code == 0xF7
+        elif code == 0xF8 and src[pos + 4:pos + 5] == b"\x04":  # JPEG-LS LSE 4: sizes beyond 65535
+            raise DicomError("the JPEG-LS codestream declares its image size in an oversize-dimension (LSE) "
+                             "segment, beyond the 65535 rows or columns a DICOM header can hold; re-export the file")
+        pos += 2 + int.from_bytes(src[pos + 2:pos + 4], "big")
+    return frames
+
+
+def _j2k_frame(src: bytes) -> _Frame:
+    """The image the SIZ marker of a JPEG 2000 codestream declares (ISO 15444-1 A.5.1), in a JP2 file's codestream
+    box where the frame is a JP2 file (which DICOM forbids, but decoders read)."""
+    start = 0 if src[:2] == b"\xff\x4f" else None
+    if src[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":
+        pos = 0
+        while start is None and pos + 8 <= len(src):
+            length, kind = struct.unpack_from(">I4s", src, pos)
+            head = 8
+            if length == 1 and pos + 16 <= len(src):  # an 8-byte box length follows the type
+                length, head = struct.unpack_from(">Q", src, pos + 8)[0], 16
+            if kind == b"jp2c":
+                start = pos + head
+            elif length < head:  # 0: the last box, which runs to the end
+                break
+            pos += length
+    if start is None or src[start:start + 4] != b"\xff\x4f\xff\x51" or len(src) < start + 43:
+        raise DicomError("the JPEG 2000 pixel data does not start with an SOC and a SIZ marker; copy or download "
+                         "the file again")
+    width, height, x0, y0, tile_width, tile_height, tx0, ty0 = struct.unpack_from(">8I", src, start + 8)
+    components = struct.unpack_from(">H", src, start + 40)[0]
+    tiles = -(-(width - tx0) // tile_width) * -(-(height - ty0) // tile_height) if tile_width and tile_height else 0
+    return _Frame(height - y0, width - x0, components, (src[start + 42] & 0x7F) + 1, tiles)
+
+
+def _check_codestream(ds: pydicom.Dataset) -> None:
+    """A compressed frame must declare in its codestream the image of the header, before it is decoded: decoders
+    allocate what the codestream declares (a 1 KB file whose JPEG 2000 SIZ or JPEG SOF says 30000 x 30000 takes
+    gigabytes), and only then would the decoded shape be compared. RLE decodes to the header's Rows x Columns."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless
+
+    ts = ds.file_meta.TransferSyntaxUID
+    if not ts.is_encapsulated or ts == RLELossless:
+        return
+    if ts not in JPEG2000TransferSyntaxes + JPEGTransferSyntaxes + JPEGLSTransferSyntaxes:
+        raise _unsupported(ts)  # a decoder vinbig cannot bound
+    try:  # the first frame, as pydicom's decoders take it
+        extended = ((ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths) if "ExtendedOffsetTable" in ds
+                    else None)
+        src = next(generate_frames(ds.PixelData, number_of_frames=1, extended_offsets=extended))
+    except (StopIteration, ValueError, TypeError, AttributeError, EOFError, struct.error) as e:
+        raise DicomError(f"the encapsulated pixel data is truncated or corrupt ({e or 'no frame'}); copy or "
+                         "download the file again") from None
+    frames = [_j2k_frame(src)] if ts in JPEG2000TransferSyntaxes else _jpeg_frames(src)
+    if not frames:
+        raise DicomError("the JPEG pixel data holds no frame header (SOF marker); copy or download the file again")
+    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    for frame in frames:
+        if (frame.rows, frame.columns, frame.components) != (rows, columns, 1) or not 1 <= frame.precision <= bits:
+            raise DicomError(f"the {ts.name} codestream declares {frame.rows} x {frame.columns} pixels "
+                             f"({frame.components} component(s) of {frame.precision} bits), but the header Rows "
+                             f"{rows} x Columns {columns} (1 sample of {bits} bits allocated): the file is corrupt "
+                             "or forged; re-export it from its source")
+        if not 1 <= frame.tiles <= MAX_TILES:
+            raise DicomError(f"the {ts.name} codestream splits its image into {frame.tiles} tiles; vinbig decodes at "
+                             f"most {MAX_TILES} (the decoder takes memory for each): re-export the file with one tile "
+                             "or larger ones")
+
+
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
     ts = ds.file_meta.TransferSyntaxUID
     _check_native_length(ds)
+    _check_codestream(ds)
     try:
         # native data: a read-only view on the bytes read, not a copy; the unused high bits are cleared by
-        # _clear_unused_bits, only when some pixel sets them
-        ds.pixel_array_options(view_only=True, correct_unused_bits=False)
+        # _clear_unused_bits, only when some pixel sets them; one frame only, however many the encapsulated data
+        # holds (by default pydicom decodes every further one its offset table lists, and appends it)
+        ds.pixel_array_options(view_only=True, correct_unused_bits=False, allow_excess_frames=False)
         arr = ds.pixel_array
     except NotImplementedError:
         raise _unsupported(ts) from None
@@ -204,9 +423,10 @@ def _clear_unused_bits(ds: pydicom.Dataset, arr: np.ndarray, low: int, high: int
 _OPENCV_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))  # unsigned, in the machine's byte order
 
 
-def _opencv_lut(arr: np.ndarray, offset: int) -> bool:
+def _opencv_lut(arr: np.ndarray, offset: int | np.ndarray) -> bool:
     """Whether OpenCV's LUT maps this image exactly: unsigned 8 or 16 bits indexing the table directly."""
-    return offset == 0 and arr.dtype in _OPENCV_DTYPES and (arr.dtype.itemsize == 1 or _opencv_lut16())
+    return (not isinstance(offset, np.ndarray) and offset == 0 and arr.dtype in _OPENCV_DTYPES
+            and (arr.dtype.itemsize == 1 or _opencv_lut16()))
 
 
 _LUT16: list[bool] = []
@@ -226,8 +446,38 @@ def _opencv_lut16() -> bool:
     return _LUT16[0]
 
 
-def _histogram(arr: np.ndarray, offset: int, entries: int) -> np.ndarray:
-    """How many pixels hold each stored value `offset` .. `offset + entries - 1` (int64, exact)."""
+_CHUNK = 1 << 17  # pixels per numpy gather: its int64 copy of the indices stays in the CPU cache
+TABLE_ENTRIES = 1 << 16  # the most entries of a VOI table: every stored value of 16-bit data
+
+
+def _pieces(arr: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, piece)``: the pixels of `arr`, flattened, in pieces of _CHUNK."""
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        yield start, flat[start:start + _CHUNK]
+
+
+def _distinct(arr: np.ndarray, value_range: tuple[int, int]) -> np.ndarray:
+    """The sorted distinct values of `arr`, a piece at a time (no sorted copy of the image); a DicomError when there
+    are more than a table holds."""
+    values = np.empty(0, arr.dtype)
+    for _, piece in _pieces(arr):
+        values = np.union1d(values, piece)
+        if values.size > TABLE_ENTRIES:
+            raise DicomError(f"the pixel data holds more than {TABLE_ENTRIES} distinct values (from {value_range[0]} "
+                             f"to {value_range[1]}); vinbig maps at most 16 bits of distinct values: re-export the "
+                             "file with at most 16 bits stored")
+    return values
+
+
+def _histogram(arr: np.ndarray, offset: int | np.ndarray, entries: int) -> np.ndarray:
+    """How many pixels hold each stored value `offset` .. `offset + entries - 1`, or each of the sorted values
+    `offset` (int64, exact)."""
+    if isinstance(offset, np.ndarray):
+        counts = np.zeros(entries, np.int64)
+        for _, piece in _pieces(arr):
+            counts += np.bincount(np.searchsorted(offset, piece), minlength=entries)
+        return counts
     if offset == 0 and arr.dtype in _OPENCV_DTYPES and arr.size < 2**24:
         import cv2
 
@@ -237,11 +487,10 @@ def _histogram(arr: np.ndarray, offset: int, entries: int) -> np.ndarray:
     return np.bincount(flat, minlength=entries)
 
 
-_CHUNK = 1 << 17  # pixels per numpy gather: its int64 copy of the indices stays in the CPU cache
-
-
-def apply_lut(lut: np.ndarray, offset: int, arr: np.ndarray) -> np.ndarray:
-    """``lut[arr - offset]``, the 8-bit image: one OpenCV LUT call, else numpy gathers over cache-sized pieces."""
+def apply_lut(lut: np.ndarray, offset: int | np.ndarray, arr: np.ndarray) -> np.ndarray:
+    """``lut[arr - offset]``, the 8-bit image: one OpenCV LUT call, else numpy gathers over cache-sized pieces. When
+    `offset` is the sorted array of the values the table holds (:func:`voi_lut` for a wide value range), each pixel
+    takes the entry of its value."""
     if _opencv_lut(arr, offset):
         import cv2
 
@@ -249,10 +498,13 @@ def apply_lut(lut: np.ndarray, offset: int, arr: np.ndarray) -> np.ndarray:
         table[:lut.size] = lut
         return cv2.LUT(arr, table)
     out = np.empty(arr.shape, np.uint8)
-    src, dst = arr.reshape(-1), out.reshape(-1)
-    for start in range(0, src.size, _CHUNK):
-        index = src[start:start + _CHUNK]
-        np.take(lut, index if offset == 0 else index.astype(np.int64) - offset, out=dst[start:start + _CHUNK])
+    dst = out.reshape(-1)
+    for start, index in _pieces(arr):
+        if isinstance(offset, np.ndarray):
+            index = np.searchsorted(offset, index)
+        elif offset != 0:
+            index = index.astype(np.int64) - offset
+        np.take(lut, index, out=dst[start:start + index.size])
     return out
 
 
@@ -289,16 +541,21 @@ def _percentile_window(values: np.ndarray, counts: np.ndarray, percentiles) -> t
 def voi_lut(ds: pydicom.Dataset, arr: np.ndarray, *, voi: str = "auto", percentiles=(0.5, 99.5),
             value_range: tuple[int, int] | None = None) -> tuple[np.ndarray, int, str, float, float]:
     """The 8-bit lookup table for the stored values of `arr` (whose minimum and maximum are `value_range`, when
-    the caller has them).
+    the caller has them): every value from the minimum (0 for unsigned data) to the maximum, or, where that range is
+    wider than TABLE_ENTRIES (32-bit data), the distinct values of the image.
 
-    Returns ``(lut, offset, voi_used, window_low, window_high)``: the pixels are ``lut[arr - offset]``
-    (:func:`apply_lut`).
+    Returns ``(lut, offset, voi_used, window_low, window_high)``: the pixels are ``lut[arr - offset]``, or, for a
+    table of distinct values, `offset` is their sorted array (:func:`apply_lut` maps both).
     """
     if voi not in VOI_MODES:
         raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
     low_value, high_value = value_range or (int(arr.min()), int(arr.max()))
     offset = min(low_value, 0)  # unsigned data indexes the table directly
-    stored = np.arange(offset, high_value + 1, dtype=np.int64)
+    if high_value - offset < TABLE_ENTRIES:
+        stored = np.arange(offset, high_value + 1, dtype=np.int64)
+    else:  # a table over every value up to the maximum could take gigabytes (a 32-bit pixel at 2**27)
+        offset = _distinct(arr, (low_value, high_value))
+        stored = offset.astype(np.int64)
     modality_raw = apply_modality_lut(stored, ds)  # integers unless slope/intercept make them float
     modality = np.asarray(modality_raw, dtype=np.float64)
 

@@ -4,6 +4,10 @@ ahead in threads while the caller works on the current one.
 A worker process that dies (the out-of-memory killer, a signal, a crash in a native library) ends the map
 with a :class:`WorkerDiedError` at once: the pool never waits for the lost task. What the caller already
 received is the caller's to keep (``vinbig images`` keeps every image converted, and a rerun continues).
+
+Signals are the parent's to handle: workers ignore SIGINT, SIGTERM and SIGHUP (the command line turns them into
+an interrupt that stops the pool, :func:`vinbig.app.cli.main`), and a worker whose parent is gone (killed with
+SIGKILL) exits within a second, so that no worker outlives its command or keeps its output pipe open.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -29,10 +34,23 @@ def n_workers(workers: int, n_items: int) -> int:
     return max(1, min(workers or os.cpu_count() or 1, n_items))
 
 
-def _init_worker() -> None:
-    # Ctrl-C reaches the whole process group: only the parent handles it (and stops the workers), so that an
-    # interrupted run says so rather than that a worker died
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_PARENT_CHECK_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once its parent is gone (reparented: killed with SIGKILL, which no handler sees)."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_CHECK_S)
+    os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    # Ctrl-C reaches the whole process group, a scheduler may signal every process: only the parent handles the
+    # signals (and stops the workers), so that an interrupted run says so rather than that a worker died
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
     import cv2
 
     cv2.setNumThreads(1)  # one OpenCV thread per process: the processes are the parallelism
@@ -134,7 +152,7 @@ def process_map(fn: Callable, items: Sequence, workers: int, *, ordered: bool = 
         yield map(fn, items), 1
         return
     executor = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
+                                   initializer=_init_worker, initargs=(os.getpid(),))
     known: dict = {}  # pid -> Process: the pool forgets its processes once one died
     state = {"complete": False}
     try:

@@ -9,9 +9,12 @@ subcommands. A command names the config sections it uses: every key of those sec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -95,12 +98,42 @@ def run(args: argparse.Namespace) -> int:
     return outcome.code
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, ``docker stop``, a job scheduler, a closed terminal), raised as Ctrl-C is:
+    the command stops its process pool and keeps what it finished."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame) -> None:
+    for other in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(other, signal.SIG_DFL)  # a second signal ends the process at once (its workers follow it)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM and SIGHUP raise :class:`Stopped` in the main thread while the command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(-1 if args.quiet else args.verbose)
     try:
-        return run(args)
+        with _signals_as_interrupts():
+            return run(args)
     except VinbigError as e:
         logger.error("%s", e)
         return 2
@@ -109,9 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("cannot read or write%s: %s; check the path, its permissions and the free disk space",
                      where, e.strerror or e)
         return 2
-    except KeyboardInterrupt:
-        logger.error("interrupted; rerun the same command to continue")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C: 130; SIGTERM: 143; SIGHUP: 129 (128 + the signal, as a shell reports it)
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        logger.error("%s; what finished is kept (converted images, a training's last epoch): rerun the same command "
+                     "to go on from there (training: with --resume); a command that writes one file at the end "
+                     "(predictions, fuse, tune, report) starts that file over", how)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ from typing import Iterator, Mapping, Sequence
 
 from vinbig import log
 from vinbig.artifacts import (BOX, CLASS_NAMES, DEFAULT_RUN, DETECTOR_PRED_COLUMNS, DICOM_SUFFIXES, ERROR_COLUMNS,
-                              NO_FINDING, Work, atomic_path, check_writable, config_path, train_command, write_csv,
-                              write_fix, writing)
+                              NO_FINDING, Work, atomic_path, check_writable, config_path, images_command, train_command,
+                              write_csv, write_fix, writing)
 from vinbig.app.kaggle import EXPORT_CONFIG  # written last by 'vinbig export': it marks a complete export
 from vinbig.errors import ArtifactError, UserError
 from vinbig.manifest import Manifest
@@ -116,8 +116,13 @@ def config_files(root: Path, run: Mapping[str, str] | None = None) -> list[Path]
     if model_kind(root) == "export":
         files = [root / EXPORT_CONFIG]
     else:
-        files = [config_path(Work(root).images("train"), "images")]
-        files += [_saved(root, stage, (run or {}).get(stage)) for stage in STAGES]
+        images = config_path(Work(root).images("train"), "images")
+        if not images.is_file() and run is None:
+            logger.warning("%s not found (the settings the training PNGs were converted with): new DICOMs are "
+                           "converted with the config's images settings, which may differ from training's; finish "
+                           "'%s' or give the --set images.... of training", images,
+                           images_command(Work(root).images("train")))
+        files = [images, *(_saved(root, stage, (run or {}).get(stage)) for stage in STAGES)]
     files.append(Work(root).fusion_config)
     return [f for f in files if f is not None and f.is_file()]
 

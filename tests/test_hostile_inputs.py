@@ -489,3 +489,108 @@ def test_an_offset_table_listing_more_frames_than_the_header_decodes_one(tmp_pat
     ds.save_as(path, enforce_file_format=False)
     np.testing.assert_array_equal(convert(path, size=40)[1], convert(make_dicom(tmp_path / "p.dcm", pixels),
                                                                       size=40)[1])
+
+
+# --------------------------------------------------------------------------- JPEG 2000 coding that takes gigabytes
+
+
+def _cod(levels: int, block: tuple[int, int], precincts, layers: int = 1, coc: bool = False) -> bytes:
+    """A COD marker segment (or a COC of component 0) of a reversible 5-3 codestream (ISO 15444-1 A.6.1, A.6.2):
+    code-blocks of 2**block[0] x 2**block[1], precincts 2**px x 2**py for each resolution (None: the default)."""
+    style = bytes([1 if precincts else 0])
+    body = (b"\0" + style if coc else style + b"\0" + struct.pack(">H", layers) + b"\0")
+    body += bytes([levels, block[0] - 2, block[1] - 2, 0, 1]) + bytes(py << 4 | px for px, py in precincts or ())
+    return (b"\xff\x53" if coc else b"\xff\x52") + struct.pack(">H", 2 + len(body)) + body
+
+
+def j2k(rows: int, cols: int, *, block=(6, 6), precincts=None, layers: int = 1, levels: int = 5, tile: int = 0,
+        where: str = "cod") -> bytes:
+    """A hand-made JPEG 2000 codestream of `rows` x `cols` zeros (12 bits, tiles of `tile` pixels, else one) whose
+    coding style is set in the main header's COD (`where` "cod") or COC ("coc"), or in each tile-part header's COD
+    ("tile-cod") or COC ("tile-coc"); a few hundred bytes, whatever its size."""
+    tile_w, tile_h = (tile, tile) if tile else (cols, rows)
+    siz = b"\xff\x51" + struct.pack(">HH8IH3B", 41, 0, cols, rows, 0, 0, tile_w, tile_h, 0, 0, 1, 11, 1, 1)
+    qcd = b"\xff\x5c" + struct.pack(">H", 4 + 3 * levels) + b"\x40" + b"\x68" * (3 * levels + 1)
+    style = _cod(levels, block, precincts, layers, coc=where.endswith("coc"))
+    main = b"\xff\x4f" + siz + (style if where == "cod" else _cod(levels, (6, 6), None, layers))
+    main += style if where == "coc" else b""
+    parts = b""
+    for index in range(-(-rows // tile_h) * -(-cols // tile_w)):
+        body = (style if where.startswith("tile") else b"") + b"\xff\x93" + bytes(12)  # empty packets
+        parts += b"\xff\x90" + struct.pack(">HHIBB", 10, index, 12 + len(body), 0, 1) + body
+    return main + qcd + parts + b"\xff\xd9"
+
+
+def j2k_dicom(path: Path, rows: int, cols: int, **coding) -> Path:
+    return header_only(path, j2k(rows, cols, **coding), JPEG2000Lossless, Rows=rows, Columns=cols)
+
+
+FOUR = ((2, 2),) * 6  # precincts of 4 x 4 in every resolution: code-blocks of 2 x 2 in the bands
+
+
+@pytest.mark.parametrize("coding, words", [
+    (dict(block=(2, 2)), "in code-blocks of 4 x 4 and precincts down to 32768 x 32768: about 3"),
+    (dict(block=(2, 2), where="coc"), "in code-blocks of 4 x 4"),
+    (dict(block=(2, 2), where="tile-cod"), "in code-blocks of 4 x 4"),
+    (dict(block=(2, 2), where="tile-coc", tile=5000), "tiles of 5000 x 5000 pixels in code-blocks of 4 x 4"),
+    (dict(precincts=FOUR), "code-blocks of 64 x 64 and precincts down to 4 x 4"),
+    (dict(precincts=FOUR, where="tile-coc"), "precincts down to 4 x 4"),
+    (dict(block=(10, 2), precincts=((1, 15),) + ((2, 15),) * 5), "code-blocks of 1024 x 4 and precincts down to 4 x"),
+    (dict(layers=65535, precincts=((7, 7),) * 6), "declares 65535 quality layers of up to 3136 precincts in each of 6 "
+                                                  "resolutions (a packet index of 1233125376 entries); vinbig decodes "
+                                                  "at most 16777216"),
+    (dict(layers=300, precincts=((5, 5),) * 33, levels=32), "300 quality layers of up to 48400 precincts"),
+], ids=["blocks", "coc", "tile-part", "tile-part-coc", "precincts", "tile-part-precincts", "thin", "layers", "levels"])
+def test_jpeg2000_coding_styles_that_take_gigabytes_are_refused_before_decoding(tmp_path, monkeypatch, coding, words):
+    path = j2k_dicom(tmp_path / "x.dcm", 7000, 7000, **coding)
+    assert path.stat().st_size < 2000
+
+    def not_decoded(*args, **kwargs):
+        raise AssertionError("the pixel data was decoded")
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(not_decoded))
+    with pytest.raises(DicomError) as e:
+        convert(path, size=64)
+    assert words in str(e.value)
+    assert "re-encode the file with" in str(e.value)
+
+
+@pytest.mark.parametrize("coding", [
+    dict(), dict(block=(5, 5)), dict(block=(2, 2), tile=1024), dict(layers=65535),
+    dict(precincts=((7, 7),) + ((8, 8),) * 5, layers=20),
+], ids=["default", "32x32", "tiles-of-4x4-blocks", "layers", "kakadu-precincts"])
+def test_jpeg2000_coding_styles_of_real_encoders_decode(tmp_path, coding):
+    # tiny code-blocks in tiles that hold few of them, many layers of the default precincts, precincts of 128 and 256
+    _, image = convert(j2k_dicom(tmp_path / "x.dcm", 2000, 1500, **coding), size=64)
+    assert image.shape == (64, 48)
+
+
+def test_jpeg2000_coding_styles_that_declare_gigabytes_are_listed_and_memory_stays_bounded(dicom_factory, tmp_path):
+    src = tmp_path / "src"
+    dicom_factory("good.dcm", noisy())
+    compressed(src / "good_j2k.dcm", noisy(seed=3), JPEG2000Lossless)
+    j2k_dicom(src / "small_blocks.dcm", 60, 50, block=(2, 2), precincts=FOUR)  # few code-blocks, however small
+    # each of these made OpenJPEG allocate 1.8 to 5 GB (or fail at the test's 4 GB cap) from a file of under 1 KB
+    j2k_dicom(src / "blocks.dcm", 7000, 7000, block=(2, 2))
+    j2k_dicom(src / "tile_part.dcm", 7000, 7000, block=(2, 2), where="tile-cod")
+    j2k_dicom(src / "precincts.dcm", 3000, 3000, precincts=((1, 1),) * 6)
+    j2k_dicom(src / "layers.dcm", 7000, 7000, layers=65535, precincts=((7, 7),) * 6)
+    assert all(p.stat().st_size < 100_000 for p in src.iterdir())
+    out = tmp_path / "out"
+
+    done = subprocess.run([sys.executable, "-c", MEASURED, "images", "--src", str(src), "--out", str(out),
+                           "--size", "32", "--workers", "1", "-q"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    code, peak_kb = map(int, done.stdout.split())
+    assert code == 1, done.stderr
+    assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
+    assert "Traceback" not in done.stderr
+    errors = pd.read_csv(out / "errors.csv")
+    reasons = dict(zip(errors.image_id, errors.reason))
+    assert set(reasons) == {"blocks", "tile_part", "precincts", "layers"}
+    assert reasons["blocks"].startswith("the JPEG 2000 Image Compression (Lossless Only) codestream codes its tiles "
+                                        "of 7000 x 7000 pixels in code-blocks of 4 x 4")
+    assert "vinbig decodes at most 1000000" in reasons["tile_part"]
+    assert "precincts down to 2 x 2" in reasons["precincts"]
+    assert "65535 quality layers" in reasons["layers"]
+    assert sorted(pd.read_csv(out / "meta.csv").image_id) == ["good", "good_j2k", "small_blocks"]

@@ -15,10 +15,10 @@ error that lists the supported ones. Uncompressed pixel data must have the lengt
 
 Every file is bounded before its pixel data is decoded (:func:`check_header`): one greyscale frame of at most
 :data:`MAX_PIXELS` at 1, 8, 16 or 32 bits allocated; a Deflated data set is inflated no further than its header
-declares; a compressed frame must declare in its codestream (JPEG SOF, JPEG 2000 SIZ) the size of the header, in at
-most :data:`MAX_TILES` tiles, and only the one frame the header declares is decoded; and 32-bit data whose values span
-more than a table's 65,536 entries is mapped through a table of its distinct values (at most 65,536), so that no input
-of a few MB makes vinbig allocate gigabytes.
+declares; a compressed frame must declare in its codestream the size of the header, within the limits of
+:mod:`vinbig.codestream`, and only the one frame the header declares is decoded; and 32-bit data whose values span
+more than a table's 65,536 entries is mapped through a table of its distinct values (at most 65,536), so that no
+input of a few MB makes vinbig allocate gigabytes.
 
 The header parsed on the way is kept (:attr:`Pixels.header`, without its pixel data), and :func:`convert` is the
 whole conversion of ``vinbig images`` up to the PNG: read, then resized to the long side asked for.
@@ -26,16 +26,17 @@ whole conversion of ``vinbig images`` up to the PNG: read, then resized to the l
 
 from __future__ import annotations
 
-import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
+
+from vinbig.codestream import CodestreamError, UnboundedCodestream, check_codestream
 
 VOI_MODES = ("auto", "percentile")
 # the first pixel data tag pydicom's stop_before_pixels stops at (Float Pixel Data; then Double Float and Pixel Data)
@@ -268,118 +269,15 @@ def _check_native_length(ds: pydicom.Dataset) -> None:
                      "re-export the file from its source")
 
 
-class _Frame(NamedTuple):
-    """The image a codestream's frame header declares."""
-
-    rows: int
-    columns: int
-    components: int
-    precision: int
-    tiles: int = 1  # JPEG 2000: the decoder sets up every tile's structures before it decodes any
-
-
-# The most tiles a JPEG 2000 codestream may split its image into: OpenJPEG takes about 11 KB for each (a 3 KB file of
-# 255 x 255 tiles of one pixel took 740 MB); encoders write one tile, or tiles of 256 pixels and more (168 for a
-# 3000 x 3500 radiograph).
-MAX_TILES = 4096
-# JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15, JPEG-LS SOF55 (0xF7) and the DHP of hierarchical JPEG (0xDE), which
-# all declare precision, rows, columns and components alike
-_JPEG_FRAME_CODES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7,
-                               0xDE})
-
-
-def _jpeg_frames(src: bytes) -> list[_Frame]:
-    """Every frame header of a JPEG or JPEG-LS codestream (ISO 10918-1 B.2, 14495-1 C.2): its marker segments are
-    walked by their lengths, and the entropy-coded data between them skipped as a decoder skips it (0xFF followed by
-    0x00 or a restart marker in JPEG, by a byte below 0x80 in JPEG-LS, is data)."""
-    if src[:2] != b"\xff\xd8":
-        raise DicomError("the JPEG pixel data does not start with an SOI marker; copy or download the file again")
-    frames, pos, jpeg_ls = [], 2, False
-    while (pos := src.find(b"\xff", pos)) >= 0 and pos + 4 <= len(src):
-        code = src[pos + 1]
-        if code == 0xFF:  # a fill byte before a marker
-            pos += 1
-            continue
-        if code in (0x00, 0x01) or 0xD0 <= code <= 0xD7 or (jpeg_ls and code < 0x80):  # data, TEM or RSTn
-            pos += 2
-            continue
-        if code == 0xD9:  # EOI
-            break
-        if code in _JPEG_FRAME_CODES and pos + 10 <= len(src):
-            rows, columns = struct.unpack_from(">HH", src, pos + 5)
-            frames.append(_Frame(rows, columns, src[pos + 9], src[pos + 4]))
-            jpeg_ls = jpeg_ls or code == 0xF7
-        elif code == 0xF8 and src[pos + 4:pos + 5] == b"\x04":  # JPEG-LS LSE 4: sizes beyond 65535
-            raise DicomError("the JPEG-LS codestream declares its image size in an oversize-dimension (LSE) "
-                             "segment, beyond the 65535 rows or columns a DICOM header can hold; re-export the file")
-        pos += 2 + int.from_bytes(src[pos + 2:pos + 4], "big")
-    return frames
-
-
-def _j2k_frame(src: bytes) -> _Frame:
-    """The image the SIZ marker of a JPEG 2000 codestream declares (ISO 15444-1 A.5.1), in a JP2 file's codestream
-    box where the frame is a JP2 file (which DICOM forbids, but decoders read)."""
-    start = 0 if src[:2] == b"\xff\x4f" else None
-    if src[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":
-        pos = 0
-        while start is None and pos + 8 <= len(src):
-            length, kind = struct.unpack_from(">I4s", src, pos)
-            head = 8
-            if length == 1 and pos + 16 <= len(src):  # an 8-byte box length follows the type
-                length, head = struct.unpack_from(">Q", src, pos + 8)[0], 16
-            if kind == b"jp2c":
-                start = pos + head
-            elif length < head:  # 0: the last box, which runs to the end
-                break
-            pos += length
-    if start is None or src[start:start + 4] != b"\xff\x4f\xff\x51" or len(src) < start + 43:
-        raise DicomError("the JPEG 2000 pixel data does not start with an SOC and a SIZ marker; copy or download "
-                         "the file again")
-    width, height, x0, y0, tile_width, tile_height, tx0, ty0 = struct.unpack_from(">8I", src, start + 8)
-    components = struct.unpack_from(">H", src, start + 40)[0]
-    tiles = -(-(width - tx0) // tile_width) * -(-(height - ty0) // tile_height) if tile_width and tile_height else 0
-    return _Frame(height - y0, width - x0, components, (src[start + 42] & 0x7F) + 1, tiles)
-
-
-def _check_codestream(ds: pydicom.Dataset) -> None:
-    """A compressed frame must declare in its codestream the image of the header, before it is decoded: decoders
-    allocate what the codestream declares (a 1 KB file whose JPEG 2000 SIZ or JPEG SOF says 30000 x 30000 takes
-    gigabytes), and only then would the decoded shape be compared. RLE decodes to the header's Rows x Columns."""
-    from pydicom.encaps import generate_frames
-    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless
-
-    ts = ds.file_meta.TransferSyntaxUID
-    if not ts.is_encapsulated or ts == RLELossless:
-        return
-    if ts not in JPEG2000TransferSyntaxes + JPEGTransferSyntaxes + JPEGLSTransferSyntaxes:
-        raise _unsupported(ts)  # a decoder vinbig cannot bound
-    try:  # the first frame, as pydicom's decoders take it
-        extended = ((ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths) if "ExtendedOffsetTable" in ds
-                    else None)
-        src = next(generate_frames(ds.PixelData, number_of_frames=1, extended_offsets=extended))
-    except (StopIteration, ValueError, TypeError, AttributeError, EOFError, struct.error) as e:
-        raise DicomError(f"the encapsulated pixel data is truncated or corrupt ({e or 'no frame'}); copy or "
-                         "download the file again") from None
-    frames = [_j2k_frame(src)] if ts in JPEG2000TransferSyntaxes else _jpeg_frames(src)
-    if not frames:
-        raise DicomError("the JPEG pixel data holds no frame header (SOF marker); copy or download the file again")
-    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    for frame in frames:
-        if (frame.rows, frame.columns, frame.components) != (rows, columns, 1) or not 1 <= frame.precision <= bits:
-            raise DicomError(f"the {ts.name} codestream declares {frame.rows} x {frame.columns} pixels "
-                             f"({frame.components} component(s) of {frame.precision} bits), but the header Rows "
-                             f"{rows} x Columns {columns} (1 sample of {bits} bits allocated): the file is corrupt "
-                             "or forged; re-export it from its source")
-        if not 1 <= frame.tiles <= MAX_TILES:
-            raise DicomError(f"the {ts.name} codestream splits its image into {frame.tiles} tiles; vinbig decodes at "
-                             f"most {MAX_TILES} (the decoder takes memory for each): re-export the file with one tile "
-                             "or larger ones")
-
-
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
     ts = ds.file_meta.TransferSyntaxUID
     _check_native_length(ds)
-    _check_codestream(ds)
+    try:
+        check_codestream(ds)
+    except UnboundedCodestream:
+        raise _unsupported(ts) from None
+    except CodestreamError as e:
+        raise DicomError(str(e)) from None
     try:
         # native data: a read-only view on the bytes read, not a copy; the unused high bits are cleared by
         # _clear_unused_bits, only when some pixel sets them; one frame only, however many the encapsulated data

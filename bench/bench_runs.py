@@ -47,7 +47,7 @@ def equal_weights(work: Path, data: Path, cfg_path: Path) -> dict:
     """OOF and test mAP of the ensemble with every run weight 1 (tuned WBF and gate values otherwise)."""
     from fusion import fusion_config, score_oof
     from vinbig.app.cli import main
-    from vinbig.metric import score_files
+    from vinbig.submission import score_files
 
     equal = "fusion.run_weights={" + ", ".join(f"{r}: 1" for r in RUNS) + "}"
     out = work / "submission_equal.csv"

@@ -48,7 +48,7 @@ import yaml
 
 from vinbig.artifacts import (BOX, CLASS_NAMES, DEFAULT_RUN, NO_FINDING, Work, check_fold, check_outside_boxes,
                               folds_command, meta_path, png_path, read_folds, read_labels, read_meta, read_readers)
-from vinbig.boxes import clip
+from vinbig.boxes import place_boxes
 from vinbig.errors import ArtifactError, ConfigError, UserError
 from vinbig.log import some
 from vinbig.manifest import MANIFEST, Manifest
@@ -84,58 +84,63 @@ def label_text(class_ids, boxes, width: float, height: float) -> str:
                    for c, row in zip(class_ids, xywhn))
 
 
-_SLACK = 1e-3  # px: labels.csv is rounded to 1/1000 px, so an edge this far out is on the image
 _LISTED = 20  # boxes an error message lists
 
 
 def training_boxes(labels: pd.DataFrame, meta: pd.DataFrame, outside_boxes: str = "error",
                    work: Work | None = None, source: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The finding boxes of labels.csv or readers.csv (`labels` as read: its index is the row), within their image.
+    """The finding boxes of labels.csv or readers.csv (`labels` as read: its index is the row), within their image,
+    by the one rule of vinbig.boxes.place_boxes that `vinbig folds` follows too.
 
     A box beyond its image (the width and height of meta.csv) is an error that lists such boxes by image and
     line of the file (``outside_boxes="error"``), or it is moved to the image's edge (``"clip"``) or left
-    out (``"drop"``) with a warning naming the images. Boxes under one pixel wide or high once clipped are
-    left out with a warning too. `work` names the files and the command in the messages; `source` the file
-    the rows come from (default: work.labels).
+    out (``"drop"``) with a warning naming the images. A negative coordinate is an error whatever
+    `outside_boxes` says. Boxes under one pixel wide or high once clipped are left out with a warning too.
+    `work` names the files and the command in the messages; `source` the file the rows come from (default:
+    work.labels).
     """
     check_outside_boxes(outside_boxes)
     boxes = labels[labels.class_id != NO_FINDING]
     line = pd.Series(boxes.index + 2, index=boxes.index)  # the header is line 1
     boxes = boxes.assign(line=line).merge(meta[["image_id", "width", "height"]], on="image_id")
-    xyxy = boxes[list(BOX)].to_numpy(dtype=np.float64)
-    w, h = boxes.width.to_numpy(np.float64), boxes.height.to_numpy(np.float64)
-    outside = ((xyxy[:, 0] < -_SLACK) | (xyxy[:, 1] < -_SLACK) | (xyxy[:, 2] > w + _SLACK) | (xyxy[:, 3] > h + _SLACK))
+    placed = place_boxes(boxes[list(BOX)].to_numpy(dtype=np.float64), boxes.width.to_numpy(np.float64),
+                         boxes.height.to_numpy(np.float64))
     source = str(source or (work.labels if work else "labels.csv"))
-    if outside.any():
-        beyond = boxes[outside]
-        if outside_boxes == "error":
-            raise ArtifactError(_outside_message(beyond, work, source))
+    if placed.negative.any():
+        raise ArtifactError(_outside_message(boxes[placed.negative], work, source, negative=True))
+    if placed.error(outside_boxes).any():
+        raise ArtifactError(_outside_message(boxes[placed.beyond], work, source))
+    if placed.beyond.any():
+        beyond = boxes[placed.beyond]
         where = some([f"{i} (line {n})" for i, n in zip(beyond.image_id, beyond.line)], 5)
         if outside_boxes == "drop":
             logger.warning("%d box(es) of %s lie beyond their image and are left out (folds.outside_boxes=drop): %s",
                            len(beyond), source, where)
-            boxes, xyxy, w, h = boxes[~outside], xyxy[~outside], w[~outside], h[~outside]
         else:
             logger.warning("%d box(es) of %s lie beyond their image and are clipped to its edge "
                            "(folds.outside_boxes=clip): %s", len(beyond), source, where)
-    xyxy = clip(xyxy, w, h)
-    boxes = boxes.assign(**{c: xyxy[:, i] for i, c in enumerate(BOX)})
-    keep = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)
-    if (~keep).any():
-        small = boxes[~keep]
+    boxes = boxes.assign(**{c: placed.boxes[:, i] for i, c in enumerate(BOX)})
+    small = placed.small & ~(placed.beyond & (outside_boxes == "drop"))  # those dropped are named above
+    if small.any():
         logger.warning("%d box(es) of %s are under one pixel wide or high once clipped to their image; left out: %s",
-                       len(small), source, some([f"{i} (line {n})" for i, n in zip(small.image_id, small.line)], 5))
-    return boxes[keep].drop(columns="line")
+                       int(small.sum()), source,
+                       some([f"{i} (line {n})" for i, n in zip(boxes.image_id[small], boxes.line[small])], 5))
+    return boxes[placed.keep(outside_boxes)].drop(columns="line")
 
 
-def _outside_message(beyond: pd.DataFrame, work: Work | None, source: str) -> str:
-    """The error for boxes beyond their image: each box (the first _LISTED), its image, line and size, and the fixes."""
+def _outside_message(beyond: pd.DataFrame, work: Work | None, source: str, negative: bool = False) -> str:
+    """The error for boxes beyond their image (or with a negative coordinate): each box (the first _LISTED), its
+    image, line and size, and the fixes."""
     listed = "; ".join(
         f"{r.image_id} line {r.line}: ({r.x_min:g}, {r.y_min:g}, {r.x_max:g}, {r.y_max:g}) on "
         f"{int(r.width)} x {int(r.height)} px" for r in beyond.head(_LISTED).itertuples())
     more = f"; and {len(beyond) - _LISTED} more" if len(beyond) > _LISTED else ""
     sizes = meta_path(work.images("train")) if work else "meta.csv"
     rerun = folds_command(work) if work else "vinbig folds"
+    if negative:
+        return (f"{source}: {len(beyond)} box(es) have a negative coordinate, which is no pixel of their image "
+                f"(coordinates count from its top-left corner, 0 or more): {listed}{more}. Fix them in train.csv "
+                f"and rerun '{rerun}'")
     return (f"{source}: {len(beyond)} box(es) lie beyond their image (x_min, y_min, x_max, y_max on the width x "
             f"height of {sizes}): {listed}{more}. Fix them in train.csv and rerun '{rerun}', or choose what "
             "happens to them: --set folds.outside_boxes=clip (moved to the image's edge) or "

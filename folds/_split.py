@@ -150,8 +150,8 @@ def make_folds(train_csv: str | os.PathLike, work: Work | str | os.PathLike, *, 
     checked = _check_extents(train, train_csv, work, outside_boxes)
     lost = sorted(set(train["image_id"]) - set(checked["image_id"]))
     if lost:  # every box of these images lay beyond it and was dropped
-        logger.warning("%d image(s) lost every box to folds.outside_boxes=%s and are left out of labels.csv and "
-                       "folds.csv: %s", len(lost), outside_boxes, some(lost))
+        logger.warning("%d image(s) lost every box (beyond its image with folds.outside_boxes=%s, or under one "
+                       "pixel) and are left out of labels.csv and folds.csv: %s", len(lost), outside_boxes, some(lost))
     train = checked
     check_writable(work.labels)  # before the fusion, which takes minutes on the real data
     check_writable(work.folds)

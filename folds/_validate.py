@@ -1,12 +1,14 @@
 """Check the competition's train.csv before anything is built on it.
 
-Every fault is collected in one vectorized pass, so one run shows the user all of them: each is
-reported with its CSV line (the header is line 1), its column and how to fix it. At most
-``MAX_REPORTED`` faults are listed, followed by "and N more".
+The file is read by the one table reader (vinbig.tables), so a missing, empty, binary, UTF-16 or ragged
+train.csv is one line as for every other CSV. Every fault is collected in one vectorized pass, so one run shows
+the user all of them: each is reported with its CSV line (the header is line 1), its column and how to fix it.
+At most ``MAX_REPORTED`` faults are listed, followed by "and N more".
 
 An exact duplicate of an earlier row is reported with both line numbers and counted once (a repeated
 box would weigh twice in the readers' fusion). Once the image sizes are known (meta.csv of
-``vinbig images``), :func:`check_box_extents` finds the boxes that reach beyond their image.
+``vinbig images``), :func:`check_box_extents` finds the boxes that reach beyond their image, by the rule of
+vinbig.boxes.place_boxes that the detector's datasets follow too.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, NO_FINDING_BOX, SAFE_ID, TRAIN_COLUMNS, check_outside_boxes
+from vinbig.boxes import EDGE_SLACK, place_boxes
 from vinbig.errors import TrainCsvError
 from vinbig.log import some
+from vinbig.tables import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +63,15 @@ class _Cells:
         return str(self.series.iat[i])
 
 
+TRAIN_FIX = f"give the competition's train.csv, whose header is {','.join(TRAIN_COLUMNS)}"
+
+
 def _read(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise TrainCsvError(f"train.csv not found at {path}; give the competition's train.csv with --train-csv")
-    try:
-        # everything as text: the checks below tell an empty cell from a non-number, line by line
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise TrainCsvError(f"{path} is not a readable CSV ({e}); give the competition's train.csv") from None
+    """train.csv through the one table reader (vinbig.tables), everything as text: the checks below tell an empty
+    cell from a non-number, line by line."""
+    return read_table(path, TRAIN_FIX, what="train.csv", missing="give the competition's train.csv with --train-csv",
+                      columns=TRAIN_COLUMNS, no_rows=TRAIN_FIX, strip_names=True, error=TrainCsvError, dtype=str,
+                      keep_default_na=False, na_filter=False)
 
 
 def validate_train_csv(path: str | os.PathLike) -> pd.DataFrame:
@@ -78,15 +83,6 @@ def validate_train_csv(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     raw = _read(path)
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in TRAIN_COLUMNS if c not in raw.columns]
-    if missing:
-        raise TrainCsvError(
-            f"{path} lacks the column(s) {missing} (line 1 has {list(raw.columns)}); the header must be "
-            f"{','.join(TRAIN_COLUMNS)}"
-        )
-    if raw.empty:
-        raise TrainCsvError(f"{path} has a header but no rows; give the competition's train.csv")
 
     col = {c: raw[c].astype(str).str.strip() for c in TRAIN_COLUMNS}  # pandas string Series
     text = {c: _Cells(col[c]) for c in TRAIN_COLUMNS}  # text[c][i]: the cell of row i, for messages
@@ -133,7 +129,7 @@ def validate_train_csv(path: str | os.PathLike) -> pd.DataFrame:
                                   f"a finding needs a box: write its {c} in pixels")
         faults.add(np.flatnonzero(finding & ~empty[c] & ~numeric[c]),
                    lambda i, c=c: f"{c} {text[c][i]!r} is not a number; write the box in pixels")
-        faults.add(np.flatnonzero(finding & numeric[c] & (values[c] < 0)),
+        faults.add(np.flatnonzero(finding & numeric[c] & (values[c] < -EDGE_SLACK)),  # vinbig.boxes' rule
                    lambda i, c=c: f"{c} {text[c][i]} is negative; box coordinates are pixels from the "
                                   f"top-left corner, 0 or more")
     for lo, hi in (("x_min", "x_max"), ("y_min", "y_max")):
@@ -199,53 +195,59 @@ def check_box_extents(train: pd.DataFrame, sizes: pd.DataFrame, *, outside_boxes
                       path: str | os.PathLike = "train.csv",
                       sizes_path: str | os.PathLike = "meta.csv") -> pd.DataFrame:
     """Check every box of `train` (validated, index = row position in `path`) against the original width and
-    height of its image in `sizes` (meta.csv: image_id, width, height); returns `train` with the boxes that
+    height of its image in `sizes` (meta.csv: image_id, width, height) by the one rule of vinbig.boxes
+    (:class:`~vinbig.boxes.Placement`, which the detector's datasets use too); returns `train` with the boxes that
     reach beyond their image handled as `outside_boxes` says:
 
     * ``error``: raise TrainCsvError listing them (line and image) and the fix;
-    * ``clip``: move them to the image's edge (a box wholly outside is dropped), with a warning;
+    * ``clip``: move them to the image's edge (one with under a pixel left is dropped), with a warning;
     * ``drop``: leave them out, with a warning naming them.
 
-    Images that `sizes` does not list are not checked.
+    Whatever it says, a box within 1/1000 px of the edge is moved onto it, and a box under one pixel wide or high
+    is left out with a warning. Images that `sizes` does not list are checked for the size of their boxes only.
     """
     check_outside_boxes(outside_boxes)
     size = sizes.drop_duplicates("image_id").set_index("image_id")
     width = pd.to_numeric(train["image_id"].map(size["width"]), errors="coerce").to_numpy(dtype=float)
     height = pd.to_numeric(train["image_id"].map(size["height"]), errors="coerce").to_numpy(dtype=float)
-    x_max, y_max = train["x_max"].to_numpy(dtype=float), train["y_max"].to_numpy(dtype=float)
-    with np.errstate(invalid="ignore"):  # NaN: a "No finding" row or an image without a size
-        outside = (x_max > width) | (y_max > height)
-    if not outside.any():
+    xyxy = train[list(BOX)].to_numpy(dtype=float)  # NaN: a "No finding" row
+    placed = place_boxes(xyxy, width, height)
+    if not (placed.beyond | placed.negative | placed.small | placed.edge).any():
         return train
-    rows = np.flatnonzero(outside)
-    line = train.index.to_numpy()[rows] + 2
+    line = train.index.to_numpy() + 2
+    rows = np.flatnonzero(placed.error(outside_boxes) | placed.beyond)
 
-    def describe(k: int) -> str:
-        i = rows[k]
-        over = [f"{c} {v:.10g} > {dim} {lim:.10g}" for c, v, dim, lim in
-                (("x_max", x_max[i], "width", width[i]), ("y_max", y_max[i], "height", height[i])) if v > lim]
-        return f"line {line[k]}, image {train['image_id'].iat[i]}: {' and '.join(over)}"
+    def describe(i: int) -> str:
+        x_min, y_min, x_max, y_max = xyxy[i]
+        over = [f"{c} {v:.10g} < 0" for c, v in (("x_min", x_min), ("y_min", y_min)) if v < -EDGE_SLACK]
+        over += [f"{c} {v:.10g} > {dim} {lim:.10g}" for c, v, dim, lim in
+                 (("x_max", x_max, "width", width[i]), ("y_max", y_max, "height", height[i])) if v > lim + EDGE_SLACK]
+        return f"line {line[i]}, image {train['image_id'].iat[i]}: {' and '.join(over)}"
 
-    listed = [describe(k) for k in range(min(len(rows), MAX_REPORTED))]
+    listed = [describe(i) for i in rows[:MAX_REPORTED]]
     more = [f"and {len(rows) - MAX_REPORTED} more"] if len(rows) > MAX_REPORTED else []
-    if outside_boxes == "error":
+    if placed.error(outside_boxes).any():
         raise TrainCsvError("\n".join(
             [f"{path}: {len(rows)} box(es) reach beyond their image (its width and height in {sizes_path}):"]
             + [f"  {t}" for t in listed + more]
             + ["fix those rows of train.csv, or choose --outside-boxes clip (move them to the image's edge) or "
                "--outside-boxes drop (leave them out)"]))
-    brief = "; ".join(listed[:5]) + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
-    if outside_boxes == "drop":
+    if outside_boxes == "drop" and len(rows):
         logger.warning("%s: %d box(es) reach beyond their image (sizes of %s) and are left out "
                        "(folds.outside_boxes=drop): %s", path, len(rows), sizes_path, "; ".join(listed + more))
-        return train.drop(index=train.index[rows])
-    clipped = train.copy()
-    clipped.loc[clipped.index[rows], "x_max"] = np.minimum(x_max[rows], width[rows])
-    clipped.loc[clipped.index[rows], "y_max"] = np.minimum(y_max[rows], height[rows])
-    x_min, y_min = train["x_min"].to_numpy(dtype=float), train["y_min"].to_numpy(dtype=float)
-    gone = rows[(x_min[rows] >= width[rows]) | (y_min[rows] >= height[rows])]  # wholly outside: nothing left
-    logger.warning("%s: %d box(es) reach beyond their image (sizes of %s) and are clipped to its edge "
-                   "(folds.outside_boxes=clip)%s: %s", path, len(rows), sizes_path,
-                   f"; {len(gone)} of them lie wholly outside and are left out ({_lines(train.index[gone])})"
-                   if len(gone) else "", brief)
-    return clipped.drop(index=clipped.index[gone])
+    elif len(rows):
+        brief = "; ".join(listed[:5]) + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
+        gone = rows[placed.small[rows]]  # under a pixel left of them
+        logger.warning("%s: %d box(es) reach beyond their image (sizes of %s) and are clipped to its edge "
+                       "(folds.outside_boxes=clip)%s: %s", path, len(rows), sizes_path,
+                       f"; {len(gone)} of them lie wholly outside or leave under one pixel inside and are left out "
+                       f"({_lines(train.index[gone])})" if len(gone) else "", brief)
+    small = np.flatnonzero(placed.small & ~placed.beyond)
+    if len(small):
+        logger.warning("%s: %d box(es) are under one pixel wide or high and are left out, as the detector leaves "
+                       "them out of its labels: %s", path, len(small),
+                       some((f"line {line[i]}, image {train['image_id'].iat[i]}" for i in small), 5))
+    moved = placed.keep(outside_boxes) & (placed.edge | placed.beyond)
+    out = train.copy()
+    out.loc[out.index[moved], list(BOX)] = placed.boxes[moved]
+    return out.drop(index=out.index[~placed.keep(outside_boxes)])

@@ -11,7 +11,7 @@ from vinbig.submission import validate_submission
 from vinbig.app.cli import main
 from vinbig.config import load_config
 from vinbig.app.demo import demo_config_path
-from vinbig.metric import score_files
+from vinbig.submission import score_files
 
 from tiny import N_FOLDS, SYNTH, TINY, set_args
 

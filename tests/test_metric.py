@@ -197,13 +197,16 @@ PNG_BYTES = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10"
 
 
 @pytest.mark.parametrize("bad, content, words", [
-    ("sub", b"", "sub.csv is empty; a submission is a CSV with the header image_id,PredictionString"),
+    ("sub", b"", "sub.csv is not a readable CSV (it is empty); a submission is a CSV with the header "
+            "image_id,PredictionString"),
     ("sub", b"image_id,PredictionString\n", "sub.csv has a header but no rows"),
-    ("truth", b"", "truth.csv is empty; give a box table image_id,class_id,x_min,y_min,x_max,y_max"),
-    ("sub", PNG_BYTES, "sub.csv is a binary file, not a CSV"),
-    ("truth", PNG_BYTES, "truth.csv is a binary file, not a CSV"),
-    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10\nb,\x9d\xff\n", "sub.csv:3: not UTF-8 text"),
-    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10,x\n", "sub.csv:2: 3 fields, more than the 2 of the header"),
+    ("truth", b"", "truth.csv is not a readable CSV (it is empty); give a box table image_id,class_id,x_min,y_min,"
+              "x_max,y_max"),
+    ("sub", PNG_BYTES, "sub.csv is not a readable CSV (a binary file)"),
+    ("truth", PNG_BYTES, "truth.csv is not a readable CSV (a binary file)"),
+    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10\nb,\x9d\xff\n", "sub.csv is not a readable CSV (line 3: not UTF-8 text)"),
+    ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10,x\n",
+     "sub.csv is not a readable CSV (line 2: 3 fields, more than the 2 of the header"),
     ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 10\nb,14 nan 0 0 1 1\n",
      "sub.csv: line 3 (b): group 1 (14 nan 0 0 1 1): values must be finite numbers"),
     ("sub", b"image_id,PredictionString\na,0 0.9 0 0 10 inf\nb,14 1 0 0 1 1\n",

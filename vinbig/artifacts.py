@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from vinbig.errors import ArtifactError
+from vinbig.tables import read_table
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where it is used: `vinbig --help` and light commands start without it
@@ -92,7 +93,8 @@ DETECTOR_PRED_COLUMNS = ("image_id", "run", "fold", "tta", "class_id", "score", 
 # mean over folds.
 CLASSIFIER_PRED_COLUMNS = ("image_id", "run", "fold", "p_abnormal")
 SPLITS = ("oof", "test")
-# folds.outside_boxes: what a box beyond its image (meta.csv) becomes, in folds and in the detector's dataset
+# folds.outside_boxes: what a box beyond its image (meta.csv) becomes, in folds and in the detector's dataset, by
+# the one rule of vinbig.boxes.place_boxes
 OUTSIDE_BOXES = ("error", "clip", "drop")
 
 
@@ -348,22 +350,9 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: Sequence[str])
 
 
 def read_csv(path: str | os.PathLike, columns: Sequence[str], made_by: str, **kwargs) -> pd.DataFrame:
-    """Read a CSV that must hold `columns`; name the file and the command `made_by` when it does not."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path.name} not found at {path}; run '{made_by}'")
-    try:
-        df = pd.read_csv(path, **kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not a readable CSV ({e}); run '{made_by}' again") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ArtifactError(
-            f"{path} lacks the columns {missing} (it has {list(df.columns)}); run '{made_by}' again"
-        )
-    return df
+    """Read a stage's CSV that must hold `columns` through the one table reader (vinbig.tables); an error names
+    the file and the command `made_by` that writes it."""
+    return read_table(path, f"run '{made_by}' again", missing=f"run '{made_by}'", columns=columns, **kwargs)
 
 
 def read_meta(image_dir: str | os.PathLike) -> pd.DataFrame:
@@ -382,9 +371,8 @@ def read_readers(work: Work) -> pd.DataFrame:
 def read_folds(work: Work) -> pd.DataFrame:
     import pandas as pd
 
-    df = read_csv(work.folds, FOLD_COLUMNS, folds_command(work), dtype={"image_id": str})
-    if df.empty:
-        raise ArtifactError(f"{work.folds} holds no images; run '{folds_command(work)}' again")
+    df = read_csv(work.folds, FOLD_COLUMNS, folds_command(work), no_rows=f"run '{folds_command(work)}' again",
+                  dtype={"image_id": str})
     if not pd.api.types.is_integer_dtype(df["fold"]):
         bad = sorted(set(df.loc[pd.to_numeric(df["fold"], errors="coerce").isna(), "fold"].astype(str)))[:5]
         raise ArtifactError(f"{work.folds}: the fold column holds values that are not whole numbers ({bad}); run "

@@ -22,15 +22,15 @@ Everything is vectorized: matching pairs each detection with the truth boxes of 
 images from a matched set without matching again: a detection's TP/FP status depends only on its
 own image. :func:`mark` gives the same matching row by row (TP/FP per detection, found/missed per truth
 box) for the report's error browser.
+
+The metric works on tables only: the files of `vinbig score` are read by vinbig.submission (``read_truth``,
+``read_submission``, ``score_files``) through the one table reader, vinbig.tables.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,65 +38,13 @@ import pandas as pd
 from vinbig.artifacts import (BOX, CLASS_NAMES, N_CLASSES, NO_FINDING, NO_FINDING_BOX, TRUTH_COLUMNS,
                               ArtifactError)
 from vinbig.boxes import iou
+from vinbig.tables import check_columns
 
 IOU_THRESHOLD = 0.4
+TRUTH_FIX = "give a box table image_id,class_id,x_min,y_min,x_max,y_max such as WORK/labels.csv"
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def read_table(path: str | Path, what: str, fix: str, **kwargs) -> pd.DataFrame:
-    """A CSV file the user gives (a submission, a truth table, a sample submission), read with pandas.
-
-    Raises ArtifactError with one line naming the file (and the line where there is one) and `fix` when the
-    file is missing, empty, binary, not UTF-8 text or not a CSV. A UTF-8 byte order mark is accepted.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{what} not found: {path}; {fix}")
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
-    if not head.strip():
-        raise ArtifactError(f"{path} is empty; {fix}")
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ArtifactError(f"{path} is UTF-16 text; save it as UTF-8 (CSV UTF-8 in Excel); {fix}")
-    if b"\0" in head:
-        raise ArtifactError(f"{path} is a binary file, not a CSV; {fix}")
-    try:
-        with warnings.catch_warnings():  # a row longer than the header: pandas would drop fields or shift columns
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, encoding="utf-8-sig", index_col=False, **kwargs)
-    except pd.errors.ParserWarning:
-        line, n, header = _first_long_row(path)
-        raise ArtifactError(f"{path}:{line}: {n} fields, more than the {header} of the header (a comma too many?); "
-                            f"{fix}") from None
-    except UnicodeDecodeError:
-        raise ArtifactError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text, so not a CSV; {fix}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        reason = " ".join(str(e).split())
-        raise ArtifactError(f"{path} is not a readable CSV ({reason}); {fix}") from None
-
-
-def _first_long_row(path: Path) -> tuple[int, int, int]:
-    """(line, fields, header fields) of the first row with more fields than the header (read on failure only)."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = len(next(reader, []))
-        for row in reader:
-            if len(row) > header:
-                return reader.line_num, len(row), header
-    return 1, header, header
-
-
-def _first_undecodable_line(path: Path) -> int:
-    """The 1-based line of the first bytes that are not UTF-8 (read only when pandas has failed)."""
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return n
-    return 1
+# --------------------------------------------------------------------------- the truth
 
 
 def _where(truth: pd.DataFrame, mask: np.ndarray, source: str | None) -> str:
@@ -114,10 +62,7 @@ def prepare_truth(truth: pd.DataFrame, source: str | None = None) -> pd.DataFram
 
     `source`: the file the table was read from (its index the row order of the file), to name lines in errors.
     """
-    missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
-    if missing:
-        raise ArtifactError(f"{source or 'the truth table'} lacks the columns {missing}; it needs "
-                            f"{list(TRUTH_COLUMNS)} (labels.csv of 'vinbig folds' qualifies)")
+    check_columns(truth, TRUTH_COLUMNS, source or "the truth table", TRUTH_FIX)
     t = truth.loc[:, list(TRUTH_COLUMNS)].copy()
     t["image_id"] = t["image_id"].astype(str)
     for col in ("class_id", *BOX):
@@ -142,18 +87,6 @@ def prepare_truth(truth: pd.DataFrame, source: str | None = None) -> pd.DataFram
                             "'No finding' rows may leave the box empty")
     t = t[~(nf & t.duplicated(["image_id", "class_id"]).to_numpy())]
     return t.reset_index(drop=True)
-
-
-TRUTH_FIX = "give a box table image_id,class_id,x_min,y_min,x_max,y_max such as WORK/labels.csv"
-
-
-def read_truth(path: str | Path) -> pd.DataFrame:
-    """`vinbig score --truth`: a box table, checked; ArtifactError naming the file and line of a fault."""
-    path = Path(path)
-    truth = prepare_truth(read_table(path, "truth file", TRUTH_FIX, dtype={"image_id": str}), str(path))
-    if truth.empty:
-        raise ArtifactError(f"{path} holds no truth rows; {TRUTH_FIX}")
-    return truth
 
 
 # --------------------------------------------------------------------------- matching
@@ -344,10 +277,3 @@ def evaluate(truth: pd.DataFrame, preds: pd.DataFrame, iou_thr: float = IOU_THRE
              curves: bool = False) -> Result:
     """The metric of `preds` (PRED_COLUMNS, submission order) against a truth table (TRUTH_COLUMNS)."""
     return average_precision(match(prepare_truth(truth), preds, iou_thr), curves=curves)
-
-
-def score_files(truth_csv: str | Path, submission_csv: str | Path) -> Result:
-    """`vinbig score`: the metric of a submission file against a truth box table."""
-    from vinbig.submission import read_submission
-
-    return average_precision(match(read_truth(truth_csv), read_submission(submission_csv)))

@@ -1,5 +1,6 @@
 """The submission file, in one place: reading it into boxes (the metric's input), writing it from predicted
-boxes, and checking one (`vinbig validate`).
+boxes, checking one (`vinbig validate`) and scoring one against a truth file (`vinbig score`). Every file is read
+through the one table reader (vinbig.tables); vinbig.metric works on the tables.
 
 Format (docs/competition.md, Submission format): ``image_id,PredictionString``, one row per image of the sample submission, in
 its order; a PredictionString is groups of ``class conf x_min y_min x_max y_max``, boxes in
@@ -19,19 +20,22 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from vinbig.artifacts import (BOX, N_CLASSES, NO_FINDING, NO_FINDING_BOX, NO_FINDING_PREDICTION, SUBMISSION_COLUMNS,
                               ArtifactError, images_command, read_csv, write_csv)
-from vinbig.metric import index_of, read_table
 from vinbig.errors import SubmissionFormatError
+from vinbig.metric import TRUTH_FIX, Result, average_precision, index_of, match, prepare_truth
+from vinbig.tables import check_columns, read_table, read_text
 
 logger = logging.getLogger(__name__)
 MAX_FAULTS_PER_ROW = 3
 SUBMISSION_FIX = f"a submission is a CSV with the header {','.join(SUBMISSION_COLUMNS)} ('vinbig validate' checks one)"
 SAMPLE_FIX = "give the competition's sample_submission.csv as --sample"
+NO_ROWS_FIX = f"a submission has one row per test image ('{NO_FINDING_PREDICTION}' for an image without findings)"
 
 
 # --------------------------------------------------------------------------- reading
@@ -93,14 +97,11 @@ def read_submission(path: str | Path) -> pd.DataFrame:
     they nearly always miss) with a warning naming the first; 'vinbig validate' rejects them.
     """
     path = Path(path)
-    sub = read_table(path, "submission", SUBMISSION_FIX, dtype={"image_id": str, "PredictionString": str},
-                     keep_default_na=False)
+    sub = read_table(path, SUBMISSION_FIX, what="submission", columns=SUBMISSION_COLUMNS, no_rows=NO_ROWS_FIX,
+                     dtype={"image_id": str, "PredictionString": str}, keep_default_na=False)
     if list(sub.columns) != list(SUBMISSION_COLUMNS):
         raise ArtifactError(f"{path} has the columns {list(sub.columns)}; a submission has exactly "
                             f"{list(SUBMISSION_COLUMNS)}")
-    if sub.empty:
-        raise ArtifactError(f"{path} has a header but no rows; a submission has one row per test image "
-                            f"('{NO_FINDING_PREDICTION}' for an image without findings)")
     try:
         boxes = parse_prediction_strings(sub["image_id"], sub["PredictionString"])
     except SubmissionFormatError as e:
@@ -126,17 +127,42 @@ def read_sample(path: str | Path) -> list[str]:
     """The image ids of the competition's sample submission, in order; an ArtifactError in one line naming the
     file and the fault when it is missing, empty, not a CSV, without an image_id column or lists an image twice."""
     path = Path(path)
-    df = read_table(path, "sample submission", SAMPLE_FIX, dtype={"image_id": str})
-    if "image_id" not in df.columns:
-        raise ArtifactError(f"{path} lacks the columns ['image_id'] (it has {list(df.columns)}); {SAMPLE_FIX}")
-    ids = df["image_id"].astype(str).str.strip()
+    df = read_table(path, SAMPLE_FIX, what="sample submission", columns=["image_id"], no_rows=SAMPLE_FIX,
+                    dtype={"image_id": str})
+    return sample_ids(df, path)
+
+
+def sample_ids(sample: str | Path | pd.DataFrame | Sequence[str], source: str | Path = "the sample submission"
+               ) -> list[str]:
+    """The image ids of a sample submission given as its file (read by :func:`read_sample`), as the table read
+    from it, or as its ids: read once, checked once (image_id column, some images, none twice)."""
+    if isinstance(sample, (str, Path)):
+        return read_sample(sample)
+    if not isinstance(sample, pd.DataFrame):
+        return [str(i) for i in sample]
+    check_columns(sample, ["image_id"], source, SAMPLE_FIX)
+    ids = sample["image_id"].astype(str).str.strip()
     if ids.empty:
-        raise ArtifactError(f"{path} lists no images; {SAMPLE_FIX}")
+        raise ArtifactError(f"{source} lists no images; {SAMPLE_FIX}")
     twice = ids.duplicated()
     if twice.any():
-        raise ArtifactError(f"{path} lists some images twice (first: {ids[twice].iloc[0]}, line "
+        raise ArtifactError(f"{source} lists some images twice (first: {ids[twice].iloc[0]}, line "
                             f"{int(np.flatnonzero(twice)[0]) + 2}); {SAMPLE_FIX}")
     return ids.tolist()
+
+
+def read_truth(path: str | Path) -> pd.DataFrame:
+    """`vinbig score --truth`: a box table, checked; ArtifactError naming the file and line of a fault."""
+    path = Path(path)
+    truth = prepare_truth(read_table(path, TRUTH_FIX, what="truth file", dtype={"image_id": str}), str(path))
+    if truth.empty:
+        raise ArtifactError(f"{path} holds no truth rows; {TRUTH_FIX}")
+    return truth
+
+
+def score_files(truth_csv: str | Path, submission_csv: str | Path) -> Result:
+    """`vinbig score`: the metric of a submission file against a truth box table."""
+    return average_precision(match(read_truth(truth_csv), read_submission(submission_csv)))
 
 
 # --------------------------------------------------------------------------- writing
@@ -230,24 +256,29 @@ def _check_groups(text: str, size: tuple[float, float] | None) -> list[str]:
     return problems
 
 
-def _read_rows(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:  # a byte order mark is fine
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        rows = [(reader.line_num, row) for row in reader if row]
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the (line, fields) of each row, the file read once through vinbig.tables: a file that is
+    missing, empty, binary, UTF-16 or not UTF-8 is one error as for `vinbig score`; a byte order mark is fine."""
+    text = read_text(path, SUBMISSION_FIX, what="submission")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    rows = [(reader.line_num, row) for row in reader if row]
+    if not rows:
+        raise ArtifactError(f"{path} has a header but no rows; {NO_ROWS_FIX}")
     return header, rows
 
 
-def validate_submission(path: str | Path, sample: str | Path, meta: str | Path | None = None) -> list[Fault]:
+def validate_submission(path: str | Path, sample: str | Path | pd.DataFrame | Sequence[str],
+                        meta: str | Path | None = None) -> list[Fault]:
     """Every fault of the submission at `path`, each with its line; an empty list means it is valid.
 
-    Rows in another order than the sample's are not a fault (Kaggle matches rows by image_id): a warning names
-    the first row out of order.
+    `sample`: the sample submission's file, or the table or the ids already read from it (:func:`sample_ids`), so
+    that a caller that has read it does not read it again. A submission that is not a readable CSV or has no rows
+    is an ArtifactError in one line, as for `vinbig score`. Rows in another order than the sample's are not a
+    fault (Kaggle matches rows by image_id): a warning names the first row out of order.
     """
-    path, sample = Path(path), Path(sample)
-    if not path.is_file():
-        return [Fault(None, "", f"file not found: {path}")]
-    expected = read_sample(sample)
+    path = Path(path)
+    expected = sample_ids(sample)
     position = {image_id: i for i, image_id in enumerate(expected)}
     sizes = None
     if meta is not None:
@@ -256,8 +287,6 @@ def validate_submission(path: str | Path, sample: str | Path, meta: str | Path |
         sizes = dict(zip(m["image_id"], zip(m["width"].astype(float), m["height"].astype(float))))
     header, rows = _read_rows(path)
     faults: list[Fault] = []
-    if header is None:
-        return [Fault(None, "", f"the file is empty; {SUBMISSION_FIX}")]
     if header != list(SUBMISSION_COLUMNS):
         faults.append(Fault(1, "", f"header is {header}; it must be {','.join(SUBMISSION_COLUMNS)}"))
     seen: dict[str, int] = {}

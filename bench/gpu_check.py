@@ -186,7 +186,7 @@ class Check:
         logging.getLogger().addHandler(errors)
         try:
             code = main([*argv, *(a for o in self.overrides for a in ("--set", o)),
-                         *([] if self.args.verbose else ["-q"])])
+                         *([] if self.args.verbose else ["-q"])], pipeline=True)  # every step gets every --set
         finally:
             logging.getLogger().removeHandler(errors)
         if code != 0:
@@ -225,7 +225,7 @@ class AmpRecorder:
     """Records what ultralytics' AMP check (vinbig's offline one) answered in the last training."""
 
     def __init__(self):
-        import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
+        from detector import follow_log_level  # noqa: F401  (ultralytics offline before it is imported)
         import ultralytics.engine.trainer as trainer
 
         self.trainer, self.check = trainer, trainer.check_amp
@@ -251,9 +251,7 @@ def train_detector(check: Check, amp: AmpRecorder) -> dict:
     short untimed ultralytics training warms what a process does once (torch's lazy imports, the first kernels
     on the device), so that neither run pays it for the other.
     """
-    from detector._dataset import fold_dataset
-    from detector._offline import OfflineDetectionTrainer, follow_log_level
-    from detector._train import resolve_model, train_args
+    from detector import OfflineDetectionTrainer, fold_dataset, follow_log_level, resolve_model, train_args
     from ultralytics import YOLO
     from vinbig.artifacts import Work, read_folds
 
@@ -320,8 +318,10 @@ def train_detector(check: Check, amp: AmpRecorder) -> dict:
 
 def predict_test(check: Check) -> dict:
     """`vinbig predict-detector --split test --tta hflip` over every fold, with FP16 (CUDA only) and without."""
-    import detector._predict as predict_module
+    import detector
     from vinbig.artifacts import Work, fold_ids, read_folds, read_meta
+    from vinbig.config import load_config
+    from vinbig.errors import VinbigError
 
     work = Work(check.work)
     folds = fold_ids(read_folds(work))
@@ -331,25 +331,20 @@ def predict_test(check: Check) -> dict:
         shutil.copyfile(trained, work.checkpoint("detector", k))
     n_images = len(read_meta(work.images("test")))
     passes = n_images * len(folds) * 2
-    argv = ("predict-detector", "--work", str(work.root), "--split", "test", "--tta", "hflip")
     result = {"folds": len(folds), "tta": ["none", "hflip"], "test_images": n_images, "model_passes": passes,
               "weights": f"fold 0's trained best.pt copied as the weights of folds {folds[1:]} (the speed does not "
                          "depend on the weights)"}
-    if not hasattr(predict_module, "_fp16"):
-        raise StepFailed("test prediction: detector/_predict.py no longer has _fp16 (FP16 on CUDA), which this check "
-                         "turns off for its FP32 run; update predict_test in bench/gpu_check.py")
-    fp16_arg = predict_module._fp16("0") if check.cuda else {}
+    cfg = load_config(overrides=check.overrides)["detector"]
+    fp16_arg = ({k: v for k, v in detector.predict_args(cfg, detector.prediction_device(0)).items()
+                 if k in ("half", "quantize")} if check.cuda else {})
     modes = (("fp16", True), ("fp32", False)) if check.cuda else (("fp32", False),)
-    real_fp16 = predict_module._fp16
-    for mode, half in modes:
-        if not half:
-            predict_module._fp16 = lambda device: {}  # vinbig predicts in FP16 on CUDA; this run does not
+    for mode, half in modes:  # vinbig predicts in FP16 on CUDA; the fp32 run does not
         clock = Clock(check.cuda)
         try:
             with clock():
-                check.vinbig(f"test prediction ({mode})", *argv)
-        finally:
-            predict_module._fp16 = real_fp16
+                detector.predict(work, "test", cfg, tta=["hflip"], half=half)  # as predict-detector does
+        except VinbigError as e:
+            raise StepFailed(f"test prediction ({mode}): {e}") from None
         result[mode] = {"seconds": round(clock.seconds, 2), "images_per_s": round(n_images / clock.seconds, 2),
                         "model_passes_per_s": round(passes / clock.seconds, 2),
                         "gpu_memory_peak_gib": clock.memory_gib, **({"predict_arg": fp16_arg} if half else {})}
@@ -460,9 +455,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
                          "tiny sizes on the CPU)")
     if cuda:
         torch.ones(1, device="cuda").sum().item()  # the CUDA context, before any clock starts
-    import classifier._train  # noqa: F401  (the imports before any clock starts, as for ultralytics alone)
-    import detector._predict  # noqa: F401
-    import detector._train  # noqa: F401
+    from classifier import train_fold  # noqa: F401  (the imports before any clock starts, as for ultralytics alone)
+    from detector import predict, train_fold as train_detector_fold  # noqa: F401
     import timm  # noqa: F401
 
     amp = AmpRecorder()

@@ -7,10 +7,19 @@ import logging
 import os
 
 from vinbig.artifacts import Work, config_path
+from vinbig.config import settings
 from vinbig.options import Outcome, given, predict_arguments, train_arguments
 from vinbig.runs import one_run, others, run_argument, run_config, run_names, select
 
 logger = logging.getLogger("vinbig")
+
+# The keys each command reads. Prediction takes the backbone and the input size from each fold's checkpoint, and
+# reads the loader's, the device's and the TTA's keys, and gate_miss for the OOF report; training reads every key
+# but the TTA and gate_miss (predict_batch: its validation batch).
+PREDICTION_ONLY = ("classifier.tta", "classifier.gate_miss")
+PREDICT_KEYS = ("classifier.device", "classifier.predict_batch", "classifier.workers", "classifier.amp",
+                *PREDICTION_ONLY)
+TRAIN_KEYS = tuple(s.name for s in settings("classifier") if s.name not in PREDICTION_ONLY)
 
 
 def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
@@ -45,7 +54,7 @@ def cmd_predict_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
 
 
 def register(add) -> None:
-    """Add this stage's subcommands with ``add(name, func, help, description, sections)``."""
+    """Add this stage's subcommands with ``add(name, func, help, description, options=..., reads=...)``."""
     p = add("train-classifier", cmd_train_classifier, "train the 'No finding' classifier on one fold",
             "Train a timm model (classifier.backbone, one logit: P(abnormal)) on the PNGs of WORK/images/train "
             "of folds != K and validate on fold K. Writes WORK/classifier/RUN/fold{K}/ (RUN: one of the config's "
@@ -55,7 +64,7 @@ def register(add) -> None:
             "several GPUs: torchrun --standalone --nproc_per_node N -m vinbig train-classifier ... (each process "
             "takes GPU LOCAL_RANK; classifier.batch and classifier.workers are per process). --resume continues "
             "on this session's device and processes, whatever the run started on.",
-            sections=["classifier"], reads=["runs"])
+            options=TRAIN_KEYS, reads=["runs.classifier"])
     train_arguments(p, "classifier")
     run_argument(p, "classifier", many=False)
 
@@ -64,6 +73,7 @@ def register(add) -> None:
             "oof: each fold's best.pt scores its validation images, and the OOF AUC and the gate's operating "
             "point are reported. test: every fold's best.pt scores every image of WORK/images/test; rows "
             "with fold -1 hold the mean over folds. Writes WORK/preds/classifier_{split}.csv "
-            "(image_id,run,fold,p_abnormal).", sections=["classifier"], reads=["runs"])
+            "(image_id,run,fold,p_abnormal). --batch is the prediction batch (classifier.predict_batch).",
+            options=PREDICT_KEYS, aliases={"--batch": "predict_batch"}, reads=["runs.classifier"])
     predict_arguments(p)
     run_argument(p, "classifier", many=True)

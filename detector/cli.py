@@ -6,10 +6,21 @@ import argparse
 import logging
 
 from vinbig.artifacts import Work, check_fold, config_path
+from vinbig.config import settings
 from vinbig.options import Outcome, given, predict_arguments, train_arguments
 from vinbig.runs import one_run, others, run_argument, run_config, run_names, select
 
 logger = logging.getLogger("vinbig")
+
+# The keys each command reads. Prediction: ultralytics' predict() arguments (detector.predict_args), the batch and
+# the device; training reads every other key of the section (detector._train passes those it does not read itself
+# to ultralytics' train(), so that a new training setting is one line in configs/default.yaml), and the folds keys
+# that make a run's labels (detector._dataset.fold_dataset) and place a box beyond its image.
+PREDICTION_ONLY = tuple(f"detector.{k}" for k in ("conf", "iou", "max_det", "predict_batch"))
+PREDICT_KEYS = ("detector.device", "detector.imgsz", *PREDICTION_ONLY)
+TRAIN_KEYS = tuple(s.name for s in settings("detector") if s.name not in PREDICTION_ONLY)
+TRAIN_FOLDS_KEYS = tuple(f"folds.{k}" for k in ("outside_boxes", "exclude_readers", "reader_weights", "iou_thr",
+                                                 "conf_type"))
 
 
 def _folds(text: str) -> list[int]:
@@ -47,7 +58,7 @@ def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
 
 
 def register(add) -> None:
-    """Add this stage's subcommands with ``add(name, func, help, description, sections)``."""
+    """Add this stage's subcommands with ``add(name, func, help, description, options=..., reads=...)``."""
     p = add("train-detector", cmd_train, "train one fold's YOLOv8 detector (ultralytics)",
             "Write the ultralytics dataset of fold K (WORK/detector/RUN/data/foldK: linked PNGs, YOLO labels, "
             "data.yaml) and train a YOLOv8 on the other folds, validating on fold K, with the config's "
@@ -59,8 +70,8 @@ def register(add) -> None:
             "when none is declared; --run NAME when there are several). GPUs: "
             "detector.device null trains on every GPU torch sees (DDP over several; GPU 0 alone with --batch -1), "
             "--device 0,1 on those; --resume continues on this session's device, whatever the run started on. "
-            "One fold per job spreads folds over machines.", sections=["detector"],
-            reads=["folds", "runs"])
+            "One fold per job spreads folds over machines.", options=TRAIN_KEYS,
+            reads=[*TRAIN_FOLDS_KEYS, "runs.detector"])
     train_arguments(p, "detector")
     run_argument(p, "detector", many=False)
 
@@ -71,7 +82,7 @@ def register(add) -> None:
             "--tta hflip adds the flipped image's boxes, flipped back, as a separate prediction set. Writes "
             "WORK/preds/detector_{oof,test}.parquet: image_id, run, fold, tta, class_id, score, x_min, y_min, "
             "x_max, y_max in original DICOM pixels, clipped to the image; with --run, the other runs' rows of the "
-            "file are kept.", sections=["detector"], aliases={"--batch": "predict_batch"}, reads=["runs"])
+            "file are kept.", options=PREDICT_KEYS, aliases={"--batch": "predict_batch"}, reads=["runs.detector"])
     predict_arguments(p)
     run_argument(p, "detector", many=True)
     p.add_argument("--tta", action="append", choices=["hflip"],

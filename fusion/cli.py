@@ -12,6 +12,14 @@ from vinbig.options import Outcome, work_argument
 
 logger = logging.getLogger("vinbig")
 
+# The keys of the fusion section each command reads: fusion and the gate (fuse), the grids of tune, the pictures of
+# report.
+FUSE_KEYS = tuple(f"fusion.{k}" for k in ("iou_thr", "skip_box_thr", "conf_type", "weights", "run_weights",
+                                           "classifier_weights", "engine", "workers", "gate", "low", "high"))
+TUNE_KEYS = (*FUSE_KEYS, *(f"fusion.tune_{k}" for k in ("iou_thr", "skip_box_thr", "conf_type", "low", "high",
+                                                         "run_weights")))
+REPORT_KEYS = (*FUSE_KEYS, "fusion.report_images", "fusion.report_score_thr")
+
 
 def _tuned(args: argparse.Namespace) -> list[Path]:
     """WORK/fusion.yaml (the values 'vinbig tune' chose), read between --config and --set, unless --ignore-tuned."""
@@ -51,7 +59,7 @@ def _report_faults(faults, name: str, limit: int = 50) -> None:
 
 
 def cmd_score(args: argparse.Namespace, cfg: dict) -> int:
-    from vinbig.metric import score_files
+    from vinbig.submission import score_files
 
     result = score_files(args.truth, args.submission)
     if result.ignored:
@@ -153,7 +161,7 @@ def _ignore_tuned(p: argparse.ArgumentParser) -> None:
 
 
 def register(add) -> None:
-    """Add this stage's subcommands with ``add(name, func, help, description, sections)``."""
+    """Add this stage's subcommands with ``add(name, func, help, description, options=...)``."""
 
     def command(*args, **kwargs) -> argparse.ArgumentParser:
         p = add(*args, **kwargs)
@@ -179,7 +187,7 @@ def register(add) -> None:
                 "gate with WORK/preds/classifier_SPLIT.csv when it exists. --split oof scores the result against "
                 "WORK/labels.csv and prints the per-class table; --split test writes the submission (one row per "
                 "image of the sample submission, in its order) and validates it. Values: config, then "
-                "WORK/fusion.yaml (from 'vinbig tune'), then --set and the options below.", sections=["fusion"],
+                "WORK/fusion.yaml (from 'vinbig tune'), then --set and the options below.", options=FUSE_KEYS,
                 extra=_tuned)
     work_argument(p)
     p.add_argument("--split", required=True, choices=("oof", "test"), help="which predictions to fuse")
@@ -203,7 +211,7 @@ def register(add) -> None:
                 "tune_skip_box_thr x tune_conf_type), score every gate pair (tune_low x tune_high) on top of each with "
                 "the metric, print the table of what was tried and write the best values to WORK/fusion.yaml, which "
                 "'vinbig fuse' and 'vinbig report' then use. Without classifier predictions only WBF is tuned.",
-                sections=["fusion"])
+                options=TUNE_KEYS)
     work_argument(p)
 
     p = command("validate", cmd_validate, "check a submission file, naming the line of every fault",
@@ -226,7 +234,7 @@ def register(add) -> None:
                 "few images per class). With several detector runs it also prints each run's per-class AP beside "
                 "the ensemble's. A rerun removes the overlays and thumbnails of the earlier report that it does not "
                 "write again, and only those (the folder's .vinbig-manifest.json lists them); a folder that is not "
-                "a report of vinbig's is refused unless empty.", sections=["fusion"], extra=_tuned)
+                "a report of vinbig's is refused unless empty.", options=REPORT_KEYS, extra=_tuned)
     work_argument(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default WORK/report)")
     p.add_argument("--overwrite", action="store_true",

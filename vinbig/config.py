@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from vinbig.artifacts import DEFAULT_RUN, SAFE_ID
 from vinbig.errors import ConfigError
 
 _REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -359,12 +360,75 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), e
     return cfg
 
 
+# --------------------------------------------------------------------------- the runs section (vinbig.runs uses it)
+
+
+def declared(cfg: Mapping, stage: str) -> dict:
+    """The runs of `stage` the config names, each with the keys it changes (empty: the run 'default' alone)."""
+    runs = (cfg.get("runs") or {}).get(stage) or {}
+    if not isinstance(runs, Mapping):
+        raise ConfigError(f"runs.{stage} must map run names to the {stage} keys they change, e.g. "
+                          f"{{s1024: {{}}, m640: {{imgsz: 640}}}}; got {runs!r}")
+    return dict(runs)
+
+
+def run_names(cfg: Mapping, stage: str, source: str = "") -> list[str]:
+    """The runs of `stage` ("detector" or "classifier") in config order; ``["default"]`` when none is named.
+    A name YAML reads as a number or a boolean (``1``, ``off``) is refused, as a name that is no safe folder name;
+    `source` (the file that declared the runs) starts the message."""
+    names = list(declared(cfg, stage)) or [DEFAULT_RUN]
+    where = f"{source}: " if source else ""
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}runs.{stage} has a run name YAML reads as a {type(name).__name__} ({name!r}), "
+                              f"not as a name; quote it, e.g. '{name}'")
+        if not SAFE_ID.match(name) or name == "data":
+            raise ConfigError(f"{where}runs.{stage}: {name!r} cannot name a run (a folder WORK/{stage}/NAME): use "
+                              "letters, digits, '_', '.' and '-', starting with a letter or digit, and not 'data'")
+    return names
+
+
+def weight_of(weights: Mapping[str, float], name: str) -> float:
+    """A run's weight in `weights` (fusion.run_weights, fusion.classifier_weights); unnamed runs weigh 1."""
+    return float(weights.get(name, 1.0))
+
+
+def check_weights(weights: Mapping[str, float], names: Sequence[str], key: str, source: str = "") -> None:
+    """Every weight of `key` is a finite number >= 0 and at least one of `names` weighs more than 0 (`source`: where
+    the weights come from, for the message)."""
+    where = f"{source}: " if source else ""
+    for name, w in weights.items():
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"{where}fusion.{key}.{name} is {w!r}; a run's weight is a finite number >= 0")
+    if names and not any(weight_of(weights, n) > 0 for n in names):
+        raise ConfigError(f"{where}fusion.{key} gives every run ({', '.join(names)}) weight 0; give one a weight "
+                          "above 0")
+
+
+WEIGHTS = {"detector": "run_weights", "classifier": "classifier_weights"}  # the fusion key weighing a stage's runs
+
+
+def check_names(cfg: Mapping, origin: Callable[[str], str]) -> None:
+    """The keys that name runs, checked when the config is read: each stage's run names (safe folder names, not
+    numbers or booleans), and fusion.run_weights and fusion.classifier_weights, which must name runs of the config
+    and leave one above 0. `origin(key)` is the file, ``--set`` or option that set ``key`` last."""
+    for stage, key in WEIGHTS.items():
+        names = run_names(cfg, stage, origin(f"runs.{stage}"))
+        weights = cfg["fusion"][key]
+        unknown = [str(n) for n in weights if n not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
+            how = f"declared in runs.{stage}" if declared(cfg, stage) else f"none is declared in runs.{stage}"
+            raise ConfigError(
+                f"{origin(f'fusion.{key}')}: fusion.{key} names {', '.join(unknown)}, not a {stage} run of the config; "
+                f"its {stage} runs are {', '.join(names)} ({how})" + (f"; did you mean {close[0]}?" if close else ""))
+        check_weights(weights, names, key, origin(f"fusion.{key}"))
+
+
 def _check_across(cfg: Mapping, origin: Callable[[str], str]) -> None:
-    """What one key's range cannot say: the runs the weights name (:func:`vinbig.runs.check_names`), detector.extra
+    """What one key's range cannot say: the runs the weights name (:func:`check_names`), detector.extra
     setting a detector key past its range, the percentile window, the gate's thresholds. `origin(key)`: where the
     key's value came from."""
-    from vinbig.runs import check_names
-
     check_names(cfg, origin)
     own = {s.key for s in settings("detector")}  # detector.extra must not pass them to ultralytics unchecked
     extras = [("detector.extra", cfg["detector"]["extra"], origin("detector.extra"))]
@@ -383,6 +447,25 @@ def _check_across(cfg: Mapping, origin: Callable[[str], str]) -> None:
     if f["low"] > f["high"]:
         raise ConfigError(f"fusion.low {f['low']:g} ({origin('fusion.low')}) is above fusion.high {f['high']:g} "
                           f"({origin('fusion.high')}); the gate needs low <= high")
+
+
+def saved_section(path: str | Path, section: str) -> dict:
+    """The `section` of a config a command saved beside its outputs (``config_<name>.yaml``; empty when the file
+    has none); a missing or damaged file is a ConfigError naming it."""
+    values = _read_yaml(Path(path)).get(section) or {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: section '{section}' must be a mapping of keys, got {values!r}")
+    return dict(values)
+
+
+def with_saved(cfg: Mapping[str, Any], path: str | Path, section: str, keep: Iterable[str] = ()) -> dict:
+    """`cfg` with its `section` as the config file `path` holds it (e.g. the config a run's training saved beside
+    its weights), each value checked, but for the keys of `keep` (``section.key``: those given on the command line,
+    :func:`vinbig.options.explicit`), which keep their value in `cfg`. What :func:`load_config` gives with `path`
+    read after its other files, for one section, without resolving the whole config again."""
+    keep = set(keep)
+    values = {k: v for k, v in saved_section(path, section).items() if f"{section}.{k}" not in keep}
+    return merge(cfg, {section: values}, str(path))
 
 
 def save_config(cfg: Mapping[str, Any], path: str | Path, sections: Iterable[str] | None = None) -> Path:

@@ -1,10 +1,10 @@
 """Command-line options made from the config's declaration, so that a setting is written once.
 
-Every key of ``configs/default.yaml`` (``key: default  # (type) meaning``) becomes an option of each command
-that uses its section: ``detector.predict_batch`` is ``--predict-batch`` of ``train-detector`` and
-``predict-detector``, with the meaning as its help. A command's resolved config is: the defaults, ``--config``,
-files a command adds (``WORK/fusion.yaml``), ``--set``, then the options given. A command returns an
-:class:`Outcome` that says where that config is saved, beside the outputs it made.
+Each command declares the keys of ``configs/default.yaml`` (``key: default  # (type) meaning``) that it reads, and
+gets an option for each of them, with the key's meaning as its help: ``detector.conf`` is ``--conf`` of
+``predict-detector`` and of no training command. A command's resolved config is: the defaults, ``--config``, files a
+command adds (``WORK/fusion.yaml``), ``--set``, then the options given. A command returns an :class:`Outcome` that
+says where that config is saved, beside the outputs it made.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from vinbig.config import Setting, load_config, settings
+from vinbig.config import Setting, default_config_path, load_config, parse_override, setting, settings
 
 
 @dataclass(frozen=True)
@@ -59,30 +59,49 @@ def parse_value(setting: Setting, text: str) -> Any:
         raise argparse.ArgumentTypeError(f"{text!r} is not {article} {setting.type}") from None
 
 
-def add_settings(parser: argparse.ArgumentParser, section: str, aliases: Mapping[str, str] = {}) -> None:
-    """An option for every key of `section` (``--key-name``, dest ``section.key``; bools get ``--no-key``).
+def setting_names(keys: Iterable[str]) -> tuple[str, ...]:
+    """The ``section.key`` names `keys` stand for, in the order of configs/default.yaml: ``section.key`` itself,
+    ``section`` each key of it, ``all`` every key. A name that default.yaml does not declare is a bug of the command
+    that declares it (ValueError)."""
+    keys = list(keys)
+    every = [s.name for s in settings()]
+    wanted = set()
+    for name in keys:
+        found = every if name == "all" else [n for n in every if n == name or n.startswith(f"{name}.")]
+        if not found:
+            raise ValueError(f"{name!r} is no key or section of {default_config_path()}")
+        wanted.update(found)
+    return tuple(n for n in every if n in wanted)
+
+
+def add_settings(parser: argparse.ArgumentParser, keys: Iterable[str], aliases: Mapping[str, str] = {}) -> None:
+    """An option for each config key of `keys` (names ``section.key``: ``--key-name``, dest ``section.key``; bools
+    get ``--no-key``), grouped by section.
 
     `aliases` maps an extra flag to a key, e.g. ``{"--batch": "predict_batch"}``; the key whose own flag an
     alias takes is then set with ``--set`` only.
     """
-    group = parser.add_argument_group(
-        f"{section} settings", f"the config's {section} section (README, Configuration): an option given here "
-        "overrides --config and --set")
     taken = set(aliases)
-    for s in settings(section):
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name in setting_names(keys):
+        s = setting(*name.split("."))
         flags = [f for f, key in aliases.items() if key == s.key]
         if s.flag not in taken:
             flags.insert(0, s.flag)
         if not flags:
             continue
+        if s.section not in groups:
+            groups[s.section] = parser.add_argument_group(
+                f"{s.section} settings", f"the keys of the config's {s.section} section that this command reads "
+                "(docs/reference.md, Configuration): an option given here overrides --config and --set")
         help = f"{s.meaning} ({s.declared}; default {s.text})".replace("%", "%%")
         if s.type == "bool":
-            group.add_argument(*flags, dest=f"{section}.{s.key}", action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help)
+            groups[s.section].add_argument(*flags, dest=s.name, action=argparse.BooleanOptionalAction,
+                                           default=argparse.SUPPRESS, help=help)
         else:
             parse: Callable[[str], Any] = lambda text, s=s: parse_value(s, text)
-            group.add_argument(*flags, dest=f"{section}.{s.key}", type=parse, metavar=s.key.upper(),
-                               default=argparse.SUPPRESS, help=help)
+            groups[s.section].add_argument(*flags, dest=s.name, type=parse, metavar=s.key.upper(),
+                                           default=argparse.SUPPRESS, help=help)
 
 
 def given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -95,8 +114,17 @@ def given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
+def explicit(args: argparse.Namespace) -> frozenset[str]:
+    """The keys (``section.key``) given on the command line, with ``--set`` or an option: those that win over every
+    file, also over a file a command reads later (the config a run's training saved, :func:`vinbig.config.with_saved`)."""
+    named = {f"{section}.{key}" for text in args.overrides for section, keys in parse_override(text).items()
+             for key in keys}
+    return frozenset(named | {f"{section}.{key}" for section, keys in given(args).items() for key in keys})
+
+
 def resolve(args: argparse.Namespace, extra: Iterable[Path] = ()) -> dict:
-    """Defaults, ``--config``, the files `extra`, ``--set``, then the options given on the command line; each value
+    """Defaults (``configs/default.yaml``), ``--config`` (a command may default it to another file: ``vinbig demo``
+    to ``configs/demo.yaml``), the files `extra`, ``--set``, then the options given on the command line; each value
     checked against its declared type and range, before the command does anything."""
     return load_config(args.config, args.overrides, extra, given(args))
 

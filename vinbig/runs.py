@@ -17,45 +17,30 @@ With no run named, each stage has one run, ``default``: the stage section as it 
 
 from __future__ import annotations
 
-import difflib
-import math
-from typing import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Iterable, Mapping
 
-from vinbig.artifacts import DEFAULT_RUN, SAFE_ID
-from vinbig.config import merge
+# the runs section is checked where a config is read (vinbig.config): the run names, and the weights naming runs
+from vinbig.config import WEIGHTS, check_names, check_weights, declared, merge, run_names, weight_of, with_saved
 from vinbig.errors import ConfigError
+
+__all__ = ["STAGES", "WEIGHTS", "check_names", "check_weights", "declared", "one_run", "others", "run_argument",
+           "run_config", "run_names", "select", "weight_of"]
 
 STAGES = ("detector", "classifier")
 
 
-def declared(cfg: Mapping, stage: str) -> dict:
-    """The runs of `stage` the config names, each with the keys it changes (empty: the run 'default' alone)."""
-    runs = (cfg.get("runs") or {}).get(stage) or {}
-    if not isinstance(runs, Mapping):
-        raise ConfigError(f"runs.{stage} must map run names to the {stage} keys they change, e.g. "
-                          f"{{s1024: {{}}, m640: {{imgsz: 640}}}}; got {runs!r}")
-    return dict(runs)
-
-
-def run_names(cfg: Mapping, stage: str, source: str = "") -> list[str]:
-    """The runs of `stage` ("detector" or "classifier") in config order; ``["default"]`` when none is named.
-    A name YAML reads as a number or a boolean (``1``, ``off``) is refused, as a name that is no safe folder name;
-    `source` (the file that declared the runs) starts the message."""
-    names = list(declared(cfg, stage)) or [DEFAULT_RUN]
-    where = f"{source}: " if source else ""
-    for name in names:
-        if not isinstance(name, str):
-            raise ConfigError(f"{where}runs.{stage} has a run name YAML reads as a {type(name).__name__} ({name!r}), "
-                              f"not as a name; quote it, e.g. '{name}'")
-        if not SAFE_ID.match(name) or name == "data":
-            raise ConfigError(f"{where}runs.{stage}: {name!r} cannot name a run (a folder WORK/{stage}/NAME): use "
-                              "letters, digits, '_', '.' and '-', starting with a letter or digit, and not 'data'")
-    return names
-
-
-def run_config(cfg: Mapping, stage: str, name: str, options: Mapping = {}) -> dict:
+def run_config(cfg: Mapping, stage: str, name: str, options: Mapping = {}, saved: Path | None = None,
+               keep: Iterable[str] = ()) -> dict:
     """The `stage` section of run `name`: the section with the run's keys over it (unknown keys refused), then
-    `options`, the keys given on the command line, which win over a run's keys as over the rest of the config."""
+    `options`, the keys given on the command line, which win over a run's keys as over the rest of the config.
+
+    `saved`: the config the run's training saved beside its weights (``WORK/{stage}/{name}/fold0/config_{stage}.yaml``),
+    whose `stage` section is read over `cfg`'s first, but for the keys of `keep` (``section.key``: those given on the
+    command line, :func:`vinbig.options.explicit`), which keep `cfg`'s value: the section a config resolved with
+    that file after its others would give, without resolving it again."""
+    if saved is not None:
+        cfg = with_saved(cfg, saved, stage, keep)
     runs = declared(cfg, stage)
     names = run_names(cfg, stage)
     if name not in names:
@@ -103,40 +88,3 @@ def run_argument(parser, stage: str, many: bool) -> None:
         parser.add_argument("--run", "--run-name", dest="run", metavar="NAME",
                             help=f"the {stage} run of the config's runs.{stage} to train (default: the only one; "
                                  "'default' when none is declared); under torchrun write --run-name")
-
-
-def weight_of(weights: Mapping[str, float], name: str) -> float:
-    """A run's weight in `weights` (fusion.run_weights, fusion.classifier_weights); unnamed runs weigh 1."""
-    return float(weights.get(name, 1.0))
-
-
-def check_weights(weights: Mapping[str, float], names: Sequence[str], key: str, source: str = "") -> None:
-    """Every weight of `key` is a finite number >= 0 and at least one of `names` weighs more than 0 (`source`: where
-    the weights come from, for the message)."""
-    where = f"{source}: " if source else ""
-    for name, w in weights.items():
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
-            raise ConfigError(f"{where}fusion.{key}.{name} is {w!r}; a run's weight is a finite number >= 0")
-    if names and not any(weight_of(weights, n) > 0 for n in names):
-        raise ConfigError(f"{where}fusion.{key} gives every run ({', '.join(names)}) weight 0; give one a weight "
-                          "above 0")
-
-
-WEIGHTS = {"detector": "run_weights", "classifier": "classifier_weights"}  # the fusion key weighing a stage's runs
-
-
-def check_names(cfg: Mapping, origin: Callable[[str], str]) -> None:
-    """The keys that name runs, checked when the config is read: each stage's run names (safe folder names, not
-    numbers or booleans), and fusion.run_weights and fusion.classifier_weights, which must name runs of the config
-    and leave one above 0. `origin(key)` is the file, ``--set`` or option that set ``key`` last."""
-    for stage, key in WEIGHTS.items():
-        names = run_names(cfg, stage, origin(f"runs.{stage}"))
-        weights = cfg["fusion"][key]
-        unknown = [str(n) for n in weights if n not in names]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
-            how = f"declared in runs.{stage}" if declared(cfg, stage) else f"none is declared in runs.{stage}"
-            raise ConfigError(
-                f"{origin(f'fusion.{key}')}: fusion.{key} names {', '.join(unknown)}, not a {stage} run of the config; "
-                f"its {stage} runs are {', '.join(names)} ({how})" + (f"; did you mean {close[0]}?" if close else ""))
-        check_weights(weights, names, key, origin(f"fusion.{key}"))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from vinbig.artifacts import Work
+from vinbig.artifacts import Work, config_path
 from vinbig.config import packaged_config
 from vinbig.errors import UserError
 
@@ -50,7 +50,7 @@ class Demo:
         t0 = time.perf_counter()
         for argv in commands:
             logger.info("demo: vinbig %s", " ".join(argv))
-            code = main(argv + self.common)
+            code = main(argv + self.common, pipeline=True)  # its --set: every stage's keys
             if code != 0:
                 raise DemoError(f"the demo stopped at stage '{name}': 'vinbig {' '.join(argv)}' exited with {code} "
                                 "(see the error above). Rerun the same 'vinbig demo' command once it is fixed: the "
@@ -66,14 +66,12 @@ class Demo:
                            + (["--resume"] if resume else []))
 
 
-def run_demo(out: Path, config: Path | None = None, overrides: list[str] = (), verbosity: int = 0,
+def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verbosity: int = 0,
              echo: Callable[[str], None] = print) -> dict:
-    """Run every stage into `out`/data and `out`/work; return the summary (see `summary`)."""
-    from vinbig.config import load_config
+    """Run every stage into `out`/data and `out`/work with the config `cfg`, resolved from the file `config` and the
+    ``--set`` `overrides`, which each stage is given; return the summary (see `summary`)."""
     from vinbig.runs import run_names
 
-    config = Path(config) if config is not None else demo_config_path()
-    cfg = load_config(config, list(overrides))
     d = Demo(out, config, list(overrides), verbosity)
     w = str(d.work)
     t_start = time.perf_counter()
@@ -99,7 +97,7 @@ def run_demo(out: Path, config: Path | None = None, overrides: list[str] = (), v
                                   str(run_submission(d.work, r))] for r in detector_runs])
     d.stage("report", ["report", "--work", w])
     d.times["total"] = time.perf_counter() - t_start
-    result = summary(d, config, list(overrides), detector_runs if len(detector_runs) > 1 else [])
+    result = summary(d, detector_runs if len(detector_runs) > 1 else [])
     echo(format_summary(result))
     return result
 
@@ -121,15 +119,18 @@ def no_finding_result(truth):
     return evaluate(truth, preds)
 
 
-def summary(d: Demo, config: Path, overrides: list[str], runs: list[str] = ()) -> dict:
+def summary(d: Demo, runs: list[str] = ()) -> dict:
     """The fused OOF result, that of "No finding" for every OOF image, the leaderboard rows (ensemble, each run of
-    `runs` alone, "No finding": OOF and test mAP), the output paths and stage times."""
-    from fusion import fusion_config, oof_inputs, score_oof
-    from vinbig.metric import read_truth, score_files
+    `runs` alone, "No finding": OOF and test mAP), the output paths and stage times. The fusion values are those the
+    submission was made with, as 'vinbig fuse' saved them (WORK/config_fusion.yaml: the config, the tuned values,
+    --set)."""
+    from fusion import oof_inputs, score_oof
+    from vinbig.config import saved_section
+    from vinbig.submission import read_truth, score_files
     from vinbig.synth import PRIVATE_TRUTH
 
     work = Work(d.work)
-    f = fusion_config(work, config, overrides)["fusion"]
+    f = saved_section(config_path(work.root, "fusion"), "fusion")
     inputs = oof_inputs(work, f)  # read once for the ensemble and each run alone
     result, _, truth = score_oof(work, f, inputs=inputs)
     baseline = no_finding_result(truth)
@@ -175,7 +176,7 @@ def format_summary(s: dict) -> str:
 
 def cmd_demo(args: argparse.Namespace, cfg: dict) -> int:
     try:
-        run_demo(args.out, args.config, args.overrides, -1 if args.quiet else args.verbose)
+        run_demo(args.out, cfg, args.config, args.overrides, -1 if args.quiet else args.verbose)
     except DemoError as e:
         raise UserError(str(e)) from None
     return 0
@@ -190,5 +191,6 @@ def register(add) -> None:
             "submission, the synthetic leaderboard (each submission scored against DATA/private/test_labels.csv) "
             "and the time of each stage. --config defaults to configs/demo.yaml "
             "(small sizes for a CPU; a GPU is used when there is one); --set changes single keys. A rerun keeps "
-            "the dataset, the converted images and the trained folds, and makes the rest again.")
+            "the dataset, the converted images and the trained folds, and makes the rest again.",
+            reads=["all"], config=demo_config_path())  # every key: each stage is given --config and --set
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for data/ and work/")

@@ -295,7 +295,7 @@ def cmd_export(args: argparse.Namespace, cfg: dict) -> int:
 
 
 def register(add) -> None:
-    """Add `vinbig export` with ``add(name, func, help, description)``."""
+    """Add `vinbig export` with ``add(name, func, help, description, reads=...)``."""
     p = add("export", cmd_export, "copy the trained models and tuned values into a folder to upload as a dataset",
             "Write what offline test inference needs from WORK into DIR, keeping WORK's layout: folds.csv, "
             "fusion.yaml (the values 'vinbig tune' chose), every fold's detector/RUN/foldK/weights/best.pt of every "
@@ -308,7 +308,7 @@ def register(add) -> None:
             "training sizes; its detector.device and classifier.device are null, so that inference takes the GPU "
             "of its own session if any, else the CPU. config.yaml is written last; a folder without it is an "
             "incomplete export. Upload DIR as a Kaggle dataset and give it to notebooks/kaggle_inference.ipynb as "
-            "MODELS.")
+            "MODELS.", reads=["all"])  # every key: config.yaml is the config of inference
     work_argument(p, "work folder with every fold trained")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (created if missing)")
     p.add_argument("--no-classifier", action="store_true", dest="no_classifier",

@@ -24,7 +24,7 @@ def cmd_runs(args: argparse.Namespace, cfg: dict) -> int:
 
 
 def register(add) -> None:
-    """Add `vinbig runs` with ``add(name, func, help, description)``."""
+    """Add `vinbig runs` with ``add(name, func, help, description, reads=...)``."""
     p = add("runs", cmd_runs, "list the named detector and classifier runs of the config",
             "Each run of the config's runs section and the keys it changes of its stage's section; a config "
             "without runs has one run of each stage, 'default'. With --stage, only that stage's names on one line "

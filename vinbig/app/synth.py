@@ -32,5 +32,5 @@ def register(add) -> None:
             "for 'vinbig score' (the synthetic leaderboard). Deterministic for a seed. DATA must be missing, empty "
             "or an earlier 'vinbig synth' output (its .vinbig-manifest.json): a real dataset or any other folder is refused "
             "and left as it is; a rerun removes the earlier run's DICOMs it does not write again, and only those.",
-            sections=["synth"])
+            options=["synth"])
     p.add_argument("--out", required=True, type=Path, metavar="DATA", help="dataset folder to write")

@@ -27,7 +27,7 @@ def detector_checkpoint(path: Path, seed: int | None = None, perturb: bool = Fal
     conf); `perturb`: random noise on every weight too (untrained, every fold would give the same boxes)."""
     import torch
 
-    import detector._offline  # noqa: F401  (ultralytics offline before it is imported)
+    from detector import follow_log_level  # noqa: F401  (ultralytics offline before it is imported)
     from ultralytics.nn.tasks import DetectionModel
 
     if seed is not None:
@@ -52,7 +52,7 @@ def classifier_checkpoint(path: Path, seed: int | None = None, std: float | None
     everywhere)."""
     import torch
 
-    from classifier._model import create_model, save_checkpoint
+    from classifier import create_model, save_checkpoint
 
     if seed is not None:
         torch.manual_seed(seed)

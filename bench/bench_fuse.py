@@ -127,8 +127,7 @@ def main() -> None:
     ap.add_argument("--tune", type=int, default=0, metavar="N", help="also time vinbig tune on N OOF images")
     args = ap.parse_args()
 
-    from fusion._fuse import _library_wbf, fuse, load_inputs
-    from fusion._wbf import wbf
+    from fusion import fuse, library_wbf, load_inputs, wbf
     from vinbig.config import load_config
 
     wbf(np.array([[0, 0, 0.5, 0.5]]), [0.5], [1], [0], [1.0])  # compile (or load numba's cache) outside the timings
@@ -146,22 +145,18 @@ def main() -> None:
         ref = []
         for i in range(len(base)):
             a, b = inp.offsets[i], inp.offsets[i + 1]
-            ref.append(_library_wbf(inp.boxes[a:b], inp.scores[a:b], inp.labels[a:b], inp.model[a:b],
+            ref.append(library_wbf(inp.boxes[a:b], inp.scores[a:b], inp.labels[a:b], inp.model[a:b],
                                     inp.group_weights[0], 0.4, 0.0, "avg"))
         per_image = (time.perf_counter() - t) / len(base)
         t_base = per_image * args.n
 
-        import fusion._fuse as fuse_module
-
-        results, default_per_process = {}, fuse_module._BOXES_PER_PROCESS
-        for label, workers, per_process in (("default (in-process below 5 M boxes per process)", args.workers,
-                                             fuse_module._BOXES_PER_PROCESS),
+        results = {}
+        for label, workers, per_process in (("default (in-process below 5 M boxes per process)", args.workers, None),
                                             ("forced onto one process per core", 0, 1)):
-            fuse_module._BOXES_PER_PROCESS = per_process
             t = time.perf_counter()
-            out = fuse(inp, iou_thr=0.4, skip_box_thr=0.0, conf_type="avg", workers=workers)
+            out = fuse(inp, iou_thr=0.4, skip_box_thr=0.0, conf_type="avg", workers=workers,
+                       **({} if per_process is None else {"boxes_per_process": per_process}))
             results[label] = (time.perf_counter() - t, out)
-        fuse_module._BOXES_PER_PROCESS = default_per_process
         out = next(iter(results.values()))[1]
         same = True
         for image_id, (bx, sc, lab) in zip(base, ref):
@@ -181,7 +176,7 @@ def main() -> None:
         print(f"| vinbig `load_inputs` + `fuse` (default) | {t_load + first:.1f} | {t_base / (t_load + first):.0f}x |")
 
     if args.tune:
-        from fusion._tune import tune
+        from fusion import tune
 
         with tempfile.TemporaryDirectory() as tmp:
             work = make_oof_work(Path(tmp) / "work", args.tune, args.boxes)

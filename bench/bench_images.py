@@ -9,7 +9,7 @@ Three ways to turn the same DICOMs into PNGs of long side --size:
   (`pydicom.dcmread`, `pixel_array` as a view on the bytes read, OpenCV area resize of the 16-bit
   image, a min-max stretch of the small image to 8 bits, `cv2.imencode` with vinbig's PNG settings
   at the same level): what any converter must spend, without the intensity mapping of the standard;
-- vinbig: `folds._images.convert_one` in this process, and `vinbig images --workers 1` as a command.
+- vinbig: `folds.convert_one` in this process, and `vinbig images --workers 1` as a command.
 
 Each is timed in this process (every file read once before, so all see a warm page cache) and as a
 whole process (a new Python that imports what it needs and converts every file: the recipe and the
@@ -144,7 +144,7 @@ def breakdown(files: list[Path], out: Path, size: int, level: int, repeats: int,
     """Milliseconds per image of each step of vinbig's conversion (best of `repeats` for each step)."""
     import cv2
 
-    from folds._images import png_params
+    from folds import png_params
     from vinbig import dicom
     from vinbig.boxes import png_size
 
@@ -198,7 +198,7 @@ def main() -> None:
     import numpy as np
     import pydicom
 
-    from folds._images import convert_images, convert_one, png_params
+    from folds import convert_images, convert_one, png_params
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_images_"))
     src = dataset(root, args.n)

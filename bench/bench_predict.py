@@ -5,15 +5,16 @@ at 160 px with hflip TTA; runs.classifier: one test_efficientnet run at 128 px),
 fold models are saved by hand (untrained, with random weights and head biases so that the detector finds
 boxes): prediction costs the same whatever the weights. For the detector and the classifier, each way is timed
 
-- in-process: ``predict(...)`` of ``detector._predict`` / ``classifier._predict``, `--repeats` times each,
-  alternating, median; and
+- in-process: ``detector.predict(...)`` / ``classifier.predict(...)`` (single read) against the loop of before,
+  written here over the stages' faces (``detector.load_models(...).predict_each`` one model at a time,
+  ``classifier.score_fold`` one fold at a time: a pass over the images per fold model of each run, each image
+  read in the main thread when its batch is needed), `--repeats` times each, alternating, median; both must give
+  the same rows exactly; the script stops if they do not; and
 - as a whole command: ``vinbig predict-detector`` / ``vinbig predict-classifier`` in a fresh interpreter
-  (process start, imports, checkpoint loading included), `--repeats` times each, median,
+  (process start, imports, checkpoint loading included), `--repeats` times, median (single read only: the loop
+  of before is no command any more),
 
-with the number of PNG decodes (``cv2.imread`` calls) of each. "per fold" is the loop of before: a pass over
-the images per fold model (of each run), each image read in the main thread when its batch is needed (``_SINGLE_READ =
-False``, ``_PREFETCH = 0``); "single read" is what the commands do now. Both ways must write the same file,
-byte for byte; the script stops if they do not.
+with the number of PNG decodes (``cv2.imread`` calls) of each.
 
     python bench/bench_predict.py                      # 64 test images, a few minutes on 2 cores
     python bench/bench_predict.py --n-test 100 --repeats 5 --json bench_predict.json
@@ -36,7 +37,7 @@ import cv2
 
 from _common import DEMO, FOLDS, ROOT, classifier_checkpoint, detector_checkpoint, vinbig
 
-# a whole command in a fresh interpreter: counts the PNG decodes; "per_fold" restores the loop of before
+# a whole command in a fresh interpreter: counts the PNG decodes
 COMMAND = '''
 import json, sys
 import cv2
@@ -45,12 +46,8 @@ def counted(*args, **kwargs):
     reads[0] += 1
     return imread(*args, **kwargs)
 cv2.imread = counted
-if sys.argv[1] == "per_fold":
-    import classifier._predict, detector._predict
-    detector._predict._SINGLE_READ = classifier._predict._SINGLE_READ = False
-    detector._predict._PREFETCH = 0
 from vinbig.app.cli import main
-rc = main(sys.argv[2:])
+rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "reads": reads[0]}), file=sys.stderr)
 sys.exit(rc)
 '''
@@ -78,7 +75,7 @@ def demo_runs(stage: str) -> dict:
 
 def save_models(work: Path) -> None:
     """Every fold's best.pt of every run of both stages, as training writes them, from random weights."""
-    from detector._offline import follow_log_level  # first: ultralytics offline
+    from detector import follow_log_level  # first: ultralytics offline
     from vinbig.artifacts import Work
 
     follow_log_level()
@@ -91,16 +88,39 @@ def save_models(work: Path) -> None:
             classifier_checkpoint(w.checkpoint("classifier", k, run=run), seed=100 * r + k, std=0.5, imgsz=128)
 
 
-def set_way(way: str) -> None:
-    import classifier._predict as cp
-    import detector._predict as dp
+def per_fold(stage: str, work: Path, cfg: dict, runs: dict):
+    """The rows of the loop of before: a pass over the test images per fold model of each run."""
+    import pandas as pd
 
-    dp._SINGLE_READ = cp._SINGLE_READ = way == "single"
-    dp._PREFETCH = 2 if way == "single" else 0
+    from vinbig.artifacts import Work, fold_ids, png_path, read_folds, read_meta
+
+    w = Work(work)
+    folds = fold_ids(read_folds(w))
+    meta = read_meta(w.images("test")).set_index("image_id")
+    ids = list(meta.index)
+    if stage == "detector":
+        import detector
+
+        models = detector.load_models(w, runs, folds, tta=["hflip"], device=cfg["device"])
+        frames = []
+        for key in models.keys:
+            for start in range(0, len(ids), models.batch):
+                chunk = ids[start:start + models.batch]
+                images = [detector.read_png(w.images("test"), i) for i in chunk]
+                frames += [rows for _, rows in models.predict_each(images, meta.loc[chunk], [key]) if len(rows)]
+        return pd.concat(frames, ignore_index=True)
+    import classifier
+
+    models = classifier.load_models(w, runs, folds, device=cfg["device"])
+    paths = [png_path(w.images("test"), i) for i in ids]
+    return pd.concat([classifier.score_fold(models, run, k, ids, paths, runs[run]).assign(run=run)
+                      for run in runs for k in folds], ignore_index=True)
 
 
 def in_process(stage: str, work: Path, repeats: int) -> dict:
-    """Median seconds and PNG reads of each way, and whether both wrote the same bytes."""
+    """Median seconds and PNG reads of each way, and whether both gave the same rows."""
+    import pandas as pd
+
     from vinbig import log
     from vinbig.config import load_config
 
@@ -108,15 +128,16 @@ def in_process(stage: str, work: Path, repeats: int) -> dict:
     cfg = load_config(DEMO, [f"{stage}.device=cpu"])[stage]
     runs = demo_runs(stage)  # every run, as the command predicts them
     if stage == "detector":
-        from detector._predict import predict
+        from detector import predict
 
-        def run():
-            return predict(work, "test", cfg, tta=["hflip"], runs=runs).path
+        def single():
+            return pd.read_parquet(predict(work, "test", cfg, tta=["hflip"], runs=runs).path)
     else:
-        from classifier._predict import predict
+        from classifier import predict
 
-        def run():
-            return predict(work, "test", cfg, runs=runs).path
+        def single():
+            preds = predict(work, "test", cfg, runs=runs).preds
+            return preds[preds["fold"] != -1]
 
     reads, imread = [0], cv2.imread
 
@@ -124,44 +145,41 @@ def in_process(stage: str, work: Path, repeats: int) -> dict:
         reads[0] += 1
         return imread(*args, **kwargs)
 
+    ways = {"per_fold": lambda: per_fold(stage, work, cfg, runs), "single": single}
     cv2.imread = counted
     times, counts, outputs = {"per_fold": [], "single": []}, {}, {}
     try:
-        run()  # warm-up: first model calls, file caches
+        single()  # warm-up: first model calls, file caches
         for _ in range(repeats):
             for way in times:
-                set_way(way)
                 reads[0] = 0
                 t = time.perf_counter()
-                path = run()
+                outputs[way] = ways[way]()
                 times[way].append(time.perf_counter() - t)
-                counts[way], outputs[way] = reads[0], path.read_bytes()
+                counts[way] = reads[0]
     finally:
         cv2.imread = imread
-        set_way("single")
+    key = [c for c in outputs["single"].columns]
+    a, b = (outputs[w].loc[:, key].sort_values(key, ignore_index=True) for w in ("per_fold", "single"))
     return {way: {"seconds": statistics.median(t), "reads": counts[way]} for way, t in times.items()} | {
-        "same_output": outputs["per_fold"] == outputs["single"]}
+        "same_output": a.astype(b.dtypes.to_dict()).equals(b)}
 
 
 def whole_command(stage: str, work: Path, repeats: int) -> dict:
-    """Median wall seconds and reads of ``vinbig predict-STAGE --split test`` per way in a fresh interpreter."""
+    """Median wall seconds and reads of ``vinbig predict-STAGE --split test`` in a fresh interpreter."""
     args = ["predict-" + stage, "--work", str(work), "--split", "test", "--config", str(DEMO), "--device", "cpu",
             "-q", *(["--tta", "hflip"] if stage == "detector" else [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    out = Path(work) / "preds" / (f"{stage}_test.parquet" if stage == "detector" else f"{stage}_test.csv")
-    times, counts, outputs = {"per_fold": [], "single": []}, {}, {}
+    times, reads = [], 0
     for _ in range(repeats):
-        for way in times:
-            t = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", COMMAND, way, *args], capture_output=True, text=True,
-                                  env=env, cwd=ROOT)
-            times[way].append(time.perf_counter() - t)
-            if done.returncode != 0:
-                raise SystemExit(f"vinbig {' '.join(args)} ({way}) failed:\n{done.stderr}")
-            counts[way] = json.loads(done.stderr.strip().splitlines()[-1])["reads"]
-            outputs[way] = out.read_bytes()
-    return {way: {"seconds": statistics.median(t), "reads": counts[way]} for way, t in times.items()} | {
-        "same_output": outputs["per_fold"] == outputs["single"]}
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", COMMAND, *args], capture_output=True, text=True, env=env,
+                              cwd=ROOT)
+        times.append(time.perf_counter() - t)
+        if done.returncode != 0:
+            raise SystemExit(f"vinbig {' '.join(args)} failed:\n{done.stderr}")
+        reads = json.loads(done.stderr.strip().splitlines()[-1])["reads"]
+    return {"single": {"seconds": statistics.median(times), "reads": reads}}
 
 
 def main() -> int:
@@ -189,19 +207,21 @@ def main() -> int:
     print(f"{n} test PNGs of {args.png_size} px, {FOLDS} folds, CPU ({os.cpu_count()} cores), median of "
           f"{args.repeats}; detector runs {', '.join(runs['detector'])} (yolov8n at 160 px with hflip), classifier "
           f"run{'s' * (len(runs['classifier']) > 1)} {', '.join(runs['classifier'])} (test_efficientnet at 128 px)")
-    print(f"{'':38s} {'per fold':>10s} {'single read':>12s} {'ratio':>7s} {'reads':>13s}  same file")
+    print(f"{'':38s} {'per fold':>10s} {'single read':>12s} {'ratio':>7s} {'reads':>13s}  same rows")
     for stage in ("detector", "classifier"):
-        for how, label in (("in_process", "in-process predict()"), ("command", f"vinbig predict-{stage}")):
-            r = results[stage][how]
-            a, b = r["per_fold"], r["single"]
-            r["ratio"] = a["seconds"] / b["seconds"]
-            print(f"{stage + ', ' + label:38s} {a['seconds']:9.2f}s {b['seconds']:11.2f}s {r['ratio']:6.2f}x "
-                  f"{a['reads']:6d} -> {b['reads']:4d}  {'yes' if r['same_output'] else 'NO'}")
+        r = results[stage]["in_process"]
+        a, b = r["per_fold"], r["single"]
+        r["ratio"] = a["seconds"] / b["seconds"]
+        print(f"{stage + ', in-process':38s} {a['seconds']:9.2f}s {b['seconds']:11.2f}s {r['ratio']:6.2f}x "
+              f"{a['reads']:6d} -> {b['reads']:4d}  {'yes' if r['same_output'] else 'NO'}")
+        c = results[stage]["command"]["single"]
+        print(f"{stage + f', vinbig predict-{stage}':38s} {'-':>10s} {c['seconds']:11.2f}s {'':>7s} "
+              f"{'':>6s}    {c['reads']:4d}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    same = all(results[s][h]["same_output"] for s in ("detector", "classifier") for h in ("in_process", "command"))
+    same = all(results[s]["in_process"]["same_output"] for s in ("detector", "classifier"))
     if not same:
-        print("the two ways wrote different files: a bug in the single read", file=sys.stderr)
+        print("the two ways gave different rows: a bug in the single read", file=sys.stderr)
     return 0 if same else 1
 
 

@@ -60,7 +60,7 @@ def make_export(root: Path) -> Path:
     configs/demo.yaml, config.yaml by `vinbig export --config configs/demo.yaml`."""
     import pandas as pd
 
-    from detector._offline import follow_log_level  # first: ultralytics offline
+    from detector import follow_log_level  # first: ultralytics offline
     from vinbig.artifacts import Work
     from vinbig.config import load_config
     from vinbig.runs import run_names
@@ -86,45 +86,44 @@ def make_export(root: Path) -> Path:
 
 def open_export(model: Path):
     """The export as `vinbig predict` opens it, on the CPU."""
-    from vinbig.app.predict import config_files, open_model
+    from vinbig.app.model import config_files, open_model
     from vinbig.config import load_config
 
     cfg = load_config(None, ["detector.device=cpu", "classifier.device=cpu"], extra=config_files(model))
     return open_model(model, cfg)
 
 
-def bare_passes(loaded, images) -> dict:
-    """Seconds of the model passes alone over `images` (converted, in the command's batches)."""
+def bare_passes(models, images) -> dict:
+    """Seconds of the model passes alone over `images` (converted, in the command's batches); `models`: what
+    vinbig.app.model.load_models gives (detector.DetectorModels, classifier.ClassifierModels)."""
     import cv2
 
-    from classifier._data import PngDataset
-    from classifier._model import Prepare
+    from classifier import Prepare, to_tensor
 
+    detectors, classifiers = models.detectors, models.classifiers
     seconds = {"detector": 0.0, "detector_network": 0.0, "classifier": 0.0}
-    for start in range(0, len(images), loaded.batch):
-        batch = images[start:start + loaded.batch]
+    for start in range(0, len(images), models.batch):
+        batch = images[start:start + models.batch]
         bgr = [cv2.cvtColor(i.image, cv2.COLOR_GRAY2BGR) for i in batch]
         views = {"none": bgr, "hflip": [cv2.flip(im, 1) for im in bgr]}
-        for (run, _), model in loaded.detectors.items():
-            for tta in loaded.sets:
+        for (run, _), model in detectors.models.items():
+            for tta in detectors.sets:
                 t = time.perf_counter()
-                model.predict(views[tta], **loaded.detector_args[run])
+                model.predict(views[tta], **detectors.args[run])
                 seconds["detector"] += time.perf_counter() - t
                 x = model.predictor.preprocess(views[tta])
                 t = time.perf_counter()
                 model.predictor.inference(x)
                 seconds["detector_network"] += time.perf_counter() - t
-        for run, models in loaded.classifiers.items():
-            cfg = loaded.classifier_cfg[run]
-            sizes = sorted({s for _, s in models.values()})
-            resize = PngDataset([], None, tuple(sizes))
-            x = {s: torch.stack([resize._tensor(i.image, s) for i in batch]) for s in sizes}
-            for model, imgsz in models.values():
-                prepared = Prepare(model, loaded.classifier_device)(x[imgsz])
+        for run, fold_models in (classifiers.models if classifiers else {}).items():
+            sizes = sorted({s for _, s in fold_models.values()})
+            x = {s: torch.stack([to_tensor(i.image, s) for i in batch]) for s in sizes}
+            for model, imgsz in fold_models.values():
+                prepared = Prepare(model, classifiers.device)(x[imgsz])
                 t = time.perf_counter()
                 with torch.no_grad():
                     model(prepared)
-                    if cfg["tta"] == "hflip":
+                    if classifiers.tta[run] == "hflip":
                         model(torch.flip(prepared, dims=[3]))
                 seconds["classifier"] += time.perf_counter() - t
     return seconds
@@ -133,7 +132,9 @@ def bare_passes(loaded, images) -> dict:
 def in_process(model_dir: Path, dicoms: Path, out: Path, repeats: int, dicom_out: bool) -> dict:
     """Median seconds per image of vinbig predict's parts and of the bare passes, alternating."""
     from vinbig import log
-    from vinbig.app.predict import find_inputs, load_models, predict, read_image
+    from vinbig.app.inputs import find_inputs, read_image
+    from vinbig.app.model import load_models
+    from vinbig.app.predict import predict
 
     log.setup(-1)
     model = open_export(model_dir)
@@ -155,8 +156,9 @@ def in_process(model_dir: Path, dicoms: Path, out: Path, repeats: int, dicom_out
     result["bare"]["total"] = med([b["detector"] + b["classifier"] for b in bare])
     result["overhead"] = result["per_image"] / result["bare"]["total"] - 1
     result["boxes_per_image"] = sum(len(r.boxes) for r in runs[-1].results) / n
-    result["models"] = {"detector": len(loaded.detectors), "tta_sets": len(loaded.sets),
-                        "classifier": sum(len(m) for m in loaded.classifiers.values())}
+    result["models"] = {"detector": len(loaded.detectors.keys), "tta_sets": len(loaded.detectors.sets),
+                        "classifier": sum(len(m) for m in loaded.classifiers.models.values()) if loaded.classifiers
+                        else 0}
     return result
 
 

@@ -83,11 +83,16 @@ class PngDataset(Dataset):
         return x, torch.tensor(y), i
 
     def _tensor(self, image: np.ndarray, imgsz: int) -> torch.Tensor:
-        if image.shape != (imgsz, imgsz):
-            shrink = image.shape[0] > imgsz and image.shape[1] > imgsz
-            image = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        x = torch.from_numpy(image)[None]
+        x = to_tensor(image, imgsz)
         return x if self.transform is None else self.transform(x)
+
+
+def to_tensor(image: np.ndarray, imgsz: int) -> torch.Tensor:
+    """A greyscale uint8 image (a PNG of ``vinbig images``) as the classifier's uint8 1 x imgsz x imgsz input."""
+    if image.shape != (imgsz, imgsz):
+        shrink = image.shape[0] > imgsz and image.shape[1] > imgsz
+        image = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return torch.from_numpy(image)[None]
 
 
 def worker_init(_: int) -> None:

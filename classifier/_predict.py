@@ -4,7 +4,8 @@
 ``--split test``: every fold's best.pt scores every test image, and rows with fold -1 hold the mean. Each
 classifier run (vinbig.runs) is scored in turn, at its own input size, with a ``run`` column. The test images are
 read once per run: every fold model of the run scores a batch before the next one is read (the data loader's
-workers read ahead).
+workers read ahead). The models are loaded and score in memory as classifier._models gives them
+(``load_models(...).predict(images, image_ids)``); this module reads the PNGs and writes the rows.
 """
 
 from __future__ import annotations
@@ -21,59 +22,18 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, DEFAULT_RUN, SPLITS, ArtifactError, Work, check_output,
-                             fold_ids, predict_command, read_classifier_preds, read_folds, read_meta, train_command,
-                             write_csv, write_fix, writing)
+from vinbig.artifacts import (CLASSIFIER_PRED_COLUMNS, DEFAULT_RUN, SPLITS, Work, check_output, fold_ids,
+                              predict_command, read_classifier_preds, read_folds, read_meta, write_csv, write_fix,
+                              writing)
 from vinbig.errors import ConfigError
-from vinbig.log import progress
+from vinbig.tables import read_table
 
 from classifier._data import PngDataset, abnormal_targets, png_paths, worker_init
-from classifier._model import Prepare, cudnn_benchmark, has_weights, load_checkpoint, load_classifier, resolve_device
+from classifier._model import Prepare, cudnn_benchmark, resolve_device
+from classifier._models import TTA, ClassifierModels, check_tta, checkpoints, infer, infer_folds, load_models
 
 logger = logging.getLogger(__name__)
-
-TTA = ("none", "hflip")
-
-
-@torch.no_grad()
-def infer(model: torch.nn.Module, loader: DataLoader, prepare: Prepare, amp: bool = False, tta: str = "none",
-          desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
-    """``(dataset indices, P(abnormal))`` over `loader`; with ``tta="hflip"`` the mean over both views."""
-    model.eval()
-    indices, probs = [], []
-    for x, _, idx in progress(loader, desc=desc, leave=False):
-        indices.append(idx.numpy())
-        probs.append(_scores(model, prepare(x), amp, tta))
-    if not indices:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    return np.concatenate(indices), np.concatenate(probs)
-
-
-@torch.no_grad()
-def infer_folds(models: Mapping[int, tuple[torch.nn.Module, int]], loader: DataLoader, device: torch.device,
-                amp: bool = False, tta: str = "none", desc: str = "predict"
-                ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """``(dataset indices, {fold: P(abnormal)})``: every fold's ``(model, imgsz)`` scores each batch `loader` reads,
-    the same numbers as :func:`infer` over a loader per fold. The loader's images are ``{imgsz: tensor}`` (a
-    PngDataset of every fold's size)."""
-    prepares = {k: Prepare(model.eval(), device) for k, (model, _) in models.items()}
-    indices, probs = [], {k: [] for k in models}
-    for x, _, idx in progress(loader, desc=desc, leave=False):
-        indices.append(idx.numpy())
-        for k, (model, imgsz) in models.items():
-            probs[k].append(_scores(model, prepares[k](x[imgsz]), amp, tta))
-    if not indices:
-        return np.zeros(0, dtype=np.int64), {k: np.zeros(0) for k in models}
-    return np.concatenate(indices), {k: np.concatenate(p) for k, p in probs.items()}
-
-
-def _scores(model: torch.nn.Module, x: torch.Tensor, amp: bool, tta: str) -> np.ndarray:
-    """P(abnormal) of the prepared batch `x`; with ``tta="hflip"`` the mean over both views."""
-    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp and x.device.type == "cuda"):
-        p = torch.sigmoid(model(x).float().squeeze(1))
-        if tta == "hflip":
-            p = (p + torch.sigmoid(model(torch.flip(x, dims=[3])).float().squeeze(1))) / 2
-    return p.double().cpu().numpy()
+__all__ = ["TTA", "infer", "infer_folds", "predict", "gate_operating_point", "score_fold"]
 
 
 def auc(abnormal: Sequence[int], p: Sequence[float]) -> float:
@@ -111,9 +71,6 @@ def _loader(paths: list[Path], imgsz: int | Sequence[int], cfg: dict, device: to
                       num_workers=cfg["workers"], pin_memory=device.type == "cuda", worker_init_fn=worker_init)
 
 
-_SINGLE_READ = True  # test split: every fold model scores each batch read (False: a pass over the images per fold)
-
-
 @dataclass(frozen=True)
 class ClassifierPredictions:
     """The csv written and its rows; for "oof" also the AUC (overall, per fold) and the gate's operating point."""
@@ -140,36 +97,25 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: dict, tta: str | No
     if split not in SPLITS:
         raise ConfigError(f"split {split!r} is not one of {list(SPLITS)}")
     for c in runs.values():
-        if (tta or c["tta"]) not in TTA:
-            raise ConfigError(f"classifier.tta {tta or c['tta']!r} is not one of {list(TTA)}")
+        check_tta(tta or c["tta"])
     device = resolve_device(cfg["device"])
     # the test split needs only folds.csv and the checkpoints (a Kaggle weights dataset holds no train labels)
     table = abnormal_targets(work) if split == "oof" else read_folds(work)
     folds = fold_ids(table)
-    ckpts = {(run, k): work.checkpoint("classifier", k, "best", run) for run in runs for k in folds}
-    missing = [key for key, p in ckpts.items() if not has_weights(p)]  # best.pt, or an export's safetensors
-    if missing:
-        commands = "; ".join(f"'{train_command(work, 'classifier', k, run)}'" for run, k in missing)
-        raise ArtifactError(f"no trained classifier for {len(missing)} fold(s): {ckpts[missing[0]]} not found; "
-                            f"run {commands}{work.old_layout_hint('classifier')}")
-
+    paths = checkpoints(work, runs, folds)
     out, made_by = work.classifier_preds(split), predict_command(work, "classifier", split)
     check_output(out, made_by)  # before any model runs
     kept = _kept_rows(work, split, keep_runs)
-    # every checkpoint read (and so readable) before the first one scores an image
-    loaded = {key: load_checkpoint(path, train_command(work, "classifier", key[1], key[0]))
-              for key, path in ckpts.items()}
+    models = load_models(work, runs, folds, device=cfg["device"], tta=tta, paths=paths)
 
     frames = []
     with cudnn_benchmark(device):  # the input size is fixed; the detector may share the process
         for run, c in runs.items():
-            run_tta = tta or c["tta"]
-            r_ckpts = {k: ckpts[run, k] for k in folds}
-            r_loaded = {k: loaded[run, k] for k in folds}
-            if split == "test" and _SINGLE_READ:
-                rows = _score_test(work, folds, r_ckpts, r_loaded, c, device, run_tta, run)
+            if split == "test":
+                rows = _score_test(work, models, run, c)
             else:
-                rows = [_score_fold(work, split, k, table, r_ckpts[k], r_loaded[k], c, device, run_tta, run)
+                ids = {k: table.loc[table["fold"] == k, "image_id"].tolist() for k in folds}
+                rows = [score_fold(models, run, k, ids[k], png_paths(work.images("train"), ids[k]), c, "oof")
                         for k in folds]
             preds = pd.concat(rows, ignore_index=True)
             if split == "test":
@@ -199,7 +145,7 @@ def _kept_rows(work: Work, split: str, keep_runs: Sequence[str]) -> pd.DataFrame
     path = work.classifier_preds(split)
     if not keep_runs or not path.is_file():
         return pd.DataFrame(columns=list(CLASSIFIER_PRED_COLUMNS))
-    head = pd.read_csv(path, nrows=0).columns
+    head = read_table(path, f"run '{predict_command(work, 'classifier', split)}' again", nrows=0).columns
     if "run" not in head:
         logger.warning("%s was written before named runs; the rows of runs %s are not kept: predict them again "
                        "(without --run)", path, ", ".join(keep_runs))
@@ -208,33 +154,29 @@ def _kept_rows(work: Work, split: str, keep_runs: Sequence[str]) -> pd.DataFrame
     return old[old["run"].isin(keep_runs)]
 
 
-def _score_fold(work: Work, split: str, k: int, table: pd.DataFrame, ckpt: Path, loaded: dict, cfg: dict,
-                device: torch.device, tta: str, run: str = DEFAULT_RUN) -> pd.DataFrame:
-    """``image_id, fold, p_abnormal`` of fold `k`'s model on its validation images (oof) or the test images."""
-    model, imgsz = load_classifier(ckpt, device, train_command(work, "classifier", k, run), loaded)
-    if split == "oof":
-        ids = table.loc[table["fold"] == k, "image_id"].tolist()
-        paths = png_paths(work.images("train"), ids)
-    else:
-        ids, paths = _test_images(work)
-    idx, p = infer(model, _loader(paths, imgsz, cfg, device), Prepare(model, device), cfg["amp"], tta,
-                   desc=f"{split} fold {k}")
-    logger.info("fold %d: %d %s image(s) scored with %s (tta %s)", k, len(idx), split, ckpt, tta)
+def score_fold(models: ClassifierModels, run: str, k: int, ids: Sequence[str], paths: Sequence[Path], cfg: dict,
+               split: str = "test") -> pd.DataFrame:
+    """``image_id, fold, p_abnormal`` of fold `k`'s model of `run` alone on the PNGs `paths` of `ids` (oof: its
+    validation images), read in a pass of its own."""
+    model, imgsz = models.models[run][k]
+    idx, p = infer(model, _loader(paths, imgsz, cfg, models.device), Prepare(model, models.device), cfg["amp"],
+                   models.tta[run], desc=f"{split} fold {k}")
+    logger.info("fold %d: %d %s image(s) scored with %s (tta %s)", k, len(idx), split, models.paths[run, k],
+                models.tta[run])
     return pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p})
 
 
-def _score_test(work: Work, folds: Sequence[int], ckpts: Mapping[int, Path], loaded: Mapping[int, dict], cfg: dict,
-                device: torch.device, tta: str, run: str = DEFAULT_RUN) -> list[pd.DataFrame]:
-    """One frame per fold, as :func:`_score_fold` makes them, from one read of each test image."""
-    models = {k: load_classifier(ckpts[k], device, train_command(work, "classifier", k, run), loaded[k])
-              for k in folds}
+def _score_test(work: Work, models: ClassifierModels, run: str, cfg: dict) -> list[pd.DataFrame]:
+    """One frame per fold, as :func:`score_fold` makes them, from one read of each test image."""
+    fold_models = models.models[run]
     ids, paths = _test_images(work)
-    sizes = tuple(sorted({imgsz for _, imgsz in models.values()}))
-    idx, p = infer_folds(models, _loader(paths, sizes, cfg, device), device, cfg["amp"], tta,
-                         desc=f"test folds {','.join(map(str, folds))}")
+    sizes = tuple(sorted({imgsz for _, imgsz in fold_models.values()}))
+    idx, p = infer_folds(fold_models, _loader(paths, sizes, cfg, models.device), models.device, cfg["amp"],
+                         models.tta[run], desc=f"test folds {','.join(map(str, fold_models))}")
     rows = []
-    for k in folds:
-        logger.info("fold %d: %d test image(s) scored with %s (tta %s)", k, len(idx), ckpts[k], tta)
+    for k in fold_models:
+        logger.info("fold %d: %d test image(s) scored with %s (tta %s)", k, len(idx), models.paths[run, k],
+                    models.tta[run])
         rows.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object)[idx], "fold": k, "p_abnormal": p[k]}))
     return rows
 

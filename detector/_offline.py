@@ -10,7 +10,7 @@ Importing this module is enough, and it must happen before anything imports ultr
 - ``check_amp`` would download yolo26n.pt to compare FP32 and AMP outputs; it runs the same
   comparison on the model being trained instead.
 - ultralytics' ``torch_load`` (``weights_only=False``: unpickling runs whatever a file names), in its own
-  module and wherever it was imported by name, becomes :func:`detector._weights.torch_load`, the restricted
+  module and wherever it was imported by name, becomes :func:`detector._restricted.torch_load`, the restricted
   loader: no checkpoint is unpickled unrestricted in a vinbig process (a resumed run, ``detector.model: x.pt``,
   ultralytics' own loads of best.pt and last.pt). A fold is loaded by :func:`detector._weights.load_detector`
   from its absolute path, so ultralytics never re-downloads an asset named bare (``yolov8n.pt``); an unreadable
@@ -139,7 +139,7 @@ def _restrict_loads() -> None:
     import ultralytics.utils.patches as patches
     import ultralytics.utils.torch_utils  # noqa: F401
 
-    from detector._weights import torch_load
+    from detector._restricted import torch_load
 
     import ultralytics.data.dataset  # noqa: F401
     import ultralytics.data.utils as data_utils

@@ -5,8 +5,9 @@ PNG back to original DICOM pixels and clipped to the image. Rows are written to 
 row groups as they come, so memory does not grow with the number of images; the file appears only
 when complete.
 
-Each PNG is read once: on the test split every fold model of every run (and every TTA set) predicts a batch
-before the next batch is read, and background threads read the batches ahead. The rows are written model by
+The models predict in memory (detector._models: ``load_models(...).predict(images, meta)``); this module reads the
+PNGs and writes the rows. Each PNG is read once: on the test split every fold model of every run (and every TTA
+set) predicts a batch before the next batch is read, and background threads read the batches ahead. The rows are written model by
 model, in the order a loop over the runs and folds would write them (later models' rows wait in ``.partial``
 files beside the output), so the file is the same as one pass per model would make. Predicting some runs only
 (``--run``) keeps the other runs' rows of the existing file.
@@ -29,39 +30,15 @@ import pandas as pd
 from vinbig import log
 from vinbig.artifacts import (DEFAULT_RUN, DETECTOR_PRED_COLUMNS, ArtifactError, Work, atomic_path, check_fold,
                               check_output, fold_ids, images_command, png_path, predict_command, read_folds,
-                              read_meta, train_command, write_fix, writing)
-from vinbig.boxes import clip, to_original
-from vinbig.devices import Device, parse_device
+                              read_meta, write_fix, writing)
 from vinbig.parallel import prefetched
+
+from detector._models import check_tta, load_models, weights_path
 
 logger = logging.getLogger(__name__)
 
-TTAS = ("none", "hflip")
 _ROW_GROUP = 200_000  # rows buffered before a parquet row group is written
 _PREFETCH = 2  # batches read ahead by background threads (0: read in the main thread as each batch is needed)
-_SINGLE_READ = True  # models predicting the same images share each batch read (False: a pass over the images per model)
-
-
-def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
-    """Boxes predicted on a horizontally flipped image of `width` pixels, mapped back to the unflipped image.
-
-    Pixel edges, not centres: column c of the flipped image is column ``width - 1 - c`` of the original, so a
-    box spanning edges ``[x0, x1]`` there spans ``[width - x1, width - x0]`` here.
-    """
-    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    return np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1)
-
-
-def weights_path(work: Work, fold: int, which: str = "best", run: str = DEFAULT_RUN) -> Path:
-    """The path of fold `fold`'s `which` checkpoint; it, or (for best) its exported form, must be there."""
-    from detector._weights import has_weights
-
-    path = work.checkpoint("detector", fold, which, run)
-    if not (path.is_file() or which == "best" and has_weights(path)):
-        what = f"fold {fold}" + (f" of run {run}" if run != DEFAULT_RUN else "")
-        raise ArtifactError(f"no detector weights for {what} at {path}; run "
-                            f"'{train_command(work, 'detector', fold, run)}'{work.old_layout_hint('detector')}")
-    return path
 
 
 def plan(work: Work, split: str, folds: Sequence[int] | None = None) -> tuple[pd.DataFrame, dict[int, list[str]]]:
@@ -98,36 +75,30 @@ class DetectorPredictions:
 
 def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Sequence[str] = (),
             folds: Sequence[int] | None = None, weights: str = "best", out: Path | None = None,
-            runs: Mapping[str, Mapping] | None = None, keep_runs: Sequence[str] = ()) -> DetectorPredictions:
+            runs: Mapping[str, Mapping] | None = None, keep_runs: Sequence[str] = (),
+            half: bool = True) -> DetectorPredictions:
     """Write ``WORK/preds/detector_{split}.parquet`` (or `out`).
 
     `runs` maps each run to predict to its detector section (vinbig.runs.run_config); None predicts the run
     ``default`` with `cfg`. The rows of the runs `keep_runs` in the existing file are kept as they are.
     Before any model runs, every checkpoint is loaded and the output is checked to be writable; a
-    damaged checkpoint or an output that cannot be written is an error naming the file and the fix.
+    damaged checkpoint or an output that cannot be written is an error naming the file and the fix. `half` False:
+    FP32 on a GPU too (bench/gpu_check.py compares).
     """
-    from detector._offline import follow_log_level  # first: ultralytics offline
-
-    follow_log_level()
     work = Work.of(work)
-
-    bad = sorted(set(tta) - set(TTAS))
-    if bad:
-        raise ValueError(f"unknown TTA {bad}; choose from {list(TTAS[1:])}")
-    sets = list(dict.fromkeys(["none", *tta]))  # each set once: a repeated one would count twice in fusion
+    check_tta(tta)
     runs = dict(runs or {DEFAULT_RUN: cfg})
     meta, by_fold = plan(work, split, folds)
-    keys = [(run, k) for run in runs for k in by_fold]  # one model per run and fold; todo, models: by index
+    keys = [(run, k) for run in runs for k in by_fold]  # one model per run and fold; todo: by index
     todo = {m: by_fold[k] for m, (run, k) in enumerate(keys)}
-    paths = {m: weights_path(work, k, weights, run) for m, (run, k) in enumerate(keys)}  # all present first
+    paths = {(run, k): weights_path(work, k, weights, run) for run, k in keys}  # all present first
     out = Path(out or work.detector_preds(split))
     made_by = predict_command(work, "detector", split)
     check_output(out, made_by)
     kept = kept_rows(out, keep_runs, made_by)
-    models = {m: load_fold_model(work, keys[m][1], weights, path, keys[m][0]) for m, path in paths.items()}
+    models = load_models(work, runs, list(by_fold), weights=weights, tta=tta, device=cfg["device"], paths=paths,
+                         half=half)
     schema = parquet_schema()
-    device = prediction_device(cfg["device"])
-    args = {run: predict_args(c, device) for run, c in runs.items()}
     image_dir = work.images("train" if split == "oof" else "test")
     counted = {"boxes": 0}
 
@@ -136,18 +107,15 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
         names = [f"{keys[m][0]}/{keys[m][1]}" if len(runs) > 1 else str(keys[m][1]) for m in pass_models]
         bar = log.progress(total=len(ids), unit="img",
                            desc=f"{split} fold{'s' * (len(pass_models) > 1)} {','.join(names)}")
-        batch = min(c["predict_batch"] for c in runs.values())
-        for chunk, images in read_batches(image_dir, ids, batch, _PREFETCH):
-            flipped = [cv2.flip(im, 1) for im in images] if "hflip" in sets else None
-            for m in pass_models:
-                run, fold = keys[m]
-                rows = _predict_images(models[m], chunk, images, flipped, meta, fold, sets, args[run], run)
+        index = {key: m for m, key in enumerate(keys)}
+        for chunk, images in read_batches(image_dir, ids, models.batch, _PREFETCH):
+            for key, rows in models.predict_each(images, meta.loc[list(chunk)], [keys[m] for m in pass_models]):
                 counted["boxes"] += len(rows)
-                yield m, rows
+                yield index[key], rows
             bar.update(len(chunk))
         bar.close()
         for m in pass_models:
-            del models[m]  # released once its pass is done
+            models.release(keys[m])  # released once its pass is done
 
     def frames() -> Iterator[pd.DataFrame]:
         pairs = (item for ids, pass_models in passes(split, todo) for item in batches(ids, pass_models))
@@ -157,28 +125,12 @@ def predict(work: Work | str | os.PathLike, split: str, cfg: Mapping, *, tta: Se
     with contextlib.closing(row_groups(frames(), schema)) as tables:  # spill files go, also on an error
         write_parquet(out, tables, schema, made_by)
     n_boxes, n_images = counted["boxes"], len({i for v in todo.values() for i in v})
+    sets = models.sets
     logger.info("%s: %d boxes from %d model(s) (run%s %s, folds %s) x %d prediction set(s) (%s) on %d images -> %s%s",
                 split, n_boxes, len(keys), "s" * (len(runs) > 1), ", ".join(runs), ",".join(map(str, by_fold)),
                 len(sets), ", ".join(sets), n_images, out,
                 f"; kept the rows of run(s) {', '.join(keep_runs)}" if keep_runs and out.is_file() else "")
     return DetectorPredictions(out, n_boxes, n_images, len(keys) * len(sets))
-
-
-def prediction_device(device_cfg) -> Device:
-    """detector.device for prediction: one device (the first GPU of several)."""
-    device = parse_device(device_cfg, "detector.device")
-    if len(device.gpus) > 1:
-        logger.warning("prediction runs on one device; using GPU %d of %s", device.gpus[0], list(device.gpus))
-        device = Device("cuda", device.gpus[:1])
-    return device
-
-
-def predict_args(cfg: Mapping, device: Device) -> dict:
-    """ultralytics' predict() arguments of a run's detector section `cfg` on `device`."""
-    args = dict(imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"], verbose=False,
-                device=device.ultralytics)
-    args.update(_fp16(args["device"]))
-    return args
 
 
 def kept_rows(out: Path, keep_runs: Sequence[str], made_by: str) -> list[pd.DataFrame]:
@@ -198,18 +150,6 @@ def kept_rows(out: Path, keep_runs: Sequence[str], made_by: str) -> list[pd.Data
         raise ArtifactError(f"{out} is not a readable parquet file ({e}), so the other runs' rows cannot be kept; "
                             f"run '{made_by}' without --run") from None
     return [df] if len(df) else []
-
-
-def load_fold_model(work: Work, fold: int, weights: str, path: Path, run: str = DEFAULT_RUN, *,
-                    pickles: bool = True):
-    """The ultralytics model of fold `fold`'s `weights` checkpoint `path` (or, for best, its exported form: an
-    export copied into a work folder), loaded restricted (detector._weights); a damaged file names the fixes.
-    `pickles` False (an export): the exported form only, the .pt is never read."""
-    from detector._weights import load_detector
-
-    other = "last" if weights == "best" else "best"
-    return load_detector(path, f"predict with each fold's {other}.pt (--weights {other}) or train fold {fold} "
-                               f"again: '{train_command(work, 'detector', fold, run)} --overwrite'", pickles=pickles)
 
 
 def write_parquet(out: Path, tables: Iterable, schema, made_by: str) -> Path:
@@ -236,22 +176,10 @@ def _writing(out: Path, made_by: str, fn, *args):
         return fn(*args)
 
 
-def _fp16(device) -> dict:
-    """The predict() argument for FP16 inference on a GPU (``quantize`` since ultralytics 8.4, ``half`` before)."""
-    import torch
-    from ultralytics.utils import DEFAULT_CFG_DICT
-
-    if not torch.cuda.is_available() or str(device).lower() == "cpu":
-        return {}
-    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
-
-
 def passes(split: str, todo: Mapping[int, Sequence[str]]) -> list[tuple[list[str], list[int]]]:
     """The passes over the images, ``(image ids, models predicting them)``: models that predict the same images
     share a pass in which each predicts every batch read: on the test split every model, on oof the runs'
     models of one fold."""
-    if not _SINGLE_READ:
-        return [(list(ids), [m]) for m, ids in todo.items()]
     groups: dict[tuple, list[int]] = {}
     for m, ids in todo.items():
         groups.setdefault(tuple(ids), []).append(m)
@@ -339,40 +267,6 @@ def row_groups(frames: Iterable[pd.DataFrame], schema) -> Iterator:
             yield _table(buffer, schema)
             buffer = []
     yield _table(buffer, schema)
-
-
-def _predict_images(model, ids: Sequence[str], images: list[np.ndarray], flipped: list[np.ndarray] | None,
-                    meta: pd.DataFrame, fold: int, sets: Sequence[str], args: Mapping,
-                    run: str = DEFAULT_RUN) -> pd.DataFrame:
-    """The rows of one fold model's prediction sets on one batch (`flipped`: the images mirrored, for hflip), image
-    by image in batch order. Built with one array pass per set: a frame and a meta.csv lookup per image cost more
-    than the rest of the bookkeeping (bench/bench_second_opinion.py)."""
-    m = meta.loc[list(ids)]
-    frames = []
-    for tta in sets:
-        batch = images if tta == "none" else flipped
-        results = model.predict(batch, **args)
-        img = np.repeat(np.arange(len(ids)), [len(r.boxes) for r in results])
-        xyxy = np.concatenate([r.boxes.xyxy.cpu().numpy().reshape(-1, 4) for r in results]).astype(np.float64)
-        cls = np.concatenate([r.boxes.cls.cpu().numpy() for r in results])
-        conf = np.concatenate([r.boxes.conf.cpu().numpy() for r in results])
-        if tta == "hflip":
-            xyxy = unflip_boxes(xyxy, np.array([im.shape[1] for im in batch], dtype=np.float64)[img])
-        frames.append(_rows(np.asarray(ids, dtype=object)[img], fold, tta, cls, conf, xyxy, m.iloc[img], run))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DETECTOR_PRED_COLUMNS)
-
-
-def _rows(image_id, fold: int, tta: str, cls: np.ndarray, conf: np.ndarray, xyxy_png: np.ndarray,
-          m, run: str = DEFAULT_RUN) -> pd.DataFrame:
-    """Rows of boxes predicted on PNGs, in original pixels, clipped, empty ones left out. `image_id` and `m` (meta.csv
-    rows: width, height, png_width, png_height) are one per box, or one for all the boxes."""
-    w, h, pw, ph = (np.asarray(m[c], dtype=np.float64) for c in ("width", "height", "png_width", "png_height"))
-    xyxy = clip(to_original(xyxy_png, w, h, pw, ph), w, h)
-    keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-    ids = np.broadcast_to(np.asarray(image_id, dtype=object), keep.shape)[keep]
-    return pd.DataFrame({"image_id": ids, "run": run, "fold": fold, "tta": tta, "class_id": cls[keep].astype(int),
-                         "score": conf[keep], "x_min": xyxy[keep, 0], "y_min": xyxy[keep, 1],
-                         "x_max": xyxy[keep, 2], "y_max": xyxy[keep, 3]})
 
 
 def _table(frames: Iterable[pd.DataFrame], schema):

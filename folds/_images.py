@@ -182,7 +182,7 @@ def _claim_settings(out: Path, wanted: dict) -> None:
             tmp.write_text(json.dumps(wanted) + "\n")
 
 
-def _check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
+def check_ids(files: list[Path]) -> tuple[list[Path], list[dict]]:
     """Files with a usable, unique image id, and error rows for the others."""
     seen: dict[str, Path] = {}
     keep, errors = [], []
@@ -292,7 +292,7 @@ def convert_images(src, out, *, size: int = 1024, workers: int = 0, voi: str = "
     if _text(str(src.resolve())) != str(src.resolve()):  # source.txt names it for the later stages
         raise ArtifactError(f"--src {_text(str(src.resolve()))} is not a UTF-8 name, which source.txt cannot record "
                             "for the later stages; rename the folder (e.g. with convmv) or move the files")
-    files, errors = _check_ids(find_dicoms(src))
+    files, errors = check_ids(find_dicoms(src))
     if not files and not errors:
         raise ArtifactError(f"no .dicom or .dcm files under {src}; check the path (make synth writes a dataset)")
     check_writable(out, folder=True)  # before any work: a file in its place, no permission, a read-only disk

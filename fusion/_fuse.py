@@ -275,7 +275,7 @@ def arrange(preds: pd.DataFrame, meta: pd.DataFrame, image_ids, weights: dict | 
                        preds["class_id"].to_numpy(np.int64)[rows], model, group, group_weights, sets)
 
 
-def _library_wbf(boxes, scores, labels, model, weights, iou_thr, skip_box_thr, conf_type):
+def library_wbf(boxes, scores, labels, model, weights, iou_thr, skip_box_thr, conf_type):
     """ensemble-boxes itself, fed one list per model (models without boxes get an empty list)."""
     import warnings
 
@@ -311,7 +311,7 @@ def _fuse_chunk(chunk: dict, iou_thr: float, skip_box_thr: float, conf_type: str
         parts = []
         for i in np.flatnonzero(np.diff(off)):
             a, b = off[i], off[i + 1]
-            bx, sc, lab = _library_wbf(chunk["boxes"][a:b], chunk["scores"][a:b], chunk["labels"][a:b],
+            bx, sc, lab = library_wbf(chunk["boxes"][a:b], chunk["scores"][a:b], chunk["labels"][a:b],
                                        chunk["model"][a:b], chunk["group_weights"][chunk["group"][i]], *args)
             parts.append((np.full(len(sc), i, dtype=np.int64), bx, sc, lab))
     if not parts:
@@ -333,8 +333,10 @@ def _chunks(inp: FusionInput, n_chunks: int):
 
 
 def fuse(inp: FusionInput, *, iou_thr: float, skip_box_thr: float = 0.0, conf_type: str = "avg",
-         engine: str = "numba", workers: int = 0, desc: str = "fuse") -> pd.DataFrame:
-    """WBF of every image of `inp`: one row per fused box (PRED_COLUMNS), original pixels, clipped.
+         engine: str = "numba", workers: int = 0, desc: str = "fuse",
+         boxes_per_process: int | None = None) -> pd.DataFrame:
+    """WBF of every image of `inp`: one row per fused box (PRED_COLUMNS), original pixels, clipped. The numba engine
+    starts a process for at least `boxes_per_process` boxes each (None: 5 million; bench/bench_fuse.py forces less).
 
     Rows come image by image in the order of ``inp.image_ids``, each image's boxes by score, highest first.
     """
@@ -342,7 +344,7 @@ def fuse(inp: FusionInput, *, iou_thr: float, skip_box_thr: float = 0.0, conf_ty
     m = len(inp.image_ids)
     procs = n_workers(workers, m)
     if engine == "numba":
-        procs = max(1, min(procs, inp.n_boxes // _BOXES_PER_PROCESS))
+        procs = max(1, min(procs, inp.n_boxes // (boxes_per_process or _BOXES_PER_PROCESS)))
     n_chunks = max(1, min(m, procs * 8 if procs > 1 else inp.n_boxes // 500_000 + 1))  # chunks move the bar
     job = partial(_fuse_chunk, iou_thr=float(iou_thr), skip_box_thr=float(skip_box_thr), conf_type=conf_type,
                   engine=engine)

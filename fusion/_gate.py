@@ -10,6 +10,9 @@ With p averaged over folds (and over the classifier runs, weighted):
 While the gate is on it alone writes class 14: class-14 boxes of the detector are dropped. Images
 without a probability keep their boxes alone. With the gate off (no classifier), a detector's
 class-14 boxes become one ``14 s 0 0 1 1`` per image (s the highest of them).
+
+The decision per image, in words, is :data:`GATES` (:func:`gate_decisions`): the one place that says it, for
+:func:`apply_gate`, `vinbig predict`'s "gate" column and the report page.
 """
 
 from __future__ import annotations
@@ -52,6 +55,35 @@ def image_probabilities(clf: pd.DataFrame, weights: dict | None = None, runs=Non
     return (total / weight).astype(np.float64)
 
 
+# the gate's decision per image: what :func:`apply_gate` does with it
+GATES = {
+    "off": "no classifier (or fusion.gate false): the boxes stand alone",
+    "normal": "P(abnormal) < fusion.low: 'No finding' alone, the boxes dropped",
+    "unsure": "fusion.low <= P(abnormal) < fusion.high: the boxes and 'No finding' with score 1 - P(abnormal)",
+    "abnormal": "P(abnormal) >= fusion.high: the boxes alone",
+    "no box": "P(abnormal) >= fusion.low but the detectors found no box: 'No finding' alone",
+}
+
+
+def gate_decisions(p, has_boxes, low: float, high: float) -> np.ndarray:
+    """The gate's decision (a key of :data:`GATES`) of each image with P(abnormal) `p` (NaN: none, the boxes stand
+    alone) and boxes (`has_boxes`, before the gate)."""
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    has_boxes = np.broadcast_to(np.asarray(has_boxes, dtype=bool), p.shape)
+    out = np.full(p.shape, "off", dtype=object)
+    known = ~np.isnan(p)
+    out[known & (p >= low) & has_boxes] = "unsure"
+    out[known & (p >= high) & has_boxes] = "abnormal"
+    out[known & (p >= low) & ~has_boxes] = "no box"
+    out[known & (p < low)] = "normal"
+    return out
+
+
+def gate_decision(p: float | None, has_boxes: bool, low: float, high: float) -> str:
+    """The gate's decision for one image (:func:`gate_decisions`); `p` None: no P(abnormal), the gate off."""
+    return str(gate_decisions([np.nan if p is None else p], has_boxes, low, high)[0])
+
+
 def _no_finding_rows(image_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     out = pd.DataFrame({"image_id": image_ids, "class_id": NO_FINDING, "score": scores})
     for name, v in zip(BOX, NO_FINDING_BOX):
@@ -90,12 +122,12 @@ def apply_gate(boxes: pd.DataFrame, image_ids, p: pd.Series | None, low: float, 
             logger.info("the gate writes class 14: %d class-14 boxes of the detector dropped", int(is14.sum()))
         boxes, pos = boxes[~is14], pos[~is14]
         pv = p.reindex(image_ids).to_numpy(np.float64)
-        drop = pv < low  # NaN (no probability) compares False: boxes stay
-        keep = ~drop[pos]
-        boxes, pos = boxes[keep], pos[keep]
         has_boxes = np.zeros(len(image_ids), dtype=bool)
         has_boxes[pos] = True
-        middle = (pv >= low) & (pv < high) & has_boxes
+        decision = gate_decisions(pv, has_boxes, low, high)  # no probability (NaN): "off", boxes stay
+        keep = decision[pos] != "normal"
+        boxes, pos = boxes[keep], pos[keep]
+        middle = decision == "unsure"
         extra.append(_no_finding_rows(image_ids[middle], 1.0 - pv[middle]))
     has = np.zeros(len(image_ids), dtype=bool)
     has[pos] = True

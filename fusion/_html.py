@@ -25,18 +25,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, N_CLASSES, Work, png_path, read_readers
+from vinbig.artifacts import BOX, CLASS_NAMES, NO_FINDING, N_CLASSES, Work, atomic_path, png_path, read_readers, writing
 from vinbig.errors import VinbigError
 from vinbig.log import progress
 from vinbig.manifest import Manifest
 from vinbig.metric import IOU_THRESHOLD, Marks, Result, index_of, mark, prepare_truth
 
-from fusion._report import _RGB, _write, file_name_safe
+from fusion._gate import gate_decision as decide
+from fusion._overlay import RGB
 
 logger = logging.getLogger(__name__)
 
 PAGE = "index.html"
 IMAGES = "images"  # thumbnails beside the page
+
+
+def file_name_safe(image_id: str) -> bool:
+    """An image id that names a file inside a folder (meta.csv's ids are DICOM file names; a crafted one with a
+    separator or '..' gets no picture, so that nothing is written outside the report)."""
+    return image_id not in ("", ".", "..") and "/" not in image_id and "\\" not in image_id
+
+
+def _write(path: Path, write) -> None:
+    """`write(tmp)` then rename onto `path` (a file of the report): never a half-written file; a failed write names
+    the file."""
+    with writing(path, "free space on its disk or give another --out, then run 'vinbig report' again"), \
+            atomic_path(path) as tmp:
+        write(tmp)
 
 
 # --------------------------------------------------------------------------- the data behind the page
@@ -76,14 +91,17 @@ def class_table(result: Result, marks: Marks, runs: Mapping[str, Result]) -> lis
     return rows
 
 
+# the gate's decisions (fusion._gate.GATES) as the page's script names them (its GATE texts); the page shows what
+# P(abnormal) decides, whatever the boxes
+PAGE_GATES = {"normal": "nf", "unsure": "both", "abnormal": "boxes", "off": "none"}
+
+
 def gate_decision(p: float | None, low: float | None, high: float | None) -> str | None:
-    """What the gate did: 'nf' (p < low: 'No finding' only), 'both' (boxes plus 'No finding' 1-p), 'boxes' (p >= high:
-    boxes alone), 'none' (no P(abnormal): boxes alone); None when the gate was off."""
+    """What the gate did (:data:`PAGE_GATES`): 'nf' (p < low: 'No finding' only), 'both' (boxes plus 'No finding'
+    1-p), 'boxes' (p >= high: boxes alone), 'none' (no P(abnormal): boxes alone); None when the gate was off."""
     if low is None or high is None:
         return None
-    if p is None:
-        return "none"
-    return "nf" if p < low else "both" if p < high else "boxes"
+    return PAGE_GATES[decide(p, True, low, high)]
 
 
 def found_scores(marks: Marks, score: np.ndarray) -> np.ndarray:
@@ -261,7 +279,7 @@ def page_data(result: Result, preds: pd.DataFrame, truth: pd.DataFrame, meta: pd
     gated = p_abnormal is not None and low is not None and high is not None
     return {
         "iou": IOU_THRESHOLD, "map": result.mean_ap, "classes": list(CLASS_NAMES),
-        "colours": ["#%02x%02x%02x" % rgb for rgb in _RGB],
+        "colours": ["#%02x%02x%02x" % rgb for rgb in RGB],
         "table": class_table(result, marks, runs),
         "runs": [{"name": name, "map": r.mean_ap} for name, r in runs.items()],
         "gate": {"low": float(low), "high": float(high)} if gated else None,

@@ -25,28 +25,17 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import (BOX, CLASS_NAMES, NO_FINDING, ArtifactError, Work, atomic_path, png_path, read_meta,
-                              write_csv, writing)
-from vinbig.boxes import to_png
+from vinbig.artifacts import CLASS_NAMES, NO_FINDING, Work, png_path, read_meta, write_csv
 from vinbig.errors import UserError
 from vinbig.manifest import MANIFEST, Manifest
 from vinbig.metric import Result
 
+from fusion._html import _write, file_name_safe, page_data, page_files, read_optional_readers, write_page
+from fusion._overlay import class_colours, draw_truth_and_predictions, encode_png
+
 logger = logging.getLogger(__name__)
-_MIN_CANVAS = 768  # overlays of smaller PNGs are enlarged so that the labels stay readable
 KIND = "report"  # the manifest kind of a report folder
 OVERLAYS = "overlays"
-
-
-# one colour per class, far apart in hue (Trubetskoy's "20 distinct colours"), RGB
-_RGB = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-        (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-        (170, 110, 40), (128, 0, 0), (128, 128, 128))
-
-
-def class_colours() -> list[tuple[int, int, int]]:
-    """One distinct BGR colour per class (OpenCV order; reverse it for matplotlib)."""
-    return [rgb[::-1] for rgb in _RGB]
 
 
 def plot_ap(result: Result, path: Path) -> Path:
@@ -110,81 +99,17 @@ def plot_pr(result: Result, path: Path) -> Path:
     return path
 
 
-def _label(img, text: str, x: int, y: int, colour, scale: float) -> None:
-    """Text on a filled box of the box's colour, inside the image."""
-    import cv2
-
-    font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(1, round(scale * 2))
-    (w, h), base = cv2.getTextSize(text, font, scale, thick)
-    x = int(np.clip(x, 0, max(0, img.shape[1] - w - 2)))
-    y = int(np.clip(y, h + base + 2, img.shape[0] - 1))
-    cv2.rectangle(img, (x, y - h - base - 2), (x + w + 2, y), colour, -1)
-    ink = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
-    cv2.putText(img, text, (x + 1, y - base), font, scale, ink, thick, cv2.LINE_AA)
-
-
-def _dashed_rect(img, p1, p2, colour, thickness: int, dash: int = 10) -> None:
-    import cv2
-
-    (x1, y1), (x2, y2) = p1, p2
-    for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
-        length = int(max(abs(b[0] - a[0]), abs(b[1] - a[1])))
-        for s in range(0, length, 2 * dash):
-            t0, t1 = s / max(length, 1), min(s + dash, length) / max(length, 1)
-            q0 = (int(a[0] + (b[0] - a[0]) * t0), int(a[1] + (b[1] - a[1]) * t0))
-            q1 = (int(a[0] + (b[0] - a[0]) * t1), int(a[1] + (b[1] - a[1]) * t1))
-            cv2.line(img, q0, q1, colour, thickness, cv2.LINE_AA)
-
-
 def draw_overlay(png: Path, meta_row, truth: pd.DataFrame, preds: pd.DataFrame, out: Path, title: str,
                  score_thr: float, max_preds: int = 15) -> Path:
-    """True (solid) and predicted (dashed, score >= score_thr) boxes of one image on its PNG."""
+    """True (solid) and predicted (dashed, score >= score_thr) boxes of one image on its PNG (fusion._overlay)."""
     import cv2
 
     image = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise FileNotFoundError(f"cannot read {png}")
-    zoom = max(1.0, _MIN_CANVAS / max(image.shape))
-    if zoom > 1:
-        image = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
-    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    scale = max(image.shape) / 1400
-    colours = class_colours()
-
-    def to_canvas(df):
-        b = to_png(df[list(BOX)].to_numpy(np.float64), meta_row.width, meta_row.height,
-                   meta_row.png_width, meta_row.png_height) * zoom
-        return np.rint(b).astype(int)
-
-    truth = truth[truth.class_id != NO_FINDING]
-    preds = preds[(preds.class_id != NO_FINDING) & (preds.score >= score_thr)].nlargest(max_preds, "score")
-    for (x1, y1, x2, y2), c in zip(to_canvas(preds), preds.class_id):
-        _dashed_rect(canvas, (x1, y1), (x2, y2), colours[c], max(2, round(3 * scale)))
-    for (x1, y1, x2, y2), c in zip(to_canvas(truth), truth.class_id):
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), colours[c], max(3, round(5 * scale)), cv2.LINE_AA)
-        _label(canvas, f"{c} {CLASS_NAMES[c]}", x1, y1 - 2, colours[c], 0.8 * scale + 0.2)
-    for (x1, y1, x2, y2), c, s in zip(to_canvas(preds), preds.class_id, preds.score):
-        _label(canvas, f"{c} {CLASS_NAMES[c]} {s:.2f}", x1 + 3, y2 - 3, colours[c], 0.65 * scale + 0.15)
-    head = f"{title}   solid: truth   dashed: prediction (score >= {score_thr:g})"
-    _label(canvas, head, 0, canvas.shape[0], (40, 40, 40), 0.6 * scale + 0.2)
-    ok, buf = cv2.imencode(".png", canvas)
-    if not ok:
-        raise ArtifactError(f"cannot encode the overlay {out} as PNG")
-    _write(out, lambda tmp: tmp.write_bytes(buf.tobytes()))
+    data = encode_png(draw_truth_and_predictions(image, meta_row, truth, preds, title, score_thr, max_preds), out)
+    _write(out, lambda tmp: tmp.write_bytes(data))
     return out
-
-
-def file_name_safe(image_id: str) -> bool:
-    """An image id that names a file inside a folder (meta.csv's ids are DICOM file names; a crafted one with a
-    separator or '..' gets no picture, so that nothing is written outside the report)."""
-    return image_id not in ("", ".", "..") and "/" not in image_id and "\\" not in image_id
-
-
-def _write(path: Path, write) -> None:
-    """`write(tmp)` then rename onto `path`: never a half-written file; a failed write names the file."""
-    with writing(path, "free space on its disk or give another --out, then run 'vinbig report' again"), \
-            atomic_path(path) as tmp:
-        write(tmp)
 
 
 class Report(NamedTuple):
@@ -228,8 +153,6 @@ def write_report(work: Work | str | os.PathLike, result: Result, preds: pd.DataF
     `out` must be missing, empty or an earlier report (see :func:`claim_report`; `overwrite`: write into another
     folder, replacing same-named files and removing nothing); a rerun removes the overlays and thumbnails of the
     earlier report that it does not write again, and only those."""
-    from fusion._html import page_data, page_files, read_optional_readers, write_page  # fusion._html imports us
-
     work = Work.of(work)
     out = Path(out or work.report)
     manifest = claim_report(out, overwrite)

@@ -1,4 +1,9 @@
-"""The fusion stage end to end: fused and gated predictions of a split, the test submission."""
+"""The fusion stage end to end: fused and gated predictions of a split, the test submission.
+
+In memory, :func:`fuse_and_gate`: the detector's boxes (every run/fold/TTA set, original pixels) and P(abnormal) in,
+the final boxes and the gate's decision per image out; `vinbig fuse` (:func:`predict`, over the prediction files)
+and `vinbig predict` (over images in memory) both come down to :func:`fused`.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,17 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from vinbig.artifacts import (CLASS_NAMES, TUNED_KEYS, ArtifactError, Work, check_writable, errors_path, images_command, meta_path,
-                              read_classifier_preds, read_csv, writing)
+from typing import Mapping
+
+from vinbig.artifacts import (CLASS_NAMES, NO_FINDING, TUNED_KEYS, ArtifactError, Work, check_writable, errors_path,
+                              images_command, meta_path, read_classifier_preds, read_csv, writing)
 from vinbig.config import load_config
 from vinbig.log import some
-from vinbig.metric import Result, average_precision, match
+from vinbig.metric import Result, average_precision, index_of, match
 from vinbig.runs import check_weights, weight_of
 
 from fusion._fuse import Prepared, check_params, fuse, prepare
-from fusion._gate import apply_gate, check_thresholds, image_probabilities
+from fusion._gate import apply_gate, check_thresholds, gate_decisions, image_probabilities
 from vinbig.submission import prediction_strings, read_sample, validate_submission, write_submission
 from fusion._tune import oof_truth
 
@@ -69,12 +76,13 @@ def gate_probabilities(work: Work, split: str, gate: bool, weights: dict | None 
 
 
 class Fused(NamedTuple):
-    """The images of a split, their final predictions (PRED_COLUMNS, every image at least one row) and a mask
-    of the images that had no detector box at all."""
+    """The images of a split, their final predictions (PRED_COLUMNS, every image at least one row), a mask of the
+    images that had no detector box at all and the gate's decision of each image (a key of fusion._gate.GATES)."""
 
     image_ids: np.ndarray
     preds: pd.DataFrame
     no_boxes: np.ndarray
+    gate: np.ndarray
 
 
 class OofScore(NamedTuple):
@@ -114,17 +122,31 @@ def predict(work: Work | str | os.PathLike, split: str, f: dict, image_ids=None,
                  work.detector_preds(split))
 
 
-def fused(src: Prepared, split: str, f: dict, p: pd.Series | None, runs=None, path=None) -> Fused:
+def fuse_and_gate(boxes: pd.DataFrame, meta: pd.DataFrame, p: pd.Series | None, f: Mapping, image_ids=None, *,
+                  workers: int | None = None) -> Fused:
+    """In memory: the detector's `boxes` (DETECTOR_PRED_COLUMNS, original pixels: what ``detector.load_models(...)
+    .predict`` gives) of the images `image_ids` (None: those of `meta`, in its order), fused with weighted boxes
+    fusion over every run/fold/TTA set and gated with P(abnormal) `p` (by image id; None: the gate off), with the
+    fusion section `f`. `meta`: each image's original width and height, indexed by image_id. `workers`: fusion
+    processes (None: fusion.workers)."""
+    check_fusion(f)
+    ids = meta.index if image_ids is None else image_ids
+    src = Prepared(boxes, meta, np.asarray(ids).astype(str), None, index_of(boxes["image_id"], meta.index))
+    return fused(src, "the images", f, p, workers=workers)
+
+
+def fused(src: Prepared, split: str, f: Mapping, p: pd.Series | None, runs=None, path=None, *,
+          workers: int | None = None) -> Fused:
     """The prepared predictions `src` of `split` fused and gated with the fusion section `f` and P(abnormal) `p`:
     the runs `runs`, else every run of weight above 0 in fusion.run_weights (`path`, the prediction file, names
-    the fault when a run is missing)."""
+    the fault when a run is missing). `workers`: fusion processes (None: fusion.workers)."""
     run_weights = f["run_weights"] if runs is None else {}
     inp = src.select(runs, run_weights, path).arrange(f["weights"], run_weights)
     logger.info("fusing %d images of %s: %d boxes from %d prediction sets (%s); iou_thr %g, skip_box_thr %g, %s",
                 len(inp.image_ids), split, inp.n_boxes, len(inp.sets), ", ".join(inp.sets[:12]), f["iou_thr"],
                 f["skip_box_thr"], f["conf_type"])
     boxes = fuse(inp, iou_thr=f["iou_thr"], skip_box_thr=f["skip_box_thr"], conf_type=f["conf_type"],
-                 engine=f["engine"], workers=f["workers"])
+                 engine=f["engine"], workers=f["workers"] if workers is None else workers)
     if p is not None:
         missing = ~pd.Index(inp.image_ids).isin(p.index)
         if missing.any():
@@ -132,7 +154,9 @@ def fused(src: Prepared, split: str, f: dict, p: pd.Series | None, runs=None, pa
                            int(missing.sum()), some(inp.image_ids[missing]))
         logger.info("gate thresholds low %g, high %g", f["low"], f["high"])
     final = apply_gate(boxes, inp.image_ids, p, f["low"], f["high"])
-    return Fused(inp.image_ids, final, np.diff(inp.offsets) == 0)
+    has_boxes = pd.Index(inp.image_ids).isin(boxes.loc[boxes["class_id"] != NO_FINDING, "image_id"])
+    pv = np.full(len(inp.image_ids), np.nan) if p is None else p.reindex(inp.image_ids).to_numpy(np.float64)
+    return Fused(inp.image_ids, final, np.diff(inp.offsets) == 0, gate_decisions(pv, has_boxes, f["low"], f["high"]))
 
 
 class OofInputs(NamedTuple):
@@ -159,7 +183,7 @@ def score_oof(work: Work | str | os.PathLike, f: dict, curves: bool = False, run
     `inputs`: those of :func:`oof_inputs`, when they were read before."""
     work = Work.of(work)
     src, p, truth = inputs or oof_inputs(work, f)
-    _, final, _ = fused(src, "oof", f, p, runs, work.detector_preds("oof"))
+    final = fused(src, "oof", f, p, runs, work.detector_preds("oof")).preds
     return OofScore(average_precision(match(truth, final), curves=curves), final, truth)  # truth prepared
 
 
@@ -208,9 +232,10 @@ def make_submission(work: Work | str | os.PathLike, f: dict, sample: Path, out: 
     out = Path(out or work.submission)
     if not Path(sample).is_file():
         raise ArtifactError(f"sample submission not found at {sample}; give --sample DATA/sample_submission.csv")
-    image_ids = np.asarray(read_sample(sample), dtype=object)
+    expected = read_sample(sample)  # read once: validate_submission takes it as it is
+    image_ids = np.asarray(expected, dtype=object)
     check_writable(out)
-    image_ids, final, no_preds = predict(work, "test", f, image_ids, runs)
+    image_ids, final, no_preds, _ = predict(work, "test", f, image_ids, runs)
     failed = set(failed_images(work)) & set(image_ids)
     if failed:
         logger.warning("%d test images whose DICOM failed to convert get '14 1 0 0 1 1': %s",
@@ -223,4 +248,4 @@ def make_submission(work: Work | str | os.PathLike, f: dict, sample: Path, out: 
     write_fused(sub, out)
     logger.info("wrote %s: %d images, %d predicted groups", out, len(sub), len(final))
     meta = meta_path(work.images("test"))
-    return Submission(out, validate_submission(out, sample, meta if meta.is_file() else None))
+    return Submission(out, validate_submission(out, expected, meta if meta.is_file() else None))

@@ -1,6 +1,8 @@
 """The three layers (README, "Code map"), read from the sources: the foundation (`vinbig` but `vinbig.app`) imports
 no stage package and not the application; a stage package (`folds`, `detector`, `classifier`, `fusion`) imports
-the foundation only; and `vinbig --help` loads neither torch nor ultralytics."""
+the foundation only; nothing outside a stage (the application, the benches, the notebooks, the other stages)
+imports a stage's `_`-modules, only its face; no module imports itself through others (no import circle); and
+`vinbig --help` loads neither torch nor ultralytics."""
 
 from __future__ import annotations
 
@@ -151,3 +153,114 @@ def test_building_the_parser_imports_no_deep_learning_library():
             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(HEAVY)!r})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [], "building the parser (vinbig --help) imported " + out.stdout
+
+
+# --------------------------------------------------------------------------- a stage's face, and no import circle
+
+OUTSIDE = [p for p in sources("vinbig", "bench") if p.suffix == ".py"]  # the application, the foundation, benches
+
+
+def private_stage_module(module: str) -> str | None:
+    """The stage whose `_`-module `module` is (``fusion._stage``, ``detector._predict.x``), else None."""
+    parts = module.split(".")
+    return parts[0] if parts[0] in STAGES and len(parts) > 1 and parts[1].startswith("_") else None
+
+
+def notebook_imports(path: Path) -> list[Import]:
+    """The imports of a notebook's code cells (the cells parsed as one module)."""
+    cells = json.loads(path.read_text())["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(("!", "%")))
+    tree = ast.parse(code)
+    return [Import(path.relative_to(ROOT).as_posix(), n.lineno, n.module if isinstance(n, ast.ImportFrom) else a.name,
+                   _source(code, n)) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+            for a in n.names]
+
+
+def test_nothing_outside_a_stage_imports_its_private_modules():
+    found = [i for f in OUTSIDE for i in imports(f)]
+    found += [i for nb in sorted((ROOT / "notebooks").glob("*.ipynb")) for i in notebook_imports(nb)]
+    found += [i for stage in STAGES for f in sources(stage) for i in imports(f)
+              if private_stage_module(i.module) not in (None, stage)]
+    bad = dict.fromkeys(str(i) for i in found if private_stage_module(i.module))
+    assert not bad, "outside a stage, import it through its face (its __init__.py exports what others need):\n" + \
+        "\n".join(bad)
+
+
+def test_the_private_module_rule_can_fail(tmp_path):
+    probe = tmp_path / "vinbig" / "app" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text("from detector import load_models\n\n\ndef f():\n    from fusion._overlay import label\n")
+    assert [private_stage_module(i.module) for i in imports(probe, tmp_path)] == [None, None, "fusion", "fusion"]
+
+
+def import_graph(files: list[Path], root: Path = ROOT) -> dict[str, set[str]]:
+    """``{module: the project's modules it imports}`` (module-level and inside functions; a package's lazy
+    ``_EXPORTS`` count), for the modules of `files`."""
+    names = {module_name(f, root) for f in files}
+    graph: dict[str, set[str]] = {}
+    for f in files:
+        me = module_name(f, root)
+        graph[me] = {i.module for i in imports(f, root) if i.module in names and i.module != me}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (a circle of imports), each as one circle found in it."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(circle(graph, sorted(group)))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def circle(graph: dict[str, set[str]], group: list[str]) -> list[str]:
+    """One circle through the first module of the strongly connected `group`: a -> b -> ... -> a."""
+    start, members = group[0], set(group)
+    paths, seen = [[start]], {start}
+    while paths:
+        path = paths.pop(0)
+        for w in sorted(graph[path[-1]] & members):
+            if w == start:
+                return path + [start]
+            if w not in seen:
+                seen.add(w)
+                paths.append(path + [w])
+    return group
+
+
+def test_no_circle_of_imports_among_the_projects_modules():
+    found = cycles(import_graph(sources("vinbig", *STAGES)))
+    assert not found, "import circles (each module imports the next, inside functions too):\n" + \
+        "\n".join(" -> ".join(c) for c in found)
+
+
+def test_the_circle_finder_finds_one(tmp_path):
+    for name, text in {"a.py": "import b\n", "b.py": "def f():\n    from c import x\n", "c.py": "import a\n",
+                       "d.py": "import a\n"}.items():
+        (tmp_path / name).write_text(text)
+    graph = import_graph(sorted(tmp_path.glob("*.py")), tmp_path)
+    assert cycles(graph) == [["a", "b", "c", "a"]]

@@ -199,7 +199,7 @@ def test_boxes_in_original_pixels_equal_predict_detector_and_fuse(export, inputs
     assert main(["predict-detector", "--work", str(ref), "--split", "test", "--tta", "hflip", "-q", *config]) == 0
     assert main(["predict-classifier", "--work", str(ref), "--split", "test", "-q", *config]) == 0
     f = fusion_config(ref, model / "config.yaml")["fusion"]
-    image_ids, final, _ = fuse_split(ref, "test", f)
+    image_ids, final = fuse_split(ref, "test", f)[:2]
     p = image_probabilities(read_classifier_preds(Work(ref), "test"), f["classifier_weights"])
 
     t = table(predicted[1])

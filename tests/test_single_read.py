@@ -1,7 +1,8 @@
 """Test prediction reads each test PNG once for all fold models, and writes what a pass per fold would write.
 
-The loop of before (a pass over the images per fold, read in the main thread) stays reachable through the
-private switches ``_SINGLE_READ`` and ``_PREFETCH`` of ``detector._predict`` and ``classifier._predict``.
+The loop of before (a pass over the images per fold model, read in the main thread) is written here over the
+stages' own calls: ``detector.load_models(...).predict_each`` one model at a time, written as predict-detector
+writes, and ``classifier.score_fold`` one fold at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +43,29 @@ def row_groups(path) -> list[int]:
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
+def per_model(dp, work: Work, split: str, cfg: dict, out, tta=(), folds=None, runs=None):
+    """The file of the loop of before: a pass over the images per model (runs, then folds), each image read when
+    its batch is needed, written as predict-detector writes its rows."""
+    import contextlib
+
+    runs = runs or {"default": cfg}
+    meta, by_fold = dp.plan(work, split, folds)
+    models = dp.load_models(work, runs, list(by_fold), tta=tta, device=cfg["device"])
+    image_dir = work.images("train" if split == "oof" else "test")
+
+    def frames():
+        for run, k in models.keys:
+            ids = by_fold[k]
+            for start in range(0, len(ids), models.batch):
+                chunk = ids[start:start + models.batch]
+                images = [dp.read_png(image_dir, i) for i in chunk]
+                yield from (rows for _, rows in models.predict_each(images, meta.loc[chunk], [(run, k)]))
+
+    schema = dp.parquet_schema()
+    with contextlib.closing(dp.row_groups(frames(), schema)) as tables:
+        return dp.write_parquet(out, tables, schema, "vinbig predict-detector")
+
+
 def install(pts: list, work: Work, run: str = "default") -> None:
     """Each fold's best.pt of run `run` in `work`, as training writes them."""
     for k, pt in enumerate(pts):
@@ -75,21 +99,19 @@ def test_detector_reads_each_test_image_once_and_writes_the_per_fold_file(work_c
     assert not list(work.preds.glob(".*partial"))  # the later folds' waiting rows are gone
 
     reads.clear()
-    monkeypatch.setattr(dp, "_SINGLE_READ", False)  # the loop of before: a pass per fold, read in the main thread
-    monkeypatch.setattr(dp, "_PREFETCH", 0)
-    per_fold = dp.predict(work, "test", cfg, tta=["hflip"], folds=folds, out=work.preds / "per_fold.parquet")
+    per_fold = per_model(dp, work, "test", cfg, work.preds / "per_fold.parquet", ["hflip"], folds)
     order = folds or list(range(FOLDS))
     assert sorted(reads) == sorted(f"{i}.png" for i in ids * len(order))
 
-    a, b = pd.read_parquet(single.path), pd.read_parquet(per_fold.path)
+    a, b = pd.read_parquet(single.path), pd.read_parquet(per_fold)
     assert len(a) > 3 * 50 and list(a["fold"].unique()) == order and set(a["tta"]) == {"none", "hflip"}
     assert list(a.columns) == list(DETECTOR_PRED_COLUMNS) and set(a["run"]) == {"default"}
     scores = [set(a.loc[a["fold"] == k, "score"]) for k in order]
     assert not scores[0] & scores[1]  # each fold's model its own boxes
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # the same rows in the same order, exactly
-    assert row_groups(single.path) == row_groups(per_fold.path) and len(row_groups(single.path)) > 2
-    assert single.path.read_bytes() == per_fold.path.read_bytes()
-    assert (single.boxes, single.images, single.sets) == (per_fold.boxes, per_fold.images, per_fold.sets)
+    assert row_groups(single.path) == row_groups(per_fold) and len(row_groups(single.path)) > 2
+    assert single.path.read_bytes() == per_fold.read_bytes()
+    assert (single.boxes, single.images, single.sets) == (len(b), len(ids), len(order) * 2)
 
 
 @pytest.mark.parametrize("split", ["test", "oof"])
@@ -113,9 +135,7 @@ def test_the_models_of_several_runs_share_each_read_and_write_run_by_run(work_co
     assert single.sets == 2 * FOLDS
 
     reads.clear()
-    monkeypatch.setattr(dp, "_SINGLE_READ", False)
-    monkeypatch.setattr(dp, "_PREFETCH", 0)
-    per_model = dp.predict(work, split, cfg, runs=runs, out=work.preds / "per_model.parquet")
+    per_model_file = per_model(dp, work, split, cfg, work.preds / "per_model.parquet", runs=runs)
     assert sorted(reads) == sorted(f"{i}.png" for i in ids * (2 if split == "oof" else 2 * FOLDS))
 
     a = pd.read_parquet(single.path)
@@ -124,12 +144,12 @@ def test_the_models_of_several_runs_share_each_read_and_write_run_by_run(work_co
         mine = a[(a["run"] == "a") & (a["fold"] == FOLDS - 1 - k)][["image_id", "score", *BOX]].reset_index(drop=True)
         theirs = a[(a["run"] == "b") & (a["fold"] == k)][["image_id", "score", *BOX]].reset_index(drop=True)
         assert len(mine) and len(theirs) and not mine.equals(theirs)
-    b = pd.read_parquet(per_model.path)
+    b = pd.read_parquet(per_model_file)
     key = ["run", "fold", "image_id", "tta", "class_id", "score", *BOX]
     pd.testing.assert_frame_equal(a.sort_values(key, ignore_index=True), b.sort_values(key, ignore_index=True),
                                   check_exact=True)  # the same rows
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # the same rows in the same order, exactly
-    assert single.path.read_bytes() == per_model.path.read_bytes()
+    assert single.path.read_bytes() == per_model_file.read_bytes()
 
 
 def test_detector_read_error_names_the_png_and_leaves_no_partial_file(work_copy, detector_pts, monkeypatch):
@@ -163,12 +183,19 @@ def test_classifier_reads_each_test_image_once_and_writes_the_per_fold_file(work
     single_csv = single.path.read_bytes()
 
     reads.clear()
-    monkeypatch.setattr(cp, "_SINGLE_READ", False)
-    per_fold = cp.predict(work, "test", cfg)
-    assert sorted(reads) == sorted(f"{i}.png" for i in ids * FOLDS)
+    from classifier import load_models, score_fold
+    from vinbig.artifacts import png_path
 
-    pd.testing.assert_frame_equal(single.preds, per_fold.preds, check_exact=True)
-    assert single_csv == per_fold.path.read_bytes()
+    models = load_models(work, {"default": cfg}, list(range(FOLDS)))
+    paths = [png_path(work.images("test"), i) for i in ids]
+    per_fold = pd.concat([score_fold(models, "default", k, ids, paths, cfg) for k in range(FOLDS)], ignore_index=True)
+    assert sorted(reads) == sorted(f"{i}.png" for i in ids * FOLDS)  # a pass per fold
+
+    mine = single.preds[single.preds["fold"] != -1].drop(columns="run")
+    key = ["fold", "image_id"]
+    pd.testing.assert_frame_equal(mine.sort_values(key, ignore_index=True),
+                                  per_fold.loc[:, list(mine.columns)].sort_values(key, ignore_index=True),
+                                  check_exact=True, check_dtype=False)  # the same numbers, exactly
     assert single_csv.decode().splitlines()[0] == ",".join(CLASSIFIER_PRED_COLUMNS)  # image_id,run,fold,p_abnormal
     assert set(single.preds["run"]) == {"default"}
     p = single.preds.pivot(index="image_id", columns="fold", values="p_abnormal")
@@ -203,7 +230,8 @@ def test_a_later_fold_waits_with_batches_of_every_kind_of_rows(tmp_path):
     """Rows of a batch where an image has no box come out of pandas with other column types (an empty image's
     ids are floats until concatenated) than those of a batch where every image has one: the rows a later fold
     keeps waiting must still go to one file and come back in order."""
-    from detector._predict import _rows, fold_order, parquet_schema
+    from detector._models import _rows
+    from detector._predict import fold_order, parquet_schema
 
     meta = pd.Series({"width": 100, "height": 80, "png_width": 50, "png_height": 40})
     one_box = np.array([[1.0, 2.0, 10.0, 12.0]])

@@ -70,7 +70,7 @@ def export_weights(src: str | os.PathLike, pt: str | os.PathLike, fix: str) -> l
     tensors.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(tensors) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "vinbig": "detector"})
+        save_file(state, str(tmp), metadata={"format": "pt"})  # one key: a second (a hash map) would come in any order
     with atomic_path(arch_path) as tmp:
         tmp.write_text(yaml.safe_dump(arch, sort_keys=False))
     return [tensors, arch_path]

@@ -296,6 +296,18 @@ def test_a_crafted_architecture_yaml_in_an_export_is_refused(models, synth_work,
     assert not marker.exists()
 
 
+def test_an_export_made_again_is_the_same_bytes(models, tmp_path):
+    """An export is reproducible: the same work folder exported twice gives the same files, byte for byte (a
+    safetensors header with two metadata keys came out in any order)."""
+    work, export = models
+    again = tmp_path / "again"
+    assert main(["export", "--work", str(work), "--out", str(again), "-q", *set_args(CONFIG)]) == 0
+    files = sorted(p.relative_to(export) for p in export.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    differ = [f for f in files if (export / f).read_bytes() != (again / f).read_bytes()]
+    assert differ == []
+
+
 def test_a_local_architecture_yaml_is_checked_before_ultralytics_builds_it(tmp_path):
     """detector.model: my.yaml is built by ultralytics, which evals its activation: a crafted one is refused, a copy
     of an ultralytics architecture passes."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,40 @@ def damage(path: Path, how: str) -> Path:
 def errors(caplog) -> list[str]:
     """The messages logged at ERROR level."""
     return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+# A conversion slowed to a quarter of a second per image, so that a run can be stopped (a worker killed, SIGTERM
+# sent) in the middle; the module lies on sys.path, which spawned workers inherit, and replaces convert_one in the
+# run's process.
+SLOW_CONVERT = textwrap.dedent("""
+    import time
+    import folds._images as images
+    _real = images.convert_one
+    def convert_one(path, out, **kwargs):
+        time.sleep(0.25)
+        return _real(path, out, **kwargs)
+""")
+SLOW_RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv.pop(1))
+    import folds._images, slow_convert
+    folds._images.convert_one = slow_convert.convert_one
+    from vinbig.app.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def start_slow_images(dicom_factory, tmp_path: Path, **popen) -> tuple[subprocess.Popen, Path]:
+    """`vinbig images --workers 2` of 24 small DICOMs converted a quarter of a second each (SLOW_CONVERT), started
+    in the background with its output piped; ``(process, out folder)``."""
+    from conftest import gradient
+
+    for i in range(24):
+        dicom_factory(f"im{i:02d}.dicom", gradient(80, 64))
+    src, out = tmp_path / "src", tmp_path / "out"
+    (tmp_path / "slow_convert.py").write_text(SLOW_CONVERT)
+    cmd = [sys.executable, "-c", SLOW_RUN, str(tmp_path), "images", "--src", str(src), "--out", str(out),
+           "--size", "32", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+    return proc, out

@@ -25,6 +25,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
 import folds._images as images
 from conftest import gradient, make_dicom
+from faults import start_slow_images
 from vinbig.app.cli import main
 from vinbig.dicom import MAX_PIXELS, DicomError, convert
 
@@ -137,6 +138,31 @@ MEASURED = textwrap.dedent("""
 """)
 
 
+def refused_before_decoding(path: Path, monkeypatch) -> str:
+    """The DicomError of converting `path`, which must come before any pixel is decoded."""
+    def not_decoded(*args, **kwargs):
+        raise AssertionError("the pixel data was decoded")
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(not_decoded))
+    with pytest.raises(DicomError) as e:
+        convert(path, size=64)
+    return str(e.value)
+
+
+def converted_within_1gb(src: Path, out: Path) -> dict[str, str]:
+    """`vinbig images` of `src` into `out` in a child process whose peak memory is measured: it exits 1 (some files
+    listed), under 1 GB and without a traceback. The reasons of errors.csv, by image id."""
+    done = subprocess.run([sys.executable, "-c", MEASURED, "images", "--src", str(src), "--out", str(out),
+                           "--size", "32", "--workers", "1", "-q"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    code, peak_kb = map(int, done.stdout.split())
+    assert code == 1, done.stderr
+    assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
+    assert "Traceback" not in done.stderr
+    errors = pd.read_csv(out / "errors.csv")
+    return dict(zip(errors.image_id, errors.reason))
+
+
 def test_headers_that_declare_gigabytes_are_listed_and_memory_stays_bounded(dicom_factory, tmp_path):
     dicom_factory("good.dcm", noisy())
     src = tmp_path / "src"
@@ -149,14 +175,7 @@ def test_headers_that_declare_gigabytes_are_listed_and_memory_stays_bounded(dico
     wide_32bit(src / "wide32.dcm", wide)
     out = tmp_path / "out"
 
-    done = subprocess.run([sys.executable, "-c", MEASURED, "images", "--src", str(src), "--out", str(out),
-                           "--size", "32", "--workers", "1", "-q"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    code, peak_kb = map(int, done.stdout.split())
-    assert code == 1, done.stderr
-    assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
-    assert "Traceback" not in done.stderr
-    reasons = dict(zip(pd.read_csv(out / "errors.csv").image_id, pd.read_csv(out / "errors.csv").reason))
+    reasons = converted_within_1gb(src, out)
     assert set(reasons) == {"bomb", "wide32"}
     assert (f"Rows 30000 x Columns 30000 (900 Mpixel), more than the {MAX_PIXELS / 1e6:.0f} Mpixel vinbig converts"
             in reasons["bomb"])
@@ -240,35 +259,9 @@ def test_a_source_folder_whose_name_is_not_utf8_is_one_line(dicom_factory, tmp_p
 
 # --------------------------------------------------------------------------- signals end the whole process tree
 
-# A conversion slowed to a quarter of a second per image, so that the run is stopped in the middle; the module lies
-# on sys.path, which spawned workers inherit, and replaces convert_one in the run's process.
-SLOW_CONVERT = textwrap.dedent("""
-    import time
-    import folds._images as images
-    _real = images.convert_one
-    def convert_one(path, out, **kwargs):
-        time.sleep(0.25)
-        return _real(path, out, **kwargs)
-""")
-SLOW_RUN = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, sys.argv.pop(1))
-    import folds._images, slow_convert
-    folds._images.convert_one = slow_convert.convert_one
-    from vinbig.app.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
 def started_mid_run(dicom_factory, tmp_path) -> tuple[subprocess.Popen, list[psutil.Process], Path]:
     """`vinbig images --workers 2` on 24 slow images, piped as `| tail` would, once its first images are in."""
-    for i in range(24):
-        dicom_factory(f"im{i:02d}.dicom", gradient(80, 64))
-    src, out = tmp_path / "src", tmp_path / "out"
-    (tmp_path / "slow_convert.py").write_text(SLOW_CONVERT)
-    cmd = [sys.executable, "-c", SLOW_RUN, str(tmp_path), "images", "--src", str(src), "--out", str(out),
-           "--size", "32", "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, out = start_slow_images(dicom_factory, tmp_path)
     journal = out / ".meta.journal.csv"
     deadline = time.time() + 120
     while not (journal.is_file() and len(journal.read_text().splitlines()) > 1) and time.time() < deadline:
@@ -390,15 +383,7 @@ def test_codestreams_that_declare_gigabytes_are_listed_and_memory_stays_bounded(
     assert all(p.stat().st_size < 100_000 for p in src.iterdir())
     out = tmp_path / "out"
 
-    done = subprocess.run([sys.executable, "-c", MEASURED, "images", "--src", str(src), "--out", str(out),
-                           "--size", "32", "--workers", "1", "-q"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    code, peak_kb = map(int, done.stdout.split())
-    assert code == 1, done.stderr
-    assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
-    assert "Traceback" not in done.stderr
-    errors = pd.read_csv(out / "errors.csv")
-    reasons = dict(zip(errors.image_id, errors.reason))
+    reasons = converted_within_1gb(src, out)
     assert set(reasons) == {"j2k_bomb", "jpeg_bomb", "j2k_tiles"}
     assert reasons["j2k_bomb"].startswith("the JPEG 2000 Image Compression (Lossless Only) codestream declares "
                                           "30000 x 30000 pixels (1 component(s) of 12 bits), but the header Rows 60 x "
@@ -453,14 +438,7 @@ def test_a_codestream_that_disagrees_with_its_header_is_refused_before_decoding(
         baseline_jpeg(path, noisy() >> 4, patch)
     else:
         compressed(path, noisy(), getattr(pydicom.uid, syntax), patch)
-
-    def not_decoded(*args, **kwargs):
-        raise AssertionError("the pixel data was decoded")
-
-    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(not_decoded))
-    with pytest.raises(DicomError) as e:
-        convert(path, size=64)
-    assert words in str(e.value)
+    assert words in refused_before_decoding(path, monkeypatch)
 
 
 def test_valid_compressed_files_convert_to_the_png_of_their_uncompressed_twin(tmp_path):
@@ -544,15 +522,8 @@ FOUR = ((2, 2),) * 6  # precincts of 4 x 4 in every resolution: code-blocks of 2
 def test_jpeg2000_coding_styles_that_take_gigabytes_are_refused_before_decoding(tmp_path, monkeypatch, coding, words):
     path = j2k_dicom(tmp_path / "x.dcm", 7000, 7000, **coding)
     assert path.stat().st_size < 2000
-
-    def not_decoded(*args, **kwargs):
-        raise AssertionError("the pixel data was decoded")
-
-    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(not_decoded))
-    with pytest.raises(DicomError) as e:
-        convert(path, size=64)
-    assert words in str(e.value)
-    assert "re-encode the file with" in str(e.value)
+    error = refused_before_decoding(path, monkeypatch)
+    assert words in error and "re-encode the file with" in error
 
 
 @pytest.mark.parametrize("coding", [
@@ -578,15 +549,7 @@ def test_jpeg2000_coding_styles_that_declare_gigabytes_are_listed_and_memory_sta
     assert all(p.stat().st_size < 100_000 for p in src.iterdir())
     out = tmp_path / "out"
 
-    done = subprocess.run([sys.executable, "-c", MEASURED, "images", "--src", str(src), "--out", str(out),
-                           "--size", "32", "--workers", "1", "-q"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    code, peak_kb = map(int, done.stdout.split())
-    assert code == 1, done.stderr
-    assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
-    assert "Traceback" not in done.stderr
-    errors = pd.read_csv(out / "errors.csv")
-    reasons = dict(zip(errors.image_id, errors.reason))
+    reasons = converted_within_1gb(src, out)
     assert set(reasons) == {"blocks", "tile_part", "precincts", "layers"}
     assert reasons["blocks"].startswith("the JPEG 2000 Image Compression (Lossless Only) codestream codes its tiles "
                                         "of 7000 x 7000 pixels in code-blocks of 4 x 4")

@@ -17,6 +17,7 @@ import pydicom
 import pytest
 
 from conftest import RG1, gradient, read_png
+from faults import start_slow_images
 from folds import convert_images
 from vinbig.artifacts import ERROR_COLUMNS, META_COLUMNS
 from vinbig.app.cli import main
@@ -296,26 +297,6 @@ def test_kill_mid_write_leaves_no_partial_png_and_rerun_converts_the_rest(dicom_
     assert not (out / ".meta.journal.csv").exists()
 
 
-# A conversion slowed to a quarter of a second per image, so that a worker can be killed in the middle; the
-# module lies on sys.path, which spawned workers inherit, and replaces convert_one in the run's process.
-SLOW_CONVERT = textwrap.dedent("""
-    import time
-    import folds._images as images
-    _real = images.convert_one
-    def convert_one(path, out, **kwargs):
-        time.sleep(0.25)
-        return _real(path, out, **kwargs)
-""")
-SLOW_RUN = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, sys.argv.pop(1))
-    import folds._images, slow_convert
-    folds._images.convert_one = slow_convert.convert_one
-    from vinbig.app.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
 def spawned_workers(parent: int) -> list[int]:
     """Pids of the multiprocessing workers among the children of `parent` (not its resource tracker)."""
     pids = []
@@ -337,14 +318,7 @@ def journal_rows(out: Path) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the worker processes in /proc")
 def test_a_killed_worker_ends_the_run_with_a_message_and_a_rerun_finishes(dicom_factory, tmp_path):
-    for i in range(24):
-        dicom_factory(f"im{i:02d}.dicom", gradient(80, 64))
-    src, out = tmp_path / "src", tmp_path / "out"
-    (tmp_path / "slow_convert.py").write_text(SLOW_CONVERT)
-    cmd = [sys.executable, "-c", SLOW_RUN, str(tmp_path), "images", "--src", str(src), "--out", str(out),
-           "--size", "32", "--workers", "2"]
-    proc = subprocess.Popen(cmd, start_new_session=True, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc, out = start_slow_images(dicom_factory, tmp_path, start_new_session=True)
     try:
         deadline = time.time() + 120
         while journal_rows(out) == 0 and time.time() < deadline:  # the first images are in
@@ -367,7 +341,7 @@ def test_a_killed_worker_ends_the_run_with_a_message_and_a_rerun_finishes(dicom_
     assert 0 < kept < 24 and not (out / "meta.csv").exists()
     assert not (out / "config_images.yaml").exists()  # saved only with finished outputs
 
-    assert run_images(src, out, "--size", "32", "--workers", "1") == 0  # the same command, one process
+    assert run_images(tmp_path / "src", out, "--size", "32", "--workers", "1") == 0  # the same command, one process
     assert len(pd.read_csv(out / "meta.csv")) == 24
     assert sorted(p.name for p in out.glob("*.png")) == [f"im{i:02d}.png" for i in range(24)]
     assert not (out / ".meta.journal.csv").exists() and not list(out.glob(".*.partial"))

@@ -340,6 +340,16 @@ def fuse(inp: FusionInput, *, iou_thr: float, skip_box_thr: float = 0.0, conf_ty
 
     Rows come image by image in the order of ``inp.image_ids``, each image's boxes by score, highest first.
     """
+    return to_pixels(inp, *fuse_normalized(inp, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
+                                           engine=engine, workers=workers, desc=desc,
+                                           boxes_per_process=boxes_per_process))
+
+
+def fuse_normalized(inp: FusionInput, *, iou_thr: float, skip_box_thr: float = 0.0, conf_type: str = "avg",
+                    engine: str = "numba", workers: int = 0, desc: str = "fuse",
+                    boxes_per_process: int | None = None) -> tuple[np.ndarray, ...]:
+    """:func:`fuse` before the boxes go back to pixels: image index (into ``inp.image_ids``), boxes (k, 4)
+    normalized, scores, labels; clusters of zero-score boxes (NaN boxes) left out."""
     check_params(iou_thr, skip_box_thr, conf_type, engine, {})
     m = len(inp.image_ids)
     procs = n_workers(workers, m)
@@ -360,7 +370,11 @@ def fuse(inp: FusionInput, *, iou_thr: float, skip_box_thr: float = 0.0, conf_ty
     else:
         img, box, score, label = np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
     ok = np.isfinite(box).all(axis=1) & np.isfinite(score)  # clusters of zero-score boxes have NaN boxes
-    img, box, score, label = img[ok], box[ok], score[ok], label[ok]
+    return img[ok], box[ok], score[ok], label[ok]
+
+
+def to_pixels(inp: FusionInput, img, box, score, label) -> pd.DataFrame:
+    """Fused boxes of the images `img` of `inp` (normalized) as rows of PRED_COLUMNS in original pixels, clipped."""
     wh = inp.size[img]
     box = clip(box * np.concatenate([wh, wh], axis=1), wh[:, 0], wh[:, 1])
     out = pd.DataFrame(box, columns=list(BOX))

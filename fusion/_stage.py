@@ -24,7 +24,9 @@ from vinbig.log import some
 from vinbig.metric import Result, average_precision, index_of, match
 from vinbig.runs import check_weights, weight_of
 
-from fusion._fuse import Prepared, check_params, fuse, prepare
+from fusion._calibrate import check_knots
+from fusion._fuse import Prepared, check_params, prepare
+from fusion._levels import Arranged, check_levels
 from fusion._gate import apply_gate, check_thresholds, gate_decisions, image_probabilities
 from vinbig.submission import prediction_strings, read_sample, validate_submission, write_submission
 from fusion._tune import oof_truth
@@ -109,6 +111,8 @@ def write_fused(sub: pd.DataFrame, out: Path) -> Path:
 def check_fusion(f: dict) -> None:
     """The fusion section's values, before any file is read."""
     check_params(f["iou_thr"], f["skip_box_thr"], f["conf_type"], f["engine"], f["weights"])
+    check_levels(f["levels"], f["calibration"])
+    check_knots(f["calibration_knots"])
     check_thresholds(f["low"], f["high"])
     check_weights(f["run_weights"], [], "run_weights")
 
@@ -126,8 +130,9 @@ def fuse_and_gate(boxes: pd.DataFrame, meta: pd.DataFrame, p: pd.Series | None, 
                   workers: int | None = None) -> Fused:
     """In memory: the detector's `boxes` (DETECTOR_PRED_COLUMNS, original pixels: what ``detector.load_models(...)
     .predict`` gives) of the images `image_ids` (None: those of `meta`, in its order), fused with weighted boxes
-    fusion over every run/fold/TTA set and gated with P(abnormal) `p` (by image id; None: the gate off), with the
-    fusion section `f`. `meta`: each image's original width and height, indexed by image_id. `workers`: fusion
+    fusion over every run/fold/TTA set (flat or two-level, raw or rank-calibrated scores: fusion.levels,
+    fusion.calibration) and gated with P(abnormal) `p` (by image id; None: the gate off), with the fusion section
+    `f`. `meta`: each image's original width and height, indexed by image_id. `workers`: fusion
     processes (None: fusion.workers)."""
     check_fusion(f)
     ids = meta.index if image_ids is None else image_ids
@@ -141,12 +146,14 @@ def fused(src: Prepared, split: str, f: Mapping, p: pd.Series | None, runs=None,
     the runs `runs`, else every run of weight above 0 in fusion.run_weights (`path`, the prediction file, names
     the fault when a run is missing). `workers`: fusion processes (None: fusion.workers)."""
     run_weights = f["run_weights"] if runs is None else {}
-    inp = src.select(runs, run_weights, path).arrange(f["weights"], run_weights)
-    logger.info("fusing %d images of %s: %d boxes from %d prediction sets (%s); iou_thr %g, skip_box_thr %g, %s",
+    sets = Arranged(src.select(runs, run_weights, path), f["weights"], run_weights, f["levels"], f["calibration"],
+                    f["calibration_knots"])
+    inp = sets.inp
+    logger.info("fusing %d images of %s: %d boxes from %d prediction sets (%s); iou_thr %g, skip_box_thr %g, %s%s",
                 len(inp.image_ids), split, inp.n_boxes, len(inp.sets), ", ".join(inp.sets[:12]), f["iou_thr"],
-                f["skip_box_thr"], f["conf_type"])
-    boxes = fuse(inp, iou_thr=f["iou_thr"], skip_box_thr=f["skip_box_thr"], conf_type=f["conf_type"],
-                 engine=f["engine"], workers=f["workers"] if workers is None else workers)
+                f["skip_box_thr"], f["conf_type"], _levels_text(sets))
+    boxes = sets.fuse(iou_thr=f["iou_thr"], skip_box_thr=f["skip_box_thr"], conf_type=f["conf_type"],
+                      engine=f["engine"], workers=f["workers"] if workers is None else workers)
     if p is not None:
         missing = ~pd.Index(inp.image_ids).isin(p.index)
         if missing.any():
@@ -157,6 +164,13 @@ def fused(src: Prepared, split: str, f: Mapping, p: pd.Series | None, runs=None,
     has_boxes = pd.Index(inp.image_ids).isin(boxes.loc[boxes["class_id"] != NO_FINDING, "image_id"])
     pv = np.full(len(inp.image_ids), np.nan) if p is None else p.reindex(inp.image_ids).to_numpy(np.float64)
     return Fused(inp.image_ids, final, np.diff(inp.offsets) == 0, gate_decisions(pv, has_boxes, f["low"], f["high"]))
+
+
+def _levels_text(sets: Arranged) -> str:
+    """How the runs are fused, for the log: '' for today's flat fusion of raw scores."""
+    words = ["each run's sets fused first, then the runs" if sets.levels == "runs" else "",
+             "scores rank-calibrated per run and class" if sets.calibration == "rank" else ""]
+    return "".join(f"; {w}" for w in words if w)
 
 
 class OofInputs(NamedTuple):

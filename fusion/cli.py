@@ -14,10 +14,12 @@ logger = logging.getLogger("vinbig")
 
 # The keys of the fusion section each command reads: fusion and the gate (fuse), the grids of tune, the pictures of
 # report.
-FUSE_KEYS = tuple(f"fusion.{k}" for k in ("iou_thr", "skip_box_thr", "conf_type", "weights", "run_weights",
-                                           "classifier_weights", "engine", "workers", "gate", "low", "high"))
-TUNE_KEYS = (*FUSE_KEYS, *(f"fusion.tune_{k}" for k in ("iou_thr", "skip_box_thr", "conf_type", "low", "high",
-                                                         "run_weights")))
+FUSE_KEYS = tuple(f"fusion.{k}" for k in ("iou_thr", "skip_box_thr", "conf_type", "levels", "calibration",
+                                           "calibration_knots", "weights", "run_weights", "classifier_weights",
+                                           "engine", "workers", "gate", "low", "high"))
+TUNE_KEYS = (*FUSE_KEYS, *(f"fusion.tune_{k}" for k in ("iou_thr", "skip_box_thr", "conf_type", "levels",
+                                                         "calibration", "low", "high", "run_weights",
+                                                         "run_weights_by")))
 REPORT_KEYS = (*FUSE_KEYS, "fusion.report_images", "fusion.report_score_thr")
 
 
@@ -208,9 +210,13 @@ def register(add) -> None:
 
     p = command("tune", cmd_tune, "choose WBF and gate values on the out-of-fold predictions",
                 "Fuse the out-of-fold predictions with every WBF setting of the grid (config fusion.tune_iou_thr x "
-                "tune_skip_box_thr x tune_conf_type), score every gate pair (tune_low x tune_high) on top of each with "
-                "the metric, print the table of what was tried and write the best values to WORK/fusion.yaml, which "
-                "'vinbig fuse' and 'vinbig report' then use. Without classifier predictions only WBF is tuned.",
+                "tune_skip_box_thr x tune_conf_type, and with several detector runs x tune_levels x "
+                "tune_calibration, the rank knots fitted on the out-of-fold boxes), score every gate pair (tune_low "
+                "x tune_high) on top of each with the metric, print the table of what was tried and write the best "
+                "values to WORK/fusion.yaml, which 'vinbig fuse', 'vinbig report' and 'vinbig predict' (through "
+                "'vinbig export') then use. With several runs it then weighs them (tune_run_weights, a coordinate "
+                "search) and prints each run alone and the ensemble with equal and with searched weights; "
+                "tune_run_weights_by says which are written. Without classifier predictions only WBF is tuned.",
                 options=TUNE_KEYS)
     work_argument(p)
 

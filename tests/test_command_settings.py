@@ -27,8 +27,8 @@ def keys(section: str, *names: str, but: tuple[str, ...] = ()) -> set[str]:
     return {f"{section}.{k}" for k in names} if names else {s.name for s in settings(section) if s.key not in but}
 
 
-FUSE = keys("fusion", "iou_thr", "skip_box_thr", "conf_type", "weights", "run_weights", "classifier_weights", "engine",
-            "workers", "gate", "low", "high")
+FUSE = keys("fusion", "iou_thr", "skip_box_thr", "conf_type", "levels", "calibration", "calibration_knots", "weights",
+            "run_weights", "classifier_weights", "engine", "workers", "gate", "low", "high")
 # The config keys each command reads, from its code: those of its own section are its options. Written out here
 # once more, so that a change of a command's declaration is a change of this table too.
 READS = {
@@ -44,8 +44,8 @@ READS = {
     "predict-classifier": keys("classifier", "device", "predict_batch", "workers", "amp", "tta", "gate_miss")
     | {"runs.classifier"},
     "fuse": FUSE,
-    "tune": FUSE | keys("fusion", "tune_iou_thr", "tune_skip_box_thr", "tune_conf_type", "tune_low", "tune_high",
-                        "tune_run_weights"),
+    "tune": FUSE | keys("fusion", "tune_iou_thr", "tune_skip_box_thr", "tune_conf_type", "tune_levels",
+                        "tune_calibration", "tune_low", "tune_high", "tune_run_weights", "tune_run_weights_by"),
     "report": FUSE | keys("fusion", "report_images", "report_score_thr"),
     "runs": {"runs.detector", "runs.classifier"},
     "score": set(), "validate": set(),

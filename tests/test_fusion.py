@@ -510,7 +510,7 @@ def test_classifier_predictions_of_a_vinbig_before_named_runs_are_refused_with_t
 
 @pytest.mark.parametrize("where", ["under a file", "a folder"])
 def test_fuse_checks_that_the_output_can_be_written_before_fusing(work_copy, tmp_path, caplog, monkeypatch, where):
-    import fusion._stage
+    import fusion._levels
 
     work = Work(work_copy.work)
     make_detector_preds(work, "test")
@@ -521,7 +521,7 @@ def test_fuse_checks_that_the_output_can_be_written_before_fusing(work_copy, tmp
     def no_fusion(*args, **kwargs):
         raise AssertionError("the fusion started before the output was checked")
 
-    monkeypatch.setattr(fusion._stage, "fuse", no_fusion)
+    monkeypatch.setattr(fusion._levels, "fuse", no_fusion)
     assert main(["fuse", "--work", str(work.root), "--split", "test", "--data", str(work_copy.data),
                  "--out", str(out)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

@@ -108,7 +108,8 @@ def check_outside_boxes(value: str) -> str:
 
 
 # WORK/fusion.yaml: the fusion keys 'vinbig tune' chooses
-TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "low", "high", "run_weights", "classifier_weights")
+TUNED_KEYS = ("iou_thr", "skip_box_thr", "conf_type", "levels", "calibration", "low", "high", "run_weights",
+              "classifier_weights", "calibration_knots")
 # the run of a stage when the config's runs section names none (vinbig.runs)
 DEFAULT_RUN = "default"
 

@@ -211,8 +211,8 @@ def _settings(model: Model, sets: Sequence[str], f: Mapping, draw_thr: float, dr
                           for run, s in model.detectors.items()},
         "tta": list(sets),
         "classifier_runs": {run: {"tta": s["tta"]} for run, s in model.classifiers.items()},
-        "fusion": {k: f[k] for k in ("iou_thr", "skip_box_thr", "conf_type", "weights", "run_weights",
-                                     "classifier_weights", "low", "high")},
+        "fusion": {k: f[k] for k in ("iou_thr", "skip_box_thr", "conf_type", "levels", "calibration", "weights",
+                                     "run_weights", "classifier_weights", "low", "high")},
         "gate": bool(model.classifiers) and f["gate"], "draw_thr": draw_thr, "draw_max": draw_max,
     }
 
@@ -251,7 +251,7 @@ def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
 READS = ("images.size", "images.voi", "images.percentiles", "detector.device", "detector.imgsz", "detector.conf",
          "detector.iou", "detector.max_det", "detector.predict_batch", "classifier.device", "classifier.amp",
          "classifier.tta", "classifier.predict_batch", "fusion.iou_thr", "fusion.skip_box_thr", "fusion.conf_type",
-         "fusion.weights", "fusion.run_weights", "fusion.classifier_weights", "fusion.engine", "fusion.gate",
+         "fusion.levels", "fusion.calibration", "fusion.calibration_knots", "fusion.weights", "fusion.run_weights", "fusion.classifier_weights", "fusion.engine", "fusion.gate",
          "fusion.low", "fusion.high", "fusion.report_score_thr", "runs")
 
 

@@ -186,7 +186,7 @@ bench: venv ## run the CPU benchmarks in bench/ (about 90 min on 2 cores; result
 	$(BIN)/python bench/bench_classifier.py
 	$(BIN)/python bench/bench_predict.py
 	$(BIN)/python bench/bench_second_opinion.py
-	$(BIN)/python bench/bench_runs.py --n-train 240 --n-test 80 --folds 2
+	$(BIN)/python bench/leaderboard.py --config configs/demo.yaml --seeds 0 1 2 --n-train 240 --n-test 150 --folds 2 --out work/leaderboard
 
 gpu-check: venv ## speed and memory on one CUDA GPU against ultralytics alone (<= 8 min): work/gpu_check/gpu_check.{json,md}
 	$(BIN)/python bench/gpu_check.py --out work/gpu_check

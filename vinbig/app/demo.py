@@ -30,18 +30,25 @@ def demo_config_path() -> Path:
 
 
 class DemoError(RuntimeError):
-    """A stage of the demo failed; the message names it and how to go on."""
+    """A stage of the demo failed; the message names it and how to go on. `stage`: its name; `argv`: the vinbig
+    command that failed."""
+
+    def __init__(self, message: str, stage: str = "", argv: list[str] = ()):
+        super().__init__(message)
+        self.stage, self.argv = stage, list(argv)
 
 
 class Demo:
     """The demo's folders, its stage runner and the time each stage took."""
 
-    def __init__(self, out: Path, config: Path, overrides: list[str], verbosity: int):
+    def __init__(self, out: Path, config: Path, overrides: list[str], verbosity: int,
+                 progress: Callable[[str, list[list[str]], float], None] | None = None):
         self.out = Path(out)
         self.data, self.work = self.out / "data", self.out / "work"
         self.common = ["--config", str(config)] + [a for o in overrides for a in ("--set", o)]
         self.common += ["-q"] if verbosity < 0 else ["-v"] * verbosity
         self.times: dict[str, float] = {}
+        self.progress = progress  # called after each stage with its name, its commands and its seconds
 
     def stage(self, name: str, *commands: list[str]) -> None:
         """Run `commands` (vinbig argument lists) as the stage `name`; a failure stops the demo."""
@@ -54,8 +61,11 @@ class Demo:
             if code != 0:
                 raise DemoError(f"the demo stopped at stage '{name}': 'vinbig {' '.join(argv)}' exited with {code} "
                                 "(see the error above). Rerun the same 'vinbig demo' command once it is fixed: the "
-                                "dataset, the converted images and the trained folds are kept")
-        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+                                "dataset, the converted images and the trained folds are kept", name, argv)
+        seconds = time.perf_counter() - t0
+        self.times[name] = self.times.get(name, 0.0) + seconds
+        if self.progress is not None:
+            self.progress(name, list(commands), seconds)
 
     def train(self, stage: str, command: str, runs: list[str], folds: list[int]) -> None:
         """Train every fold of every run; a fold with a run (last.pt) is resumed: a no-op when it is finished."""
@@ -67,12 +77,14 @@ class Demo:
 
 
 def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verbosity: int = 0,
-             echo: Callable[[str], None] = print) -> dict:
+             echo: Callable[[str], None] = print,
+             progress: Callable[[str, list[list[str]], float], None] | None = None) -> dict:
     """Run every stage into `out`/data and `out`/work with the config `cfg`, resolved from the file `config` and the
-    ``--set`` `overrides`, which each stage is given; return the summary (see `summary`)."""
+    ``--set`` `overrides`, which each stage is given; return the summary (see `summary`). `progress(stage, commands,
+    seconds)` is called after each stage (a training stage: once per run and fold)."""
     from vinbig.runs import run_names
 
-    d = Demo(out, config, list(overrides), verbosity)
+    d = Demo(out, config, list(overrides), verbosity, progress)
     w = str(d.work)
     t_start = time.perf_counter()
     if (d.data / "train.csv").is_file() and (d.data / "sample_submission.csv").is_file():
@@ -120,8 +132,9 @@ def no_finding_result(truth):
 
 
 def summary(d: Demo, runs: list[str] = ()) -> dict:
-    """The fused OOF result, that of "No finding" for every OOF image, the leaderboard rows (ensemble, each run of
-    `runs` alone, "No finding": OOF and test mAP), the output paths and stage times. The fusion values are those the
+    """The fused OOF result, that of "No finding" for every OOF image, the leaderboard rows (``{"submission":
+    "ensemble" | "run NAME" | "no finding", "oof": OOF mAP, "lb": test mAP}``, for the ensemble, each run of `runs`
+    alone and "No finding"), the output paths and stage times. The fusion values are those the
     submission was made with, as 'vinbig fuse' saved them (WORK/config_fusion.yaml: the config, the tuned values,
     --set)."""
     from fusion import oof_inputs, score_oof
@@ -137,13 +150,26 @@ def summary(d: Demo, runs: list[str] = ()) -> dict:
     private = d.data / PRIVATE_TRUTH
     board = []
     if private.is_file():  # scored here only, as Kaggle scores a submission; no stage reads it
-        board.append(("ensemble", result.mean_ap, score_files(private, work.submission).mean_ap))
+        board.append(board_row("ensemble", result.mean_ap, score_files(private, work.submission).mean_ap))
         for r in runs:
-            board.append((f"run {r} alone", score_oof(work, f, runs=[r], inputs=inputs).result.mean_ap,
-                          score_files(private, run_submission(d.work, r)).mean_ap))
-        board.append(("'No finding' for every image", baseline.mean_ap, no_finding_result(read_truth(private)).mean_ap))
+            board.append(board_row(f"run {r}", score_oof(work, f, runs=[r], inputs=inputs).result.mean_ap,
+                                   score_files(private, run_submission(d.work, r)).mean_ap))
+        board.append(board_row("no finding", baseline.mean_ap, no_finding_result(read_truth(private)).mean_ap))
     return {"result": result, "baseline": baseline, "submission": work.submission, "report": work.report,
             "work": work.root, "data": d.data, "times": dict(d.times), "leaderboard": board, "private": private}
+
+
+def board_row(submission: str, oof: float, lb: float) -> dict:
+    """A row of the synthetic leaderboard: the submission ("ensemble", "run NAME", "no finding"), its OOF mAP and its
+    test mAP against the private truth."""
+    return {"submission": submission, "oof": float(oof), "lb": float(lb)}
+
+
+def board_label(submission: str) -> str:
+    """How the demo's leaderboard names a submission."""
+    if submission == "no finding":
+        return "'No finding' for every image"
+    return f"{submission} alone" if submission.startswith("run ") else submission
 
 
 def format_summary(s: dict) -> str:
@@ -163,7 +189,8 @@ def format_summary(s: dict) -> str:
     if s.get("leaderboard"):
         lines += [f"Synthetic leaderboard: test mAP@0.4 against {s['private']} (the truth no stage reads), beside "
                   "the OOF mAP:", "", f"{'submission':<32} {'OOF mAP':>8} {'test mAP':>9}"]
-        lines += [f"{what:<32} {oof:>8.4f} {test:>9.4f}" for what, oof, test in s["leaderboard"]] + [""]
+        lines += [f"{board_label(r['submission']):<32} {r['oof']:>8.4f} {r['lb']:>9.4f}" for r in s["leaderboard"]]
+        lines += [""]
     lines += [
               f"submission: {s['submission']} (valid for {s['data'] / 'sample_submission.csv'})",
               f"report:     {s['report']} (index.html: open it in a browser; per_class_ap.png, pr_curves.png, "

@@ -1,4 +1,5 @@
-"""YOLOv8 detectors with ultralytics: per-fold datasets, offline training, out-of-fold and test prediction.
+"""YOLO detectors with ultralytics (YOLOv8, YOLO11, YOLO26, any detection yaml): per-fold datasets, offline
+training, out-of-fold and test prediction.
 
 In memory: ``load_models(root, runs, folds, tta=...)`` loads every fold model of every run of a work folder or an
 export; its ``predict(images, meta)`` gives their boxes in original pixels, one row per box of each run/fold/TTA

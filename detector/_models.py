@@ -124,11 +124,14 @@ class DetectorModels:
     def predict_each(self, images: Sequence[np.ndarray], meta: pd.DataFrame,
                      keys: Sequence[tuple[str, int]] | None = None) -> Iterator[tuple[tuple[str, int], pd.DataFrame]]:
         """``((run, fold), rows)`` of each model of `keys` (None: all) on the same `images`, mirrored once."""
+        from detector._offline import own_threads
+
         bgr = [cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) if im.ndim == 2 else im for im in images]
         flipped = [cv2.flip(im, 1) for im in bgr] if "hflip" in self.sets else None
         for run, fold in (self.keys if keys is None else keys):
-            yield (run, fold), predict_images(self.models[run, fold], bgr, flipped, meta, fold, self.sets,
-                                              self.args[run], run)
+            with own_threads():
+                rows = predict_images(self.models[run, fold], bgr, flipped, meta, fold, self.sets, self.args[run], run)
+            yield (run, fold), rows
 
     def release(self, key: tuple[str, int]) -> None:
         """Let the model `key` go (memory) once it has predicted all it will."""

@@ -18,6 +18,7 @@ Importing this module is enough, and it must happen before anything imports ultr
 - ultralytics' label caches (``labels/*.cache``, pickles it reads with ``np.load(allow_pickle=True)``) are read by
   :func:`load_label_cache`, which rebuilds numpy arrays and plain values only: a cache that names anything else is
   not loaded, and ultralytics scans the labels again as for a missing cache.
+- ultralytics sets torch's CPU threads for the whole process; :func:`own_threads` sets them back once it is done.
 - ``add_integration_callbacks`` would attach the Ultralytics Platform callbacks (which upload when an
   API key is set, whatever ``YOLO_OFFLINE`` says) and Comet, ClearML, DVC or MLflow when installed;
   no integration is attached.
@@ -33,6 +34,7 @@ import logging
 import os
 import pickle
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -99,6 +101,18 @@ def follow_log_level() -> bool:
     level = logging.getLogger().getEffectiveLevel()
     logging.getLogger("ultralytics").setLevel(max(level, logging.INFO))
     return level <= logging.INFO
+
+
+@contextmanager
+def own_threads():
+    """Leave torch's CPU threads as they were: ultralytics sets them for the whole process when it trains or
+    predicts on the CPU (``select_device``: the CPU count - 1, at most 8), and a CPU computes other sums with other
+    threads. So what runs after it in one process (the classifier in ``vinbig demo``) gives what it gives alone."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _no_integrations(instance) -> None:

@@ -1,4 +1,4 @@
-"""Train one fold's YOLOv8 detector with ultralytics, offline, into ``WORK/detector/fold{k}/``."""
+"""Train one fold's YOLO detector with ultralytics, offline, into ``WORK/detector/fold{k}/``."""
 
 from __future__ import annotations
 
@@ -22,8 +22,37 @@ VINBIG_KEYS = ("model", "device", "extra", "conf", "iou", "max_det", "predict_ba
 TRAIN_KEYS = tuple(s.key for s in settings("detector") if s.key not in VINBIG_KEYS)
 
 
+# the heads of the architectures vinbig trains: ultralytics' DetectionModel, one box and one class per detection
+DETECT_HEADS = ("Detect", "v10Detect")
+DETECT_YAMLS = "yolov8n.yaml, yolo11n.yaml, yolo26n.yaml"
+# what a head that is not a detector's makes (by the head's name without YOLO26's "26")
+_OTHER_TASKS = {"Segment": "segmentation", "Pose": "pose", "OBB": "oriented-box (OBB)", "Classify": "classification",
+                "Depth": "depth", "SemanticSegment": "semantic segmentation"}
+
+
+def check_detection(arch, model: str) -> None:
+    """Refuse, in one line, an ultralytics architecture (a model yaml as a dict) that vinbig does not train: an
+    RT-DETR (ultralytics' RTDETR model and trainer), a segmentation, pose, oriented-box, classification or
+    open-vocabulary (YOLO-World, YOLOE) model. Any YOLO detection architecture is taken (YOLOv3 to YOLO26)."""
+    head = arch["head"][-1][2] if isinstance(arch, dict) and arch.get("head") else None
+    if head in DETECT_HEADS:
+        return
+    fix = f"use a YOLO detection yaml: {DETECT_YAMLS}"
+    if head == "RTDETRDecoder":
+        raise ConfigError(f"detector.model {model} is an RT-DETR, which vinbig does not train (it needs "
+                          f"ultralytics' RTDETR model and trainer); {fix}")
+    name = str(head)
+    task = _OTHER_TASKS.get(name.removesuffix("26"))
+    kind = ("an open-vocabulary (YOLO-World or YOLOE)" if name.startswith(("World", "YOLOE")) else
+            f"{'an' if task[0] in 'aeio' else 'a'} {task}" if task else "another kind of")
+    raise ConfigError(f"detector.model {model} is {kind} model (its head is {name}), and vinbig trains box "
+                      f"detectors only; {fix}")
+
+
 def resolve_model(model: str) -> str:
-    """`model` as ultralytics takes it: a built-in architecture yaml, or an existing local .pt or .yaml file."""
+    """`model` as ultralytics takes it: a built-in architecture yaml, or an existing local .pt or .yaml file. An
+    architecture that is not a YOLO box detector is refused (:func:`check_detection`); a .pt is checked once it is
+    loaded (train_fold)."""
     path = Path(model).expanduser()
     if path.suffix == ".pt":
         if not path.is_file():
@@ -34,7 +63,7 @@ def resolve_model(model: str) -> str:
         return str(path.resolve())
     if path.suffix not in (".yaml", ".yml"):
         raise ConfigError(
-            f"detector.model: {model!r} is neither an architecture yaml (yolov8n.yaml ... yolov8x.yaml) "
+            f"detector.model: {model!r} is neither an architecture yaml ({DETECT_YAMLS}, yolov8s.yaml ...) "
             "nor a .pt weights file")
     if path.is_file():  # a local architecture: ultralytics evals its activation, so it is checked first
         import yaml
@@ -47,15 +76,17 @@ def resolve_model(model: str) -> str:
             raise ConfigError(f"detector.model: {path} is not a readable YAML file ({e.__class__.__name__}); give "
                               "an ultralytics architecture yaml") from None
         check_architecture(arch, path, "give an ultralytics architecture yaml (e.g. a copy of yolov8s.yaml)")
+        check_detection(arch, model)
         return str(path.resolve())
     from ultralytics.nn.tasks import yaml_model_load
 
     try:
-        yaml_model_load(model)  # ultralytics' own cfg/models (yolov8s.yaml = yolov8.yaml at scale s); no download
+        arch = yaml_model_load(model)  # ultralytics' cfg/models (yolo11s.yaml: yolo11.yaml at scale s); no download
     except FileNotFoundError:
         raise ConfigError(
-            f"detector.model: {model!r} is not an ultralytics architecture nor a file; use e.g. yolov8n.yaml, "
-            "yolov8s.yaml, yolov8m.yaml, yolov8l.yaml or yolov8x.yaml, or the path of a local .yaml or .pt") from None
+            f"detector.model: {model!r} is not an ultralytics architecture nor a file; use e.g. {DETECT_YAMLS} "
+            "(scales n, s, m, l, x), or the path of a local .yaml or .pt") from None
+    check_detection(arch, model)
     return model
 
 
@@ -127,7 +158,7 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     a global outside the restricted loader's allow-list (detector._weights) is refused, naming the file and the global.
     """
     from detector._dataset import fold_dataset
-    from detector._offline import OfflineDetectionTrainer, follow_log_level  # first: ultralytics offline
+    from detector._offline import OfflineDetectionTrainer, follow_log_level, own_threads  # first: ultralytics offline
     from detector._weights import load_detector
     from ultralytics import YOLO
 
@@ -162,8 +193,9 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
         started = (ckpt.get("train_args") or {}).get("device")
         logger.info("fold %d: resuming on device %s%s", fold, changes["device"],
                     f" (the run started on {started})" if started not in (None, "", changes["device"]) else "")
-        model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose, **changes,
-                    **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
+        with own_threads():
+            model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose, **changes,
+                        **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
         return DetectorRun(run_dir, True)
     if last.is_file() and not overwrite:
         raise ConfigError(
@@ -172,7 +204,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     model_path = resolve_model(cfg["model"])
     if model_path.endswith(".pt"):
         model = load_detector(model_path, "give another .pt file or an architecture yaml (e.g. yolov8s.yaml)",
-                          ConfigError, "detector.model: ")
+                              ConfigError, "detector.model: ")
+        check_detection(getattr(model.model, "yaml", None), cfg["model"])
     else:
         model = YOLO(model_path)
     data_yaml = fold_dataset(work, fold, outside_boxes, run=run, run_cfg=cfg, folds_cfg=folds_cfg)
@@ -188,7 +221,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
         saved.unlink(missing_ok=True)
     else:
         model.add_callback("on_pretrain_routine_end", lambda trainer: saved.unlink(missing_ok=True))
-    model.train(trainer=OfflineDetectionTrainer, **args)
+    with own_threads():
+        model.train(trainer=OfflineDetectionTrainer, **args)
     return DetectorRun(run_dir, True)
 
 

@@ -59,12 +59,14 @@ def cmd_predict(args: argparse.Namespace, cfg: dict) -> Outcome:
 
 def register(add) -> None:
     """Add this stage's subcommands with ``add(name, func, help, description, options=..., reads=...)``."""
-    p = add("train-detector", cmd_train, "train one fold's YOLOv8 detector (ultralytics)",
+    p = add("train-detector", cmd_train, "train one fold's YOLO detector (ultralytics)",
             "Write the ultralytics dataset of fold K (WORK/detector/RUN/data/foldK: linked PNGs, YOLO labels, "
-            "data.yaml) and train a YOLOv8 on the other folds, validating on fold K, with the config's "
+            "data.yaml) and train a YOLO detector on the other folds, validating on fold K, with the config's "
             "detector section. A box of labels.csv beyond its image stops the command with a list of them, "
             "unless --set folds.outside_boxes=clip (moved to the edge) or drop (left out). The model is an "
-            "architecture yaml trained from scratch or a local .pt file; nothing is downloaded. Outputs: "
+            "ultralytics YOLO detection yaml trained from scratch (yolov8n.yaml, yolo11n.yaml, yolo26n.yaml, any "
+            "scale) or a local .pt file; nothing is downloaded; RT-DETR and segmentation, pose, OBB or "
+            "classification models are refused before anything is written. Outputs: "
             "WORK/detector/RUN/foldK/ (weights/best.pt, weights/last.pt, results.csv, args.yaml, plots); RUN is "
             "one of the config's runs.detector, each the detector section with the keys it changes ('default' "
             "when none is declared; --run NAME when there are several). GPUs: "

@@ -82,8 +82,12 @@ def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verb
     """Run every stage into `out`/data and `out`/work with the config `cfg`, resolved from the file `config` and the
     ``--set`` `overrides`, which each stage is given; return the summary (see `summary`). `progress(stage, commands,
     seconds)` is called after each stage (a training stage: once per run and fold)."""
-    from vinbig.runs import run_names
+    from vinbig.runs import run_config, run_names
 
+    for run in run_names(cfg, "detector"):  # a model vinbig does not train is refused before any stage
+        from detector import resolve_model
+
+        resolve_model(run_config(cfg, "detector", run)["model"])
     d = Demo(out, config, list(overrides), verbosity, progress)
     w = str(d.work)
     t_start = time.perf_counter()

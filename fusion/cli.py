@@ -111,7 +111,8 @@ def cmd_tune(args: argparse.Namespace, cfg: dict) -> Outcome:
     if best.runs is not None:
         print("\n" + format_runs(best.runs))
     path = write_tuned(work.fusion_config, best)
-    print(f"best: {', '.join(f'{k}={v}' for k, v in best.values.items())}: OOF mAP {best.map:.4f}"
+    shown = {k: (f"{len(v)} run/class maps" if k == "calibration_knots" else v) for k, v in best.values.items()}
+    print(f"best: {', '.join(f'{k}={v}' for k, v in shown.items())}: OOF mAP {best.map:.4f}"
           + (f" (config values: {best.before:.4f})" if best.before is not None else "") + f"; written to {path}")
     return Outcome(0, config_path(work.root, "tune"))
 

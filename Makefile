@@ -82,7 +82,7 @@ venv: $(VENV_OK) ## create .venv and install vinbig with its dev extra
 test: venv ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-demo: venv ## the whole job on a fresh synthetic dataset in DEMO (configs/demo.yaml; CPU: about 11 min)
+demo: venv ## the whole job on a fresh synthetic dataset in DEMO (configs/demo.yaml; CPU: about 10 min)
 	$(VINBIG) demo --out $(DEMO) $(if $(filter command line environment,$(origin CONFIG)),--config $(CONFIG))
 
 synth: venv ## write a synthetic dataset to DATA if it has no train.csv
@@ -178,7 +178,7 @@ kaggle-models: venv ## the weights dataset: WORK's trained folds, folds.csv, fus
 reference: venv ## rewrite docs/reference.md (every command and config key) from the code
 	$(BIN)/python -m vinbig.app.reference
 
-bench: venv ## run the CPU benchmarks in bench/ (about 90 min on 2 cores; results go in BENCHMARKS.md by hand)
+bench: venv ## run the CPU benchmarks in bench/ (about two hours on 2 cores; results go in BENCHMARKS.md by hand)
 	$(BIN)/python bench/bench_images.py
 	$(BIN)/python bench/bench_metric.py
 	$(BIN)/python bench/bench_fuse.py --tune 3000

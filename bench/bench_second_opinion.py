@@ -1,7 +1,7 @@
 """`vinbig predict` (a second opinion on new DICOMs) per image, split into its parts, against the bare model passes.
 
-The demo's export: two detector runs (configs/demo.yaml: n160 and careful) x five folds x two TTA sets of a
-YOLOv8n at 160 px, five folds of a test_efficientnet classifier at 128 px, on synthetic DICOMs of about 256 px (a
+The demo's export: the detector runs of configs/demo.yaml x their folds x two TTA sets of a YOLOv8n at 160 px, the
+folds of a test_efficientnet classifier at 128 px, on synthetic DICOMs of about 256 px (a
 quarter JPEG 2000), on the CPU. Give ``--model`` the export of a trained demo (``make demo``, then ``vinbig export
 --work work/demo/work --out DIR --config configs/demo.yaml``); without it the script saves the fold models by hand
 with random weights and head biases (prediction costs the same whatever the weights, but random heads keep up to

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vinbig",
         description="Chest X-ray abnormality detection for the VinBigData competition: "
-        "synthetic data, DICOM conversion, reader consolidation and folds, YOLOv8 detectors, a 'No finding' "
+        "synthetic data, DICOM conversion, reader consolidation and folds, YOLO detectors, a 'No finding' "
         "classifier, box fusion and the submission.",
         epilog="Run 'vinbig COMMAND --help' for the options of a command.",
     )

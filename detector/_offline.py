@@ -9,7 +9,7 @@ Importing this module is enough, and it must happen before anything imports ultr
   is pointed at a font on this machine (matplotlib's bundled DejaVu Sans when nothing better is here).
 - ``check_amp`` would download yolo26n.pt to compare FP32 and AMP outputs; it runs the same
   comparison on the model being trained instead.
-- ultralytics' ``torch_load`` (``weights_only=False``: unpickling runs whatever a file names), in its own
+- ultralytics' ``torch_load`` (an unrestricted unpickling, which runs whatever a file names), in its own
   module and wherever it was imported by name, becomes :func:`detector._restricted.torch_load`, the restricted
   loader: no checkpoint is unpickled unrestricted in a vinbig process (a resumed run, ``detector.model: x.pt``,
   ultralytics' own loads of best.pt and last.pt). A fold is loaded by :func:`detector._weights.load_detector`

@@ -155,7 +155,7 @@ def restricted_load(path: str | os.PathLike, map_location="cpu"):
 
 
 def torch_load(f, *args, **kwargs):
-    """What replaces ultralytics' ``torch_load`` (which unpickles with ``weights_only=False``): a file path goes
+    """What replaces ultralytics' ``torch_load`` (an unrestricted unpickling): a file path goes
     through :func:`restricted_load`, anything else through ``torch.load(weights_only=True)`` with no extra global."""
     kwargs.pop("weights_only", None)
     if isinstance(f, (str, os.PathLike)):

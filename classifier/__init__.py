@@ -27,7 +27,6 @@ _EXPORTS = {
     "load_classifier": "classifier._model",
     "load_checkpoint": "classifier._model",
     "export_checkpoint": "classifier._model",
-    "has_weights": "classifier._model",
     "resolve_device": "classifier._model",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from vinbig.artifacts import atomic_path
+from vinbig.artifacts import atomic_path, exported
 from vinbig.devices import parse_device
 from vinbig.errors import ConfigError, cause
 
@@ -169,17 +169,6 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return path
-
-
-def exported(path: str | os.PathLike) -> tuple[Path, Path]:
-    """The safetensors file and the yaml (backbone, imgsz) that stand for the checkpoint `path` in an export."""
-    path = Path(path)
-    return path.with_suffix(".safetensors"), path.with_suffix(".yaml")
-
-
-def has_weights(path: str | os.PathLike) -> bool:
-    """Whether the fold of checkpoint `path` has weights: the .pt itself or its exported form."""
-    return Path(path).is_file() or all(p.is_file() for p in exported(path))
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, made_by: str) -> list[Path]:

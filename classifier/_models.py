@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vinbig.artifacts import ArtifactError, Work, train_command
+from vinbig.artifacts import ArtifactError, Work, has_weights, train_command
 from vinbig.errors import ConfigError
 from vinbig.log import progress
 
 from classifier._data import to_tensor
-from classifier._model import Prepare, cudnn_benchmark, has_weights, load_checkpoint, load_classifier, resolve_device
+from classifier._model import Prepare, cudnn_benchmark, load_checkpoint, load_classifier, resolve_device
 
 TTA = ("none", "hflip")
 

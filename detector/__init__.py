@@ -37,7 +37,6 @@ _EXPORTS = {
     "load_detector": "detector._weights",
     "load_checkpoint": "detector._weights",
     "export_weights": "detector._weights",
-    "has_weights": "detector._weights",
     "RefusedCheckpoint": "detector._weights",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

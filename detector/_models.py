@@ -41,7 +41,7 @@ def unflip_boxes(xyxy: np.ndarray, width: float) -> np.ndarray:
 
 def weights_path(work: Work, fold: int, which: str = "best", run: str = DEFAULT_RUN) -> Path:
     """The path of fold `fold`'s `which` checkpoint; it, or (for best) its exported form, must be there."""
-    from detector._weights import has_weights
+    from vinbig.artifacts import has_weights
 
     path = work.checkpoint("detector", fold, which, run)
     if not (path.is_file() or which == "best" and has_weights(path)):

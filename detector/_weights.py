@@ -27,14 +27,13 @@ from typing import Mapping
 import torch
 import yaml
 
-from vinbig.artifacts import atomic_path
+from vinbig.artifacts import atomic_path, exported
 from vinbig.errors import ArtifactError, cause
 
 from detector._restricted import RefusedCheckpoint, checkpoint_globals, restricted_load
 
 logger = logging.getLogger(__name__)
 
-SAFETENSORS, ARCHITECTURE = ".safetensors", ".yaml"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
@@ -45,17 +44,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
 
 
 # --------------------------------------------------------------------------- the exported form
-
-
-def exported(pt: str | os.PathLike) -> tuple[Path, Path]:
-    """The safetensors file and the architecture yaml that stand for the checkpoint `pt` in an export."""
-    pt = Path(pt)
-    return pt.with_suffix(SAFETENSORS), pt.with_suffix(ARCHITECTURE)
-
-
-def has_weights(pt: str | os.PathLike) -> bool:
-    """Whether the fold of checkpoint `pt` has weights: the .pt itself or its exported form."""
-    return Path(pt).is_file() or all(p.is_file() for p in exported(pt))
 
 
 def export_weights(src: str | os.PathLike, pt: str | os.PathLike, fix: str) -> list[Path]:

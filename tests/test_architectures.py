@@ -6,7 +6,6 @@ machine)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

@@ -5,7 +5,6 @@ its command, and what a second export removes."""
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import pandas as pd

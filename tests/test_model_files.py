@@ -23,7 +23,7 @@ from conftest import classifier_checkpoint, detector_checkpoint, own_work
 from tiny import set_args
 from vinbig.app.cli import main
 from vinbig.artifacts import Work
-from vinbig.manifest import MANIFEST, Manifest
+from vinbig.manifest import Manifest
 
 FOLDS = 3  # the session's synthetic work folder's
 CONFIG = ["images.size=128", "detector.imgsz=64", "detector.conf=0.000001", "detector.predict_batch=4",

@@ -222,6 +222,19 @@ class Work:
 # --------------------------------------------------------------------------- how each file is made
 
 
+def exported(pt: str | os.PathLike) -> tuple[Path, Path]:
+    """The files that stand for the checkpoint `pt` (a fold's best.pt) in an export (`vinbig export`): its tensors
+    (safetensors) and its architecture (yaml: the detector's model yaml, names and imgsz; the classifier's backbone
+    and imgsz), beside where the .pt was."""
+    pt = Path(pt)
+    return pt.with_suffix(".safetensors"), pt.with_suffix(".yaml")
+
+
+def has_weights(pt: str | os.PathLike) -> bool:
+    """Whether the fold of checkpoint `pt` has weights: the .pt itself or its exported form."""
+    return Path(pt).is_file() or all(p.is_file() for p in exported(pt))
+
+
 def images_command(image_dir: str | os.PathLike) -> str:
     """The command that converts the DICOMs of an image folder (``.../images/train`` is made from DATA/train)."""
     d = Path(image_dir)

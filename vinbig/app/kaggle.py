@@ -32,7 +32,8 @@ import shutil
 from pathlib import Path
 
 from vinbig import log
-from vinbig.artifacts import DEFAULT_RUN, Work, atomic_path, config_path, fold_ids, read_folds, train_command
+from vinbig.artifacts import (DEFAULT_RUN, Work, atomic_path, config_path, fold_ids, has_weights, read_folds,
+                              train_command)
 from vinbig.config import save_config
 from vinbig.errors import UserError
 from vinbig.manifest import MANIFEST, Manifest
@@ -73,19 +74,9 @@ def model_paths(work, stage: str, runs: list[str], folds: list[int] | None = Non
     return {(run, k): work.checkpoint(stage, k, "best", run) for run in runs for k in folds}
 
 
-def has_weights(stage: str, path: Path) -> bool:
-    """Whether the fold of `stage` whose best.pt is `path` has weights: best.pt, or the safetensors form an export
-    writes (each stage's loader takes either)."""
-    if stage == "detector":
-        from detector import has_weights as has
-    else:
-        from classifier import has_weights as has
-    return has(path)
-
-
 def missing_models(work, stage: str, runs: list[str]) -> list[tuple[str, int]]:
     """``(run, fold)`` of folds.csv without a trained `stage` model (best.pt, or its exported form)."""
-    return [key for key, path in model_paths(work, stage, runs).items() if not has_weights(stage, path)]
+    return [key for key, path in model_paths(work, stage, runs).items() if not has_weights(path)]
 
 
 def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | None = None) -> list[str]:
@@ -96,7 +87,7 @@ def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | No
     folds = work_folds(work) if folds is None else folds
     detectors = model_paths(work, "detector", run_names(cfg, "detector"), folds)
     for (run, k), path in detectors.items():
-        if not has_weights("detector", path):
+        if not has_weights(path):
             of_run = f" of run {run}" if run != DEFAULT_RUN else ""
             raise UserError(f"{path} not found: fold {k} of {work.folds} has no trained detector{of_run}, and "
                             f"every fold's model predicts the test images; run "
@@ -109,7 +100,7 @@ def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | No
                        "out-of-fold predictions first to export tuned ones", work.fusion_config, root)
     files += [p for path in detectors.values() for p in _sources(path)]
     classifiers = model_paths(work, "classifier", run_names(cfg, "classifier"), folds)
-    trained = [f"{run}/fold{k}" for (run, k), p in classifiers.items() if has_weights("classifier", p)]
+    trained = [f"{run}/fold{k}" for (run, k), p in classifiers.items() if has_weights(p)]
     if not trained:
         logger.info("no classifier in %s: the export holds the detectors alone (the 'No finding' gate stays off)",
                     work.classifier)
@@ -118,7 +109,7 @@ def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | No
                     work.classifier)
     else:
         for (run, k), path in classifiers.items():
-            if not has_weights("classifier", path):
+            if not has_weights(path):
                 raise UserError(f"{path} not found, while {', '.join(trained)} have a classifier; run "
                                 f"'{train_command(work, 'classifier', k, run)}', or give --no-classifier to export "
                                 "the detectors alone (the 'No finding' gate then stays off)")

@@ -131,7 +131,8 @@ def _sections(root: Path, kind: str, cfg: dict, stage: str, args: argparse.Names
 def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) -> Model:
     """Check --model: folds.csv, every run's detector for every fold, the classifiers (all of a run's folds or none).
     A missing file is one UserError naming it and the command that makes it."""
-    from vinbig.app.kaggle import has_weights, model_paths, work_folds
+    from vinbig.app.kaggle import model_paths, work_folds
+    from vinbig.artifacts import has_weights
 
     root = Path(root)
     kind = model_kind(root)
@@ -150,7 +151,7 @@ def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) ->
         in a work folder best.pt or that; None when missing."""
         tensors = path.with_suffix(".safetensors")
         if kind == "work":
-            return path if has_weights(stage, path) else None
+            return path if has_weights(path) else None
         if tensors.is_file() and path.with_suffix(".yaml").is_file():
             return tensors
         if path.is_file():

@@ -12,7 +12,10 @@ process, and ``classifier.workers`` too, at most the CPUs divided by the process
 the training notebook launches ``torchrun --standalone --nproc_per_node N`` on a machine with N GPUs.
 
 Outputs in ``WORK/classifier/fold{k}/``: summary.csv (one row per epoch), best.pt (by validation AUC,
-EMA weights when EMA is on) and last.pt (everything needed to resume); see ``_model`` for their keys.
+EMA weights when EMA is on) and last.pt (everything needed to resume); see ``_model`` for their keys; and
+progress.json, with the tracker of ``tracking.backend`` (vinbig.tracking): train/loss, val/loss, val/auc and lr per
+epoch. ``VINBIG_THREADS`` (a positive integer; ``vinbig train`` sets it for jobs that share a machine's CPU) is the
+number of torch CPU threads the training takes, given back when it is done.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,7 @@ from vinbig.artifacts import DEFAULT_RUN, Work, check_fold, config_path, read_cs
 from vinbig.devices import visible_gpus
 from vinbig.errors import ConfigError, UserError
 from vinbig.log import progress
+from vinbig.tracking import Tracker, Tracking
 
 from classifier._data import (BALANCE, EpochSampler, PngDataset, abnormal_targets, png_paths, shard, train_transform,
                               worker_init)
@@ -118,17 +123,37 @@ class ClassifierRun:
     best_epoch: int  # 0-based
 
 
+@contextmanager
+def env_threads():
+    """torch's CPU threads set to ``VINBIG_THREADS`` while the block runs, when it holds a positive integer; as
+    they were afterwards (a training in ``vinbig demo`` leaves the next step the threads it found)."""
+    from vinbig.devices import job_threads
+
+    threads = torch.get_num_threads()
+    if job_threads():
+        torch.set_num_threads(job_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_fold(work: Work | str | os.PathLike, fold: int, cfg: dict, resume: bool = False,
-               overwrite: bool = False, run: str = DEFAULT_RUN) -> ClassifierRun:
+               overwrite: bool = False, run: str = DEFAULT_RUN, tracking: Tracking | None = None) -> ClassifierRun:
     """Train fold `fold` of the run `run` (WORK/classifier/RUN/foldK) with `cfg` (the run's ``classifier``
     section); under torchrun, one process of many.
 
     A fold that already holds a run is refused unless `resume` (continue it) or `overwrite` (start over).
+    Rank 0 logs each epoch to the fold's progress.json and the backend of `tracking` (vinbig.tracking; none by
+    default), whose package is checked before anything is done.
 
     The result is the same on every process except the AUC, which only rank 0 knows (the others get NaN).
     """
     _check(cfg)
     env = Dist.from_env()
+    tracker = Tracker(work, "classifier", run, fold, tracking, cfg, resume) if env.main else None
+    if tracker is not None:
+        tracker.check()
     device = resolve_device(cfg["device"], env.local_rank)
     if env.world > 1:
         if device.type == "cuda":
@@ -137,15 +162,15 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: dict, resume: boo
     try:
         work = Work.of(work)
         check_fresh(work, fold, resume, overwrite, run)
-        with cudnn_benchmark(device):
-            return _train(work, fold, cfg, resume, env, device, run)
+        with cudnn_benchmark(device), env_threads():
+            return _train(work, fold, cfg, resume, env, device, run, tracker)
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: torch.device,
-           run: str = DEFAULT_RUN) -> ClassifierRun:
+           run: str = DEFAULT_RUN, tracker: Tracker | None = None) -> ClassifierRun:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -223,44 +248,53 @@ def _train(work: Work, fold: int, cfg: dict, resume: bool, env: Dist, device: to
     prepare = Prepare(model, device)
     updates = state.start * len(train_loader)
     scheduler.step_update(num_updates=updates)
-    for epoch in range(state.start, cfg["epochs"]):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        net.train()
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
-        for x, y, _ in progress(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg['epochs']}", leave=False):
-            x, y = prepare(x), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = criterion(net(x).float().squeeze(1), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            updates += 1
-            scheduler.step_update(num_updates=updates)
-            if ema is not None:
-                ema.update(model, step=updates)
-            total[0] += loss.detach() * len(y)
-            total[1] += len(y)
-        scheduler.step(epoch + 1)
-        scored = ema.module if ema is not None else model
-        idx, p = infer(scored, val_loader, prepare, amp, desc=f"fold {fold} validation")
-        if env.world > 1:  # every process's loss sums and validation scores
-            dist.all_reduce(total)
-            parts = [None] * env.world
-            dist.all_gather_object(parts, (idx, p))
-            idx, p = np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
-        if env.main:
-            y_val = val_ds.targets[idx]
-            row = {"epoch": epoch, "train_loss": float(total[0] / total[1].clamp(min=1)), "val_loss": bce(y_val, p),
-                   "val_auc": auc(y_val, p), "lr": float(optimizer.param_groups[0]["lr"]),
-                   "seconds": round(time.perf_counter() - t0, 2)}
-            improved = state.record(row, cfg, scored, model, ema, optimizer, scheduler, scaler)
-            logger.info("fold %d epoch %d/%d: train_loss %.4f val_loss %.4f val_auc %.4f%s lr %.3g (%.0f s)", fold,
-                        epoch + 1, cfg["epochs"], row["train_loss"], row["val_loss"], row["val_auc"],
-                        " (best)" if improved else "", row["lr"], row["seconds"])
-        if env.world > 1:
-            dist.barrier()
+    if tracker is not None:
+        tracker.start(state.start, cfg["epochs"])
+    with tracker.session() if tracker is not None else nullcontext():
+        for epoch in range(state.start, cfg["epochs"]):
+            t0 = time.perf_counter()
+            sampler.set_epoch(epoch)
+            net.train()
+            total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
+            for x, y, _ in progress(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg['epochs']}", leave=False):
+                x, y = prepare(x), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    loss = criterion(net(x).float().squeeze(1), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                updates += 1
+                scheduler.step_update(num_updates=updates)
+                if ema is not None:
+                    ema.update(model, step=updates)
+                total[0] += loss.detach() * len(y)
+                total[1] += len(y)
+            scheduler.step(epoch + 1)
+            scored = ema.module if ema is not None else model
+            idx, p = infer(scored, val_loader, prepare, amp, desc=f"fold {fold} validation")
+            if env.world > 1:  # every process's loss sums and validation scores
+                dist.all_reduce(total)
+                parts = [None] * env.world
+                dist.all_gather_object(parts, (idx, p))
+                idx, p = np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+            if env.main:
+                y_val = val_ds.targets[idx]
+                row = {"epoch": epoch, "train_loss": float(total[0] / total[1].clamp(min=1)), "val_loss": bce(y_val, p),
+                       "val_auc": auc(y_val, p), "lr": float(optimizer.param_groups[0]["lr"]),
+                       "seconds": round(time.perf_counter() - t0, 2)}
+                improved = state.record(row, cfg, scored, model, ema, optimizer, scheduler, scaler)
+                logger.info("fold %d epoch %d/%d: train_loss %.4f val_loss %.4f val_auc %.4f%s lr %.3g (%.0f s)", fold,
+                            epoch + 1, cfg["epochs"], row["train_loss"], row["val_loss"], row["val_auc"],
+                            " (best)" if improved else "", row["lr"], row["seconds"])
+                if tracker is not None:
+                    logged = {"train/loss": row["train_loss"], "val/loss": row["val_loss"], "val/auc": row["val_auc"],
+                              "lr": row["lr"]}
+                    tracker.epoch(epoch + 1, cfg["epochs"], logged, row["val_auc"])
+            if env.world > 1:
+                dist.barrier()
+    if tracker is not None:
+        tracker.end(True)
     return ClassifierRun(out_dir, cfg["epochs"], state.best_auc if env.main else math.nan, state.best_epoch)
 
 

@@ -15,7 +15,8 @@ logger = logging.getLogger("vinbig")
 
 # The keys each command reads. Prediction takes the backbone and the input size from each fold's checkpoint, and
 # reads the loader's, the device's and the TTA's keys, and gate_miss for the OOF report; training reads every key
-# but the TTA and gate_miss (predict_batch: its validation batch).
+# but the TTA and gate_miss (predict_batch: its validation batch), and the tracking keys (vinbig.tracking: where the
+# epochs are logged), which are not saved with the weights: they do not change them.
 PREDICTION_ONLY = ("classifier.tta", "classifier.gate_miss")
 PREDICT_KEYS = ("classifier.device", "classifier.predict_batch", "classifier.workers", "classifier.amp",
                 *PREDICTION_ONLY)
@@ -25,6 +26,7 @@ TRAIN_KEYS = tuple(s.name for s in settings("classifier") if s.name not in PREDI
 def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     from classifier import train_fold
     from vinbig import log
+    from vinbig.tracking import Tracking
 
     rank0 = int(os.environ.get("RANK", 0)) == 0
     if not rank0:
@@ -33,7 +35,7 @@ def cmd_train_classifier(args: argparse.Namespace, cfg: dict) -> Outcome:
     # the run's own section (command-line options over its keys) is saved with its weights
     cfg["classifier"] = run_config(cfg, "classifier", name, given(args).get("classifier", {}))
     result = train_fold(args.work, args.fold, cfg["classifier"], resume=args.resume, overwrite=args.overwrite,
-                        run=name)
+                        run=name, tracking=Tracking.of(cfg))
     logger.info("%sfold %d: best validation AUC %.4f at epoch %d; best.pt, last.pt and summary.csv in %s",
                 f"run {name}, " if len(run_names(cfg, "classifier")) > 1 else "", args.fold, result.best_auc,
                 result.best_epoch + 1, result.out_dir)
@@ -63,8 +65,10 @@ def register(add) -> None:
             "epoch), best.pt (best validation AUC), last.pt and config_classifier.yaml. One process uses one GPU; "
             "several GPUs: torchrun --standalone --nproc_per_node N -m vinbig train-classifier ... (each process "
             "takes GPU LOCAL_RANK; classifier.batch and classifier.workers are per process). --resume continues "
-            "on this session's device and processes, whatever the run started on.",
-            options=TRAIN_KEYS, reads=["runs.classifier"])
+            "on this session's device and processes, whatever the run started on. Each epoch is logged to "
+            "progress.json in the fold's folder and to the tracker of tracking.backend (none: off; "
+            "docs/tracking.md).", options=TRAIN_KEYS, reads=["runs.classifier", "tracking"],
+            saves=("classifier", "runs"))
     train_arguments(p, "classifier")
     run_argument(p, "classifier", many=False)
 

@@ -19,9 +19,16 @@ Importing this module is enough, and it must happen before anything imports ultr
   :func:`load_label_cache`, which rebuilds numpy arrays and plain values only: a cache that names anything else is
   not loaded, and ultralytics scans the labels again as for a missing cache.
 - ultralytics sets torch's CPU threads for the whole process; :func:`own_threads` sets them back once it is done.
-- ``add_integration_callbacks`` would attach the Ultralytics Platform callbacks (which upload when an
-  API key is set, whatever ``YOLO_OFFLINE`` says) and Comet, ClearML, DVC or MLflow when installed;
-  no integration is attached.
+  ``VINBIG_THREADS`` (a positive integer; ``vinbig train`` sets it for jobs that share a machine's CPU) is the
+  number a training takes, at most ultralytics' own (the CPUs - 1, at most 8): :func:`training_threads`.
+- Integrations are off by ultralytics' own settings: ``YOLO_CONFIG_DIR`` is always vinbig's folder
+  (:func:`settings_dir`: ``$XDG_CACHE_HOME/vinbig/ultralytics``, else ``~/.cache/vinbig/ultralytics``, else a
+  private folder of this user in the temp folder), whatever the user's shell set, and its
+  ``Ultralytics/settings.json``, in the schema of ultralytics' ``SettingsManager``, turns off ClearML, Comet, DVC,
+  MLflow, Ray Tune, TensorBoard and W&B, the analytics (``sync``) and the Platform (``api_key`` empty). The
+  Platform callbacks also read ``ULTRALYTICS_API_KEY``, which is removed from the environment of a vinbig process.
+  The variables are set in ``os.environ``, so ultralytics' DDP workers, which inherit it, read the same settings.
+  vinbig's own experiment tracking is ``tracking.backend`` (vinbig.tracking).
 
 The trainer class used for every training, :class:`OfflineDetectionTrainer`, lives here so that
 ultralytics' DDP worker processes, which import the trainer's module, apply the same patches.
@@ -29,22 +36,54 @@ ultralytics' DDP worker processes, which import the trainer's module, apply the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
 import os
 import pickle
+import stat
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+logger = logging.getLogger(__name__)
+
+# ultralytics' settings that vinbig holds: every integration off, no analytics, no Platform key
+SETTINGS_OFF = {"clearml": False, "comet": False, "dvc": False, "mlflow": False, "raytune": False,
+                "tensorboard": False, "wandb": False, "sync": False, "api_key": ""}
+
+
+def settings_dir() -> Path:
+    """vinbig's ultralytics config folder (YOLO_CONFIG_DIR): ``$XDG_CACHE_HOME/vinbig/ultralytics`` (default
+    ``~/.cache``) when it can be written, else ``vinbig-ultralytics-UID`` in the temp folder, a folder of this
+    user's only (else a new one of this process)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or ""
+    base = (Path(cache) if os.path.isabs(cache) else Path.home() / ".cache") / "vinbig" / "ultralytics"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=base).close()  # can be written, not only made
+        return base
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    alt = Path(tempfile.gettempdir()) / f"vinbig-ultralytics-{uid if uid is not None else 'user'}"
+    with contextlib.suppress(OSError):
+        alt.mkdir(mode=0o700, exist_ok=True)
+        info = alt.lstat()
+        if stat.S_ISDIR(info.st_mode) and (uid is None or (info.st_uid == uid and not info.st_mode & 0o077)):
+            return alt
+    return Path(tempfile.mkdtemp(prefix="vinbig-ultralytics-"))
+
+
+os.environ["YOLO_CONFIG_DIR"] = str(settings_dir())
+os.environ["YOLO_OFFLINE"] = "1"
+os.environ["YOLO_AUTOINSTALL"] = "0"
+os.environ.pop("ULTRALYTICS_API_KEY", None)
 
 import torch  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
-
-
-logger = logging.getLogger(__name__)
 
 # GPUs that ultralytics itself knows to give NaN losses under AMP
 _AMP_BAD_GPUS = ("1660", "1650", "1630", "t400", "t550", "t600", "t1000", "t1200", "t2000", "k40m")
@@ -115,10 +154,6 @@ def own_threads():
         torch.set_num_threads(threads)
 
 
-def _no_integrations(instance) -> None:
-    """Attach no third-party or Ultralytics Platform callbacks: nothing leaves this machine."""
-
-
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays, dtypes and numbers and plain Python values; any other global is refused."""
 
@@ -173,19 +208,63 @@ def _patch() -> None:
     import ultralytics.utils.checks as checks
     import ultralytics.utils.plotting as plotting
 
-    import ultralytics.utils.callbacks as callbacks
-    import ultralytics.utils.callbacks.base as callbacks_base
-
     for module in (checks, data_utils, plotting):
         module.check_font = local_font
     trainer_module.check_amp = offline_check_amp
-    for module in (callbacks, callbacks_base):
-        module.add_integration_callbacks = _no_integrations
     _restrict_loads()
+    integrations_off()
+
+
+def integrations_off() -> None:
+    """ultralytics' SETTINGS read from vinbig's folder, with SETTINGS_OFF, also on disk (written beside, then
+    renamed: a DDP worker or a parallel job never reads half a file). SETTINGS is ultralytics' object itself (its
+    modules imported it by name): when ultralytics was imported before this module, from another folder, it is
+    pointed at vinbig's file here."""
+    from ultralytics.utils import SETTINGS
+
+    from vinbig.artifacts import atomic_path
+
+    file = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics" / "settings.json"
+    if Path(SETTINGS.file).resolve() != file.resolve():
+        SETTINGS.file = SETTINGS.file_path = file
+        dict.clear(SETTINGS)
+        SETTINGS._load()
+        if not file.exists() or not SETTINGS:
+            SETTINGS.reset()
+        SETTINGS._validate_settings()
+    # the keys this ultralytics knows (an integration it dropped needs no switch), of its defaults' types
+    wanted = {k: v for k, v in SETTINGS_OFF.items()
+              if k in SETTINGS.defaults and isinstance(v, type(SETTINGS.defaults[k]))}
+    if any(SETTINGS.get(k) != v for k, v in wanted.items()):
+        dict.update(SETTINGS, wanted)  # in this process, whatever the disk says
+        try:
+            with atomic_path(file) as tmp:
+                tmp.write_text(json.dumps(dict(SETTINGS), indent=2, default=str))
+        except OSError as e:
+            logger.warning("cannot write %s (%s); ultralytics' integrations are off in this process only", file,
+                           e.strerror or e)
+
+
+def training_threads() -> int:
+    """The torch CPU threads of a detector's training: ``VINBIG_THREADS`` when it holds a positive integer, at most
+    ultralytics' own number (the CPUs - 1, at most 8), which it is otherwise."""
+    from ultralytics.utils import NUM_THREADS
+
+    from vinbig.devices import job_threads
+
+    threads = job_threads()
+    return min(threads, NUM_THREADS) if threads else NUM_THREADS
 
 
 _patch()
 
 
 class OfflineDetectionTrainer(DetectionTrainer):
-    """ultralytics' detection trainer; defined here so that DDP workers import the offline patches."""
+    """ultralytics' detection trainer; defined here so that DDP workers import the offline patches. It sets the
+    CPU threads ultralytics' ``select_device`` gives torch (:func:`training_threads`) before it starts."""
+
+    def __init__(self, *args, **kwargs):
+        import ultralytics.utils.torch_utils as torch_utils
+
+        torch_utils.NUM_THREADS = training_threads()
+        super().__init__(*args, **kwargs)

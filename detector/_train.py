@@ -12,6 +12,7 @@ from vinbig.artifacts import DEFAULT_RUN, Work, config_path, train_command
 from vinbig.config import settings
 from vinbig.devices import parse_device
 from vinbig.errors import ConfigError
+from vinbig.tracking import Tracker, Tracking
 
 logger = logging.getLogger(__name__)
 
@@ -143,19 +144,23 @@ class DetectorRun:
 def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resume: bool = False,
                overwrite: bool = False, resume_overrides: Mapping | None = None,
                callbacks: Mapping[str, Callable] | None = None, outside_boxes: str = "error",
-               run: str = DEFAULT_RUN, folds_cfg: Mapping | None = None) -> DetectorRun:
+               run: str = DEFAULT_RUN, folds_cfg: Mapping | None = None,
+               tracking: Tracking | None = None) -> DetectorRun:
     """Train fold `fold` of the run `run` (WORK/detector/RUN/foldK) with the run's detector section `cfg`.
 
     `resume` continues ``weights/last.pt`` of an interrupted run with the run's own arguments, changed
     only by `resume_overrides` (keys of RESUME_KEYS) and the device, which is always this session's (``cfg``'s
     device on this machine: a run started on two GPUs resumes on one, or on the CPU); a finished run is left
     as it is. `callbacks` maps ultralytics callback events (``on_fit_epoch_end`` ...) to functions of the
-    trainer of this process (the workers of a DDP run over several GPUs do not get them). `outside_boxes`
-    (folds.outside_boxes: error, clip or drop) says what a box of labels.csv beyond its image becomes.
+    trainer (ultralytics hands them to the workers of a DDP run over several GPUs, where every rank runs them).
+    `outside_boxes` (folds.outside_boxes: error, clip or drop) says what a box of labels.csv beyond its image
+    becomes.
     `cfg`'s labels, exclude_readers and reader_weights choose the training labels, with the folds section
     `folds_cfg` (see detector._dataset.fold_dataset).
     A damaged last.pt (or .pt given as detector.model) is an error naming the file and the fix; one that asks for
     a global outside the restricted loader's allow-list (detector._weights) is refused, naming the file and the global.
+    Each epoch is logged to the fold's progress.json and the backend of `tracking` (vinbig.tracking; none by
+    default), whose package is checked before anything is done.
     """
     from detector._dataset import fold_dataset
     from detector._offline import OfflineDetectionTrainer, follow_log_level, own_threads  # first: ultralytics offline
@@ -164,6 +169,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
 
     verbose = follow_log_level()
     work = Work.of(work)
+    tracker = Tracker(work, "detector", run, fold, tracking, cfg, resume)
+    tracker.check()
     run_dir = work.fold_dir("detector", fold, run)
     last = work.checkpoint("detector", fold, "last", run)
     again = train_command(work, "detector", fold, run)
@@ -179,6 +186,7 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
             logger.info("fold %d: the run in %s is finished; nothing to resume (--overwrite starts over)",
                         fold, run_dir)
             return DetectorRun(run_dir, False)
+        _add_callbacks(model, _epochs(tracker))
         _add_callbacks(model, callbacks)
         data_yaml = work.data_yaml(fold, run)
         logger.info("fold %d: resuming %s after epoch %d", fold, last, ckpt["epoch"] + 1)
@@ -193,7 +201,9 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
         started = (ckpt.get("train_args") or {}).get("device")
         logger.info("fold %d: resuming on device %s%s", fold, changes["device"],
                     f" (the run started on {started})" if started not in (None, "", changes["device"]) else "")
-        with own_threads():
+        epochs = int((ckpt.get("train_args") or {}).get("epochs", cfg["epochs"]))
+        tracker.start(ckpt["epoch"] + 1, epochs, backend="," not in str(changes["device"]))
+        with own_threads(), tracker.session():
             model.train(resume=True, trainer=OfflineDetectionTrainer, verbose=verbose, **changes,
                         **({"data": str(data_yaml.resolve())} if data_yaml.is_file() else {}))
         return DetectorRun(run_dir, True)
@@ -209,6 +219,7 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     else:
         model = YOLO(model_path)
     data_yaml = fold_dataset(work, fold, outside_boxes, run=run, run_cfg=cfg, folds_cfg=folds_cfg)
+    _add_callbacks(model, _epochs(tracker))
     _add_callbacks(model, callbacks)
     args = {"verbose": verbose, **train_args(cfg, data_yaml, run_dir)}
     ddp = f" (DDP over {len(str(args['device']).split(','))} GPUs)" if "," in str(args["device"]) else ""
@@ -221,7 +232,8 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
         saved.unlink(missing_ok=True)
     else:
         model.add_callback("on_pretrain_routine_end", lambda trainer: saved.unlink(missing_ok=True))
-    with own_threads():
+    tracker.start(0, cfg["epochs"], backend=not ddp)  # a DDP launcher: its rank-0 worker opens the backend
+    with own_threads(), tracker.session():
         model.train(trainer=OfflineDetectionTrainer, **args)
     return DetectorRun(run_dir, True)
 
@@ -229,6 +241,47 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
 def _add_callbacks(model, callbacks: Mapping[str, Callable] | None) -> None:
     for event, fn in (callbacks or {}).items():
         model.add_callback(event, fn)
+
+
+class _Epochs:
+    """ultralytics callbacks that log a fold's epochs to its Tracker, in the process that trains (rank 0 of a
+    DDP run: ultralytics hands its workers the callbacks)."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.trained = False  # an epoch was trained since the last log: final_eval's on_fit_epoch_end is no epoch
+
+    @staticmethod
+    def _main() -> bool:
+        from ultralytics.utils import RANK
+
+        return RANK in {-1, 0}
+
+    def on_train_start(self, trainer) -> None:
+        if self._main():
+            self.tracker.start(trainer.start_epoch, trainer.epochs)
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self.trained = True
+
+    def on_fit_epoch_end(self, trainer) -> None:
+        if not (self.trained and self._main()):
+            return
+        self.trained = False
+        metrics = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {}),
+                   **(trainer.lr or {})}
+        self.tracker.epoch(trainer.epoch + 1, trainer.epochs, metrics, trainer.fitness)
+
+    def on_train_end(self, trainer) -> None:
+        if self._main():
+            self.tracker.end(True)
+
+
+def _epochs(tracker: Tracker) -> dict[str, Callable]:
+    """The ultralytics callbacks (event: function) of :class:`_Epochs`."""
+    log = _Epochs(tracker)
+    return {event: getattr(log, event) for event in ("on_train_start", "on_train_epoch_end", "on_fit_epoch_end",
+                                                      "on_train_end")}
 
 
 def summarize(run_dir: Path) -> str:

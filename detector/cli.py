@@ -15,7 +15,8 @@ logger = logging.getLogger("vinbig")
 # The keys each command reads. Prediction: ultralytics' predict() arguments (detector.predict_args), the batch and
 # the device; training reads every other key of the section (detector._train passes those it does not read itself
 # to ultralytics' train(), so that a new training setting is one line in configs/default.yaml), and the folds keys
-# that make a run's labels (detector._dataset.fold_dataset) and place a box beyond its image.
+# that make a run's labels (detector._dataset.fold_dataset) and place a box beyond its image, and the tracking keys
+# (vinbig.tracking: where the epochs are logged), which are not saved with the weights: they do not change them.
 PREDICTION_ONLY = tuple(f"detector.{k}" for k in ("conf", "iou", "max_det", "predict_batch"))
 PREDICT_KEYS = ("detector.device", "detector.imgsz", *PREDICTION_ONLY)
 TRAIN_KEYS = tuple(s.name for s in settings("detector") if s.name not in PREDICTION_ONLY)
@@ -29,6 +30,7 @@ def _folds(text: str) -> list[int]:
 
 def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
     from detector._train import train_fold
+    from vinbig.tracking import Tracking
 
     work = Work(args.work)
     check_fold(work, args.fold)
@@ -37,7 +39,7 @@ def cmd_train(args: argparse.Namespace, cfg: dict) -> Outcome:
     # folds.outside_boxes (--set folds.outside_boxes=clip): what a box of labels.csv beyond its image becomes
     run = train_fold(work, args.fold, section, resume=args.resume, overwrite=args.overwrite,
                      resume_overrides=given(args).get("detector", {}), outside_boxes=cfg["folds"]["outside_boxes"],
-                     run=name, folds_cfg=cfg["folds"])
+                     run=name, folds_cfg=cfg["folds"], tracking=Tracking.of(cfg))
     cfg["detector"] = section  # saved beside the weights: the run's own section
     logger.info("%sfold %d: %s", f"run {name}, " if len(run_names(cfg, "detector")) > 1 else "", args.fold,
                 run.summary)
@@ -72,8 +74,10 @@ def register(add) -> None:
             "when none is declared; --run NAME when there are several). GPUs: "
             "detector.device null trains on every GPU torch sees (DDP over several; GPU 0 alone with --batch -1), "
             "--device 0,1 on those; --resume continues on this session's device, whatever the run started on. "
-            "One fold per job spreads folds over machines.", options=TRAIN_KEYS,
-            reads=[*TRAIN_FOLDS_KEYS, "runs.detector"])
+            "One fold per job spreads folds over machines. Each epoch is logged to WORK/detector/RUN/foldK/"
+            "progress.json and to the tracker of tracking.backend (none: off; docs/tracking.md).",
+            options=TRAIN_KEYS, reads=[*TRAIN_FOLDS_KEYS, "runs.detector", "tracking"],
+            saves=("detector", "folds", "runs"))
     train_arguments(p, "detector")
     run_argument(p, "detector", many=False)
 

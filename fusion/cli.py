@@ -21,6 +21,8 @@ TUNE_KEYS = (*FUSE_KEYS, *(f"fusion.tune_{k}" for k in ("iou_thr", "skip_box_thr
                                                          "calibration", "low", "high", "run_weights",
                                                          "run_weights_by")))
 REPORT_KEYS = (*FUSE_KEYS, "fusion.report_images", "fusion.report_score_thr")
+# tune and report log the OOF mAP they compute to the tracker of the tracking keys (vinbig.tracking: MLflow only)
+TRACKING = "tracking"
 
 
 def _tuned(args: argparse.Namespace) -> list[Path]:
@@ -103,9 +105,13 @@ def cmd_fuse(args: argparse.Namespace, cfg: dict) -> Outcome:
 def cmd_tune(args: argparse.Namespace, cfg: dict) -> Outcome:
     from fusion._tune import format_runs, format_tables, tune, write_tuned
 
+    from vinbig.tracking import Tracking, log_oof_map
+
     work = _work(args)
     f = cfg["fusion"]
-    check_writable(work.fusion_config)  # before the grid, which can take long
+    tracking = Tracking.of(cfg)
+    tracking.check()  # a missing package and a read-only WORK before the grid, which can take long
+    check_writable(work.fusion_config)
     best = tune(work, f)
     print(format_tables(best.table))
     if best.runs is not None:
@@ -114,6 +120,7 @@ def cmd_tune(args: argparse.Namespace, cfg: dict) -> Outcome:
     shown = {k: (f"{len(v)} run/class maps" if k == "calibration_knots" else v) for k, v in best.values.items()}
     print(f"best: {', '.join(f'{k}={v}' for k, v in shown.items())}: OOF mAP {best.map:.4f}"
           + (f" (config values: {best.before:.4f})" if best.before is not None else "") + f"; written to {path}")
+    log_oof_map(work, tracking, "tune", best.map)
     return Outcome(0, config_path(work.root, "tune"))
 
 
@@ -137,8 +144,11 @@ def cmd_validate(args: argparse.Namespace, cfg: dict) -> int:
 def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
     from fusion._report import claim_report, write_report
     from fusion._stage import format_run_ap, oof_inputs, run_results, score_oof
+    from vinbig.tracking import Tracking, log_oof_map
 
     work = _work(args)
+    tracking = Tracking.of(cfg)
+    tracking.check()
     out = getattr(args, "out", None) or work.report
     overwrite = getattr(args, "overwrite", False)
     check_writable(out, folder=True)
@@ -152,6 +162,7 @@ def cmd_report(args: argparse.Namespace, cfg: dict) -> Outcome:
         print("\n" + format_run_ap(result, runs))
     write_report(work, result, final, truth, out, f["report_images"], f["report_score_thr"], runs=runs,
                  p_abnormal=inputs.p, low=f["low"], high=f["high"], overwrite=overwrite)
+    log_oof_map(work, tracking, "report", result.mean_ap, {run: r.mean_ap for run, r in runs.items()})
     return Outcome(0, config_path(out, "fusion"))
 
 
@@ -217,8 +228,9 @@ def register(add) -> None:
                 "values to WORK/fusion.yaml, which 'vinbig fuse', 'vinbig report' and 'vinbig predict' (through "
                 "'vinbig export') then use. With several runs it then weighs them (tune_run_weights, a coordinate "
                 "search) and prints each run alone and the ensemble with equal and with searched weights; "
-                "tune_run_weights_by says which are written. Without classifier predictions only WBF is tuned.",
-                options=TUNE_KEYS)
+                "tune_run_weights_by says which are written. Without classifier predictions only WBF is tuned. "
+                "With tracking.backend mlflow the best OOF mAP is logged (docs/tracking.md).",
+                options=TUNE_KEYS, reads=[TRACKING], saves=("fusion",))
     work_argument(p)
 
     p = command("validate", cmd_validate, "check a submission file, naming the line of every fault",
@@ -241,7 +253,9 @@ def register(add) -> None:
                 "few images per class). With several detector runs it also prints each run's per-class AP beside "
                 "the ensemble's. A rerun removes the overlays and thumbnails of the earlier report that it does not "
                 "write again, and only those (the folder's .vinbig-manifest.json lists them); a folder that is not "
-                "a report of vinbig's is refused unless empty.", options=REPORT_KEYS, extra=_tuned)
+                "a report of vinbig's is refused unless empty. With tracking.backend mlflow the OOF mAP, and each "
+                "detector run's alone, are logged (docs/tracking.md).", options=REPORT_KEYS, reads=[TRACKING],
+                saves=("fusion",), extra=_tuned)
     work_argument(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default WORK/report)")
     p.add_argument("--overwrite", action="store_true",

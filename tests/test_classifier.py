@@ -220,7 +220,8 @@ def test_torchrun_two_processes_write_one_set_of_outputs_that_one_process_resume
     assert done.stderr.count("epoch 1/1: train_loss") == 1
     out = Work(work).fold_dir("classifier", 0)
     assert summary(work, 0)["epoch"].tolist() == [0]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config_classifier.yaml", "last.pt", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config_classifier.yaml", "last.pt", "progress.json",
+                                                     "summary.csv"]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0
     # a run started by two processes (two GPUs) resumes in one, on this session's device
     assert main(["train-classifier", "--work", str(work), "--fold", "0", "--epochs", "2", *TINY, "--resume", "-q"]) == 0

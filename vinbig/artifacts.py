@@ -171,6 +171,16 @@ class Work:
         """``WORK/{stage}/{run}/fold{k}``: one fold's training run."""
         return self.run_dir(stage, run) / f"fold{fold}"
 
+    def trained(self, stage: str, fold: int, run: str = DEFAULT_RUN) -> Path:
+        """``WORK/{stage}/{run}/fold{k}/.trained``: the stamp of a finished fold (make and ``vinbig train`` write it
+        once its training command exited 0)."""
+        return self.fold_dir(stage, fold, run) / ".trained"
+
+    @property
+    def logs(self) -> Path:
+        """``WORK/logs``: each ``vinbig train`` job's log and the config the jobs read."""
+        return self.root / "logs"
+
     def checkpoint(self, stage: str, fold: int, which: str = "best", run: str = DEFAULT_RUN) -> Path:
         """A fold's ``best`` or ``last`` weights: ``detector/{run}/fold{k}/weights/{which}.pt`` (ultralytics' run
         layout) or ``classifier/{run}/fold{k}/{which}.pt``."""

@@ -41,6 +41,18 @@ class Device:
         return Device("cuda", tuple(range(n))) if n else Device("cpu")
 
 
+THREADS_ENV = "VINBIG_THREADS"  # a job's torch CPU threads: `vinbig train` sets it when jobs share the CPU
+
+
+def job_threads() -> int | None:
+    """The CPU threads ``VINBIG_THREADS`` gives this process's training (a positive integer), else None (each stage
+    keeps its own default)."""
+    import os
+
+    text = os.environ.get(THREADS_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
 def parse_device(value, key: str = "device") -> Device:
     """`value` of the config key `key` as a :class:`Device`; a ConfigError names the key and the spellings."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto", "null", "none")):

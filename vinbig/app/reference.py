@@ -24,7 +24,9 @@ SECTIONS = {"synth": "the synthetic dataset (`vinbig synth`)",
             "detector": "YOLO training and prediction (`train-detector`, `predict-detector`)",
             "classifier": "the \"No finding\" classifier (`train-classifier`, `predict-classifier`)",
             "fusion": "fusion, the gate, tuning and the report (`fuse`, `tune`, `report`)",
-            "runs": "named detector and classifier runs, fused as one ensemble (`--run`, `vinbig runs`)"}
+            "runs": "named detector and classifier runs, fused as one ensemble (`--run`, `vinbig runs`)",
+            "tracking": "experiment tracking: where trainings log their epochs, and tune and report their OOF mAP "
+                        "(`train-detector`, `train-classifier`, `tune`, `report`; [tracking.md](tracking.md))"}
 
 HEAD = """# vinbig reference
 

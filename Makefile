@@ -13,6 +13,10 @@ FOLDS  ?= 0 1 2 3 4
 # to those runs; a stage none of whose runs is named keeps all of its runs
 RUNS   ?=
 TTA    ?= hflip
+# make train ENGINE=local|ray JOBS=N: the whole run x fold grid by one `vinbig train`, JOBS trainings at once
+# (ENGINE=ray: Ray tasks, on the cluster of RAY_ADDRESS or a local Ray); without either, one fold after another
+ENGINE ?=
+JOBS   ?=
 DEMO   ?= work/demo
 # torch and torchvision are installed first, as a matching pair (pip takes these from the local disk
 # here; on a GPU machine choose the pair that matches its CUDA, see README)
@@ -66,6 +70,7 @@ kept = $(if $(wildcard $(1)/.trained),@echo "make: $(1) was trained before $(2) 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) WORK=$(WORK) CONFIG=$(CONFIG) FOLDS=\"$(FOLDS)\" RUNS=\"$(RUNS)\" TTA=$(TTA) DEMO=$(DEMO)"
+	@echo "             ENGINE=$(ENGINE) JOBS=$(JOBS) (make train JOBS=N: the run x fold grid, N trainings at once)"
 	@echo "             KAGGLE_WHEELS=$(KAGGLE_WHEELS) KAGGLE_MODELS=$(KAGGLE_MODELS)"
 
 $(BIN)/activate:
@@ -126,11 +131,28 @@ $(WORK)/classifier/%/.trained: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
 	$(VINBIG) train-classifier --work $(WORK) --run $(call run_of,$*) --fold $(call fold_of,$*) $(ARGS) $(call resume,$(@D)/last.pt)
 	@touch $@
 
+ifeq ($(ENGINE)$(JOBS),)
 train-detector: $(DETECTORS) ## train the YOLOv8 detector of each run and fold in FOLDS (one fold per machine: FOLDS=3)
 
 train-classifier: $(CLASSIFIERS) ## train the 'No finding' classifier of each run and fold in FOLDS
 
-train: train-detector train-classifier ## convert the train images if needed, train the detectors and classifiers
+train: train-detector train-classifier ## convert the train images if needed, train the detectors and classifiers (JOBS=N ENGINE=local|ray: N at once)
+else
+# the grid: one `vinbig train` trains every fold not trained yet (it skips those with a .trained stamp and writes
+# the stamps), RUNS narrowing the runs as above, FOLDS the folds when given (else every fold of folds.n_folds)
+grid_folds = $(if $(filter command line environment,$(origin FOLDS)),$(foreach k,$(FOLDS),--fold $(k)))
+GRID = $(strip $(VINBIG) train --work $(WORK) --engine $(or $(ENGINE),local) $(if $(JOBS),--jobs $(JOBS)) \
+	$(foreach r,$(RUNS),--run $(r)) $(grid_folds)) $(ARGS)
+
+train-detector: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
+	$(GRID) --stage detector
+
+train-classifier: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
+	$(GRID) --stage classifier
+
+train: $(FOLDS_CSV) $(TRAIN_IMAGES) | $(VENV_OK)
+	$(GRID)
+endif
 
 # ----------------------------------------------------------------------------- prediction and fusion
 

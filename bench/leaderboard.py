@@ -202,8 +202,12 @@ class Seed:
                          f"or remove {self.out}")
 
     def progress(self, stage: str, commands: list[list[str]], seconds: float) -> None:
-        pairs = [(a[2:], b) for argv in commands for a, b in zip(argv, argv[1:]) if a in ("--run", "--fold")]
-        what = " ".join(f"{k} {v}" for k, v in dict.fromkeys(pairs))
+        named: dict[str, list[str]] = {}  # the runs and folds a stage names ('vinbig train --run a --run b ...')
+        for argv in commands:
+            for a, b in zip(argv, argv[1:]):
+                if a in ("--run", "--fold") and b not in named.setdefault(a[2:], []):
+                    named[a[2:]].append(b)
+        what = "; ".join(f"{k} {', '.join(v)}" for k, v in named.items())
         self.say(f"seed {self.seed}: {stage}{f' ({what})' if what else ''}: {seconds:.1f} s")
 
     def stopped(self, e) -> Failed:
@@ -275,7 +279,7 @@ class Seed:
         config = write(self.out / "config_reseed.yaml", yaml.safe_dump(cfg, sort_keys=False))
         d = Demo(self.out, config, self.args.overrides, verbosity, self.progress)
         w = str(self.work)
-        d.train("detector", "train-detector", [name], list(range(self.resolved["folds"]["n_folds"])))
+        d.train("detector", [name], list(range(self.resolved["folds"]["n_folds"])))
         d.stage("predict reseeded", *[["predict-detector", "--work", w, "--split", s, "--tta", "hflip", "--run", name]
                                       for s in ("oof", "test")])
         sub = run_submission(self.work, name)

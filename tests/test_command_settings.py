@@ -29,6 +29,7 @@ def keys(section: str, *names: str, but: tuple[str, ...] = ()) -> set[str]:
 
 FUSE = keys("fusion", "iou_thr", "skip_box_thr", "conf_type", "levels", "calibration", "calibration_knots", "weights",
             "run_weights", "classifier_weights", "engine", "workers", "gate", "low", "high")
+TRACKING = keys("tracking")  # the trainings log their epochs there, tune and report their OOF mAP
 # The config keys each command reads, from its code: those of its own section are its options. Written out here
 # once more, so that a change of a command's declaration is a change of this table too.
 READS = {
@@ -37,20 +38,22 @@ READS = {
     "folds": keys("folds"),
     "train-detector": keys("detector", but=("conf", "iou", "max_det", "predict_batch"))
     | keys("folds", "outside_boxes", "exclude_readers", "reader_weights", "iou_thr", "conf_type")
-    | {"runs.detector"},
+    | {"runs.detector"} | TRACKING,
     "predict-detector": keys("detector", "device", "imgsz", "conf", "iou", "max_det", "predict_batch")
     | {"runs.detector"},
-    "train-classifier": keys("classifier", but=("tta", "gate_miss")) | {"runs.classifier"},
+    "train-classifier": keys("classifier", but=("tta", "gate_miss")) | {"runs.classifier"} | TRACKING,
     "predict-classifier": keys("classifier", "device", "predict_batch", "workers", "amp", "tta", "gate_miss")
     | {"runs.classifier"},
     "fuse": FUSE,
     "tune": FUSE | keys("fusion", "tune_iou_thr", "tune_skip_box_thr", "tune_conf_type", "tune_levels",
-                        "tune_calibration", "tune_low", "tune_high", "tune_run_weights", "tune_run_weights_by"),
-    "report": FUSE | keys("fusion", "report_images", "report_score_thr"),
+                        "tune_calibration", "tune_low", "tune_high", "tune_run_weights", "tune_run_weights_by")
+    | TRACKING,
+    "report": FUSE | keys("fusion", "report_images", "report_score_thr") | TRACKING,
     "runs": {"runs.detector", "runs.classifier"},
     "score": set(), "validate": set(),
     "export": {s.name for s in settings()},  # its config.yaml is the config of inference
     "demo": {s.name for s in settings()},  # each stage is given its --config and --set
+    "train": {s.name for s in settings()},  # its jobs read the config it resolves
     "predict": keys("images", "size", "voi", "percentiles")
     | keys("detector", "device", "imgsz", "conf", "iou", "max_det", "predict_batch")
     | keys("classifier", "device", "amp", "tta", "predict_batch")
@@ -162,7 +165,8 @@ def test_a_step_of_a_pipeline_is_not_warned_about_the_keys_of_other_steps(caplog
 
 
 def test_every_key_is_read_by_a_command():
-    readers = {key for command, names in READS.items() if command not in ("demo", "export") for key in names}
+    readers = {key for command, names in READS.items() if command not in ("demo", "export", "train")
+               for key in names}
     assert readers == {s.name for s in settings()}
 
 
@@ -259,12 +263,18 @@ def stubbed_demo(monkeypatch):
     return steps
 
 
+def detector_trainings(steps: list[list[str]]) -> int:
+    """The detector folds the demo's steps train: each ``vinbig train --stage detector`` step's runs x folds."""
+    return sum(a.count("--run") * a.count("--fold") for a in steps
+               if a[0] == "train" and a[a.index("--stage") + 1] == "detector")
+
+
 def test_the_demo_resolves_its_config_once_from_demo_yaml(tmp_path, loads, stubbed_demo):
     assert main(["demo", "--out", str(tmp_path), "-q", "--set", "folds.n_folds=2"]) == 0
     assert [Path(p) for p in loads] == [demo_config_path()]
     common = ["--config", str(demo_config_path()), "--set", "folds.n_folds=2", "-q"]
     assert stubbed_demo and all(argv[-len(common):] == common for argv in stubbed_demo)
-    assert len([a for a in stubbed_demo if a[0] == "train-detector"]) == 2 * 2  # n_folds=2, demo.yaml's two runs
+    assert detector_trainings(stubbed_demo) == 2 * 2  # n_folds=2, demo.yaml's two runs
 
 
 def test_the_demo_takes_another_config(tmp_path, loads, stubbed_demo):
@@ -272,7 +282,7 @@ def test_the_demo_takes_another_config(tmp_path, loads, stubbed_demo):
     mine.write_text("folds:\n  n_folds: 3\n")
     assert main(["demo", "--out", str(tmp_path / "d"), "-q", "--config", str(mine)]) == 0
     assert [Path(p) for p in loads] == [mine]
-    assert len([a for a in stubbed_demo if a[0] == "train-detector"]) == 3  # default.yaml's one run, 3 folds
+    assert detector_trainings(stubbed_demo) == 3  # default.yaml's one run, 3 folds
 
 
 def test_runs_resolves_once(loads, capsys):

@@ -98,8 +98,8 @@ def test_tiny_leaderboard_writes_rows_and_a_summary_recomputed_from_them(tmp_pat
                      "--size", "96", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for seed in SEEDS:  # progress: one line per stage and seed
-        for stage in ("synthetic data", "train detectors (run a fold 1)", "tune fusion", "equal weights",
-                      "train detectors (run a_reseed fold 0)"):
+        for stage in ("synthetic data", "train detectors (run a, b; fold 0, 1)", "tune fusion", "equal weights",
+                      "train detectors (run a_reseed; fold 0, 1)"):
             assert f"seed {seed}: {stage}" in proc.stdout, (seed, stage)
 
     result = json.loads((out / "results.json").read_text())

@@ -155,3 +155,23 @@ def test_train_and_predict_follow_the_runs_of_the_config_and_runs_narrows_them(d
     assert narrowed[:2] == [f"train-detector --work {work} --run b --fold 0",
                             f"train-classifier --work {work} --run x --fold 0"]  # no classifier run named: all
     assert all(c.endswith("--run b") for c in narrowed[2:] if c.startswith("predict-detector")) and narrowed[2:]
+
+
+def test_jobs_or_engine_train_every_run_and_fold_with_one_vinbig_train(dirs):
+    """`make train JOBS=N` (or ENGINE=ray): the whole grid by `vinbig train`, FOLDS and RUNS passed on when given."""
+    data, work = dirs
+
+    def cmds(*goals, **variables):
+        r = subprocess.run(["make", "-n", "-C", str(ROOT), *goals, f"DATA={data}", f"WORK={work}",
+                            *(f"{k}={v}" for k, v in variables.items())], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return [line.split("/vinbig ", 1)[1].replace(" --config configs/default.yaml", "")
+                for line in r.stdout.splitlines() if "/bin/vinbig train" in line]
+
+    assert cmds("train", JOBS=2) == [f"train --work {work} --engine local --jobs 2"]  # every fold of the config
+    assert cmds("train", ENGINE="ray", FOLDS="0 1", RUNS="a b") == [
+        f"train --work {work} --engine ray --run a --run b --fold 0 --fold 1"]
+    assert cmds("train-detector", "train-classifier", ENGINE="local", JOBS=3) == [
+        f"train --work {work} --engine local --jobs 3 --stage detector",
+        f"train --work {work} --engine local --jobs 3 --stage classifier"]
+    assert all(c.startswith("train-detector ") for c in cmds("train-detector"))  # without them: fold by fold

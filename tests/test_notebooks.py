@@ -110,13 +110,14 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell(path):
 
 def _argument(node: ast.expr) -> list[str]:
     """A `run(...)` argument as the command line gets it: a literal as written; `*[...]` its literal flags (`*TTA_ARGS`:
-    none); a computed value (WORK, f"{DATA}/test", k) a placeholder the parser accepts: its first literal, or "0"."""
+    none); a computed value (WORK, f"{DATA}/test", k, GPUS) a placeholder the parser accepts: its first literal, or
+    "1" (a fold, a count of jobs)."""
     if isinstance(node, ast.Constant):
         return [str(node.value)]
     literals = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
     if isinstance(node, ast.Starred):
         return literals
-    return [literals[0] if literals else "0"]
+    return [literals[0] if literals else "1"]
 
 
 def vinbig_calls(path: Path) -> list[list[str]]:
@@ -131,7 +132,7 @@ def vinbig_calls(path: Path) -> list[list[str]]:
 
 
 NOTEBOOK_COMMANDS = {
-    "kaggle_train.ipynb": {"images", "folds", "train-detector", "train-classifier", "predict-detector",
+    "kaggle_train.ipynb": {"images", "folds", "train", "train-detector", "train-classifier", "predict-detector",
                            "predict-classifier", "tune", "report", "export"},
     "kaggle_inference.ipynb": {"images", "predict-detector", "predict-classifier", "fuse"},
 }

@@ -30,7 +30,7 @@ logger = logging.getLogger("vinbig")
 
 # Modules that add subcommands: each has ``register(add)``. They must import nothing heavy (torch,
 # ultralytics) at module level, so that ``vinbig --help`` stays fast.
-COMMAND_MODULES = ("vinbig.app.synth", "folds.cli", "detector.cli", "classifier.cli", "fusion.cli",
+COMMAND_MODULES = ("vinbig.app.synth", "folds.cli", "detector.cli", "classifier.cli", "vinbig.app.train", "fusion.cli",
                    "vinbig.app.demo", "vinbig.app.kaggle", "vinbig.app.runs",
                    "vinbig.app.predict")
 

@@ -67,13 +67,16 @@ class Demo:
         if self.progress is not None:
             self.progress(name, list(commands), seconds)
 
-    def train(self, stage: str, command: str, runs: list[str], folds: list[int]) -> None:
-        """Train every fold of every run; a fold with a run (last.pt) is resumed: a no-op when it is finished."""
-        for run in runs:
-            for k in folds:
-                resume = Work(self.work).checkpoint(stage, k, "last", run).is_file()
-                self.stage(f"train {stage}s", [command, "--work", str(self.work), "--run", run, "--fold", str(k)]
-                           + (["--resume"] if resume else []))
+    def train(self, stage: str, runs: list[str], folds: list[int]) -> None:
+        """Train every fold of every run of `stage` with one ``vinbig train``, several at once: one per GPU, else
+        up to four on the CPU cores (ultralytics trains on cores - 1 threads, so two trainings on two cores take
+        little longer than one). A trained fold is skipped, an interrupted one resumed."""
+        from vinbig.grid import cpu_cores, gpu_ids
+
+        jobs = len(gpu_ids()) or min(cpu_cores(), 4)
+        self.stage(f"train {stage}s", ["train", "--work", str(self.work), "--stage", stage,
+                                       *[a for r in runs for a in ("--run", r)],
+                                       *[a for k in folds for a in ("--fold", str(k))], "--jobs", str(jobs)])
 
 
 def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verbosity: int = 0,
@@ -81,7 +84,7 @@ def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verb
              progress: Callable[[str, list[list[str]], float], None] | None = None) -> dict:
     """Run every stage into `out`/data and `out`/work with the config `cfg`, resolved from the file `config` and the
     ``--set`` `overrides`, which each stage is given; return the summary (see `summary`). `progress(stage, commands,
-    seconds)` is called after each stage (a training stage: once per run and fold)."""
+    seconds)` is called after each stage."""
     from vinbig.runs import run_config, run_names
 
     for run in run_names(cfg, "detector"):  # a model vinbig does not train is refused before any stage
@@ -100,8 +103,8 @@ def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verb
     d.stage("folds", ["folds", "--train-csv", str(d.data / "train.csv"), "--out", w])
     folds = list(range(cfg["folds"]["n_folds"]))
     detector_runs = run_names(cfg, "detector")
-    d.train("detector", "train-detector", detector_runs, folds)
-    d.train("classifier", "train-classifier", run_names(cfg, "classifier"), folds)
+    d.train("detector", detector_runs, folds)
+    d.train("classifier", run_names(cfg, "classifier"), folds)
     # the detector predicts each image and its mirror image (as make's default TTA=hflip); the classifier
     # follows classifier.tta
     d.stage("predict", *[["predict-detector", "--work", w, "--split", s, "--tta", "hflip"] for s in ("oof", "test")],

@@ -87,7 +87,7 @@ venv: $(VENV_OK) ## create .venv and install vinbig with its dev extra
 test: venv ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-demo: venv ## the whole job on a fresh synthetic dataset in DEMO (configs/demo.yaml; CPU: about 10 min)
+demo: venv ## the whole job on a fresh synthetic dataset in DEMO (configs/demo.yaml; CPU: about 6 min)
 	$(VINBIG) demo --out $(DEMO) $(if $(filter command line environment,$(origin CONFIG)),--config $(CONFIG))
 
 synth: venv ## write a synthetic dataset to DATA if it has no train.csv

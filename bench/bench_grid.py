@@ -50,9 +50,11 @@ def same_weights(works: list[Path], runs=("a", "b"), folds=(0, 1)) -> list[str]:
             ref, *others = [load_checkpoint(Work(w).checkpoint("detector", k, "best", run))["model"].state_dict()
                             for w in works]
             for w, sd in zip(works[1:], others):
-                worst = max((float((sd[n].float() - t.float()).abs().max()) for n, t in ref.items()
-                             if t.is_floating_point()), default=0.0)
-                if sd.keys() != ref.keys() or not all(torch.equal(sd[n], t) for n, t in ref.items()):
+                if sd.keys() != ref.keys():
+                    differ.append(f"{run} fold{k} in {w.name}: other layers")
+                elif not all(torch.equal(sd[n], t) for n, t in ref.items()):
+                    worst = max((float((sd[n].float() - t.float()).abs().max()) for n, t in ref.items()
+                                 if t.is_floating_point()), default=0.0)
                     differ.append(f"{run} fold{k} in {w.name}: largest difference {worst:.3g}")
     return differ
 
@@ -69,6 +71,9 @@ def main() -> int:
     if importlib.util.find_spec("ray") is None:
         raise SystemExit("bench_grid needs Ray for its third way: pip install 'vinbig[ray]'")
 
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"--out {args.out} is not empty: give a new folder (bench_grid removes its work folders "
+                         "between ways, and only in a folder it made)")
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_grid_"))
     data, base = root / "data", root / "base"
     t0 = time.perf_counter()

@@ -51,8 +51,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # ultralytics' settings that vinbig holds: every integration off, no analytics, no Platform key
-SETTINGS_OFF = {"clearml": False, "comet": False, "dvc": False, "mlflow": False, "raytune": False,
-                "tensorboard": False, "wandb": False, "sync": False, "api_key": ""}
+SETTINGS_OFF = {"clearml": False, "comet": False, "dvc": False, "hub": False, "mlflow": False, "neptune": False,
+                "raytune": False, "tensorboard": False, "wandb": False, "sync": False, "api_key": ""}
 
 
 def settings_dir() -> Path:

@@ -225,14 +225,15 @@ def train_fold(work: Work | str | os.PathLike, fold: int, cfg: Mapping, *, resum
     ddp = f" (DDP over {len(str(args['device']).split(','))} GPUs)" if "," in str(args["device"]) else ""
     logger.info("fold %d: training %s at %d px for %d epochs on device %s%s into %s", fold, cfg["model"],
                 cfg["imgsz"], cfg["epochs"], args["device"], ddp, run_dir)
-    # an earlier run's config goes once this run starts writing (a run that fails while ultralytics sets it up
-    # leaves the earlier weights and their config as they were); DDP workers do not run our callbacks: at once
+    tracker.start(0, cfg["epochs"], backend=not ddp)  # a DDP launcher: its rank-0 worker opens the backend
+    # an earlier run's config goes once this run starts writing (a run that fails while ultralytics sets it up, or
+    # whose tracking cannot start, leaves the earlier weights and their config as they were); under DDP this
+    # process is only the launcher, whose own trainer never reaches that point: at once
     saved = config_path(run_dir, "detector")
     if ddp:
         saved.unlink(missing_ok=True)
     else:
         model.add_callback("on_pretrain_routine_end", lambda trainer: saved.unlink(missing_ok=True))
-    tracker.start(0, cfg["epochs"], backend=not ddp)  # a DDP launcher: its rank-0 worker opens the backend
     with own_threads(), tracker.session():
         model.train(trainer=OfflineDetectionTrainer, **args)
     return DetectorRun(run_dir, True)

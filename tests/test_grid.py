@@ -244,7 +244,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("argv, words", [
     (["--run", "c"], ["--run c is not a run of the config", "detector runs: a, b"]),
-    (["--fold", "2"], ["--fold 2 is not a fold of the config", "folds.n_folds is 2", "0..1"]),
+    (["--fold", "2"], ["fold 2 is not in", "folds.csv, whose folds are [0, 1]", "--fold 0..1"]),
     (["--cpus-per-job", "2"], ["--cpus-per-job is an option of --engine ray"]),
     (["--jobs", "0"], ["--jobs", "'0' is not a whole number >= 1"]),
 ])
@@ -311,8 +311,9 @@ def test_two_runs_by_two_folds_two_at_once_write_what_the_single_command_writes(
     from conftest import own_work
 
     work = work_copy.work
-    assert main(["train", "--work", str(work), "--stage", "detector", "--jobs", "2", "-q", *set_args(TINY),
-                 "--set", RUNS]) == 0
+    # the shared WORK's folds.csv has 3 folds (every one by default): two of them
+    assert main(["train", "--work", str(work), "--stage", "detector", "--fold", "0", "--fold", "1", "--jobs", "2",
+                 "-q", *set_args(TINY), "--set", RUNS]) == 0
     single = own_work(synth_work, tmp_path / "single")  # one fold by the single command, for comparison
     assert main(["train-detector", "--work", str(single), "--run", "a", "--fold", "0", "-q", *set_args(TINY),
                  "--set", RUNS], pipeline=True) == 0
@@ -432,7 +433,7 @@ def test_ray_trains_the_grid_on_cpus_and_without_a_gpu_or_cpus_per_job_refuses_a
     assert not list(work.glob("detector/*/fold*"))
 
     assert main(["train", "--work", str(work), "--engine", "ray", "--cpus-per-job", "1", "--stage", "detector",
-                 "-q", *set_args(TINY), "--set", RUNS]) == 0
+                 "--fold", "0", "--fold", "1", "-q", *set_args(TINY), "--set", RUNS]) == 0
     err = capsys.readouterr().err
     for run in ("a", "b"):
         for k in (0, 1):

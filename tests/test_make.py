@@ -174,4 +174,5 @@ def test_jobs_or_engine_train_every_run_and_fold_with_one_vinbig_train(dirs):
     assert cmds("train-detector", "train-classifier", ENGINE="local", JOBS=3) == [
         f"train --work {work} --engine local --jobs 3 --stage detector",
         f"train --work {work} --engine local --jobs 3 --stage classifier"]
-    assert all(c.startswith("train-detector ") for c in cmds("train-detector"))  # without them: fold by fold
+    per_fold = cmds("train-detector")  # without them: fold by fold
+    assert per_fold and all(c.startswith("train-detector ") for c in per_fold)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -98,12 +97,9 @@ def write_stamp(work, job: Job) -> None:
 def progress(work, job: Job) -> dict | None:
     """The fold's ``progress.json`` (epoch, epochs, fitness ... as the training writes it), or None while there is
     none or it cannot be read."""
-    path = Work.of(work).fold_dir(job.stage, job.fold, job.run) / "progress.json"
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    from vinbig.tracking import read_progress
+
+    return read_progress(Work.of(work).fold_dir(job.stage, job.fold, job.run))
 
 
 def command(work, job: Job, config: Path, python: str | None = None) -> list[str]:
@@ -197,7 +193,7 @@ def tail(work, job: Job, n: int = TAIL_LINES) -> list[str]:
             text = f.read().decode(errors="replace")
     except OSError:
         return []
-    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.splitlines()]
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]  # a progress bar: its last state
     return [line for line in lines if line][-n:]
 
 

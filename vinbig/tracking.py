@@ -218,8 +218,13 @@ class Tracker:
                 self._live.pop("writer").close()
             elif b == "mlflow" and self.run_id and b not in self._warned:
                 client = self._client()
-                for run_id in (self.run_id, self.parent_id):
-                    client.set_terminated(run_id, "FINISHED" if finished else status)
+                client.set_terminated(self.run_id, "FINISHED" if finished else status)
+                with _locked(self.work):  # the parent ends with its last running fold (the grid runs several)
+                    experiment = client.get_run(self.run_id).info.experiment_id
+                    running = client.search_runs([experiment], max_results=1, filter_string=(
+                        f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"))
+                    if not running:
+                        client.set_terminated(self.parent_id, "FINISHED" if finished else status)
             elif b == "wandb" and "wandb" in self._live:
                 self._live.pop("wandb").finish(exit_code=0 if finished else 1)
         except Exception as e:
@@ -281,8 +286,17 @@ class Tracker:
             wandb = _import("wandb")
             self._live["wandb"] = wandb.init(
                 mode=os.environ.get("WANDB_MODE", "offline"), dir=str(self.dir), project=self.tracking.experiment,
-                group=self.run, job_type=self.stage, name=self.name, config=dict(self.params))
+                group=self.run, job_type=self.stage, name=self.name, config=dict(self.params),
+                id=self.wandb_id(), resume="allow")
         return self._live["wandb"]
+
+    def wandb_id(self) -> str:
+        """This fold's W&B run id, the same in every session of the fold (a resumed or retried job continues its run):
+        the stage, run and fold, and a digest of the work folder's path."""
+        import hashlib
+
+        digest = hashlib.sha1(str(self.work.root.resolve()).encode()).hexdigest()[:8]
+        return re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.name}-{digest}")[:64]
 
     def _client(self):
         if "client" not in self._live:
@@ -294,8 +308,8 @@ class Tracker:
         latest of the fold on resume, else a new one."""
         if self.run_id:
             return
-        client = self._client()
-        with _locked(self.work):
+        with _locked(self.work):  # the first client creates the store's tables: one process at a time
+            client = self._client()
             experiment = experiment_id(client, self.tracking, self.work)
             tags = {"vinbig.stage": self.stage, "vinbig.run": self.run, "vinbig.work": str(self.work.root.resolve())}
             parent = find_run(client, experiment, tags)
@@ -380,8 +394,8 @@ def log_oof_map(work: Work | str | os.PathLike, tracking: Tracking, command: str
         return
     work = Work.of(work)
     try:
-        client = _import("mlflow").MlflowClient(tracking_uri=tracking.store(work))
-        with _locked(work):
+        with _locked(work):  # the first client creates the store's tables: one process at a time
+            client = _import("mlflow").MlflowClient(tracking_uri=tracking.store(work))
             experiment = experiment_id(client, tracking, work)
             tags = {"vinbig.stage": "fusion", "vinbig.work": str(work.root.resolve())}
             run = find_run(client, experiment, tags) or client.create_run(experiment, tags=tags, run_name="fusion")

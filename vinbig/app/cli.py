@@ -234,9 +234,13 @@ def main(argv: Sequence[str] | None = None, *, pipeline: bool = False) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C: 130; SIGTERM: 143; SIGHUP: 129 (128 + the signal, as a shell reports it)
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        logger.error("%s; what finished is kept (converted images, a training's last epoch): rerun the same command "
-                     "to go on from there (training: with --resume); a command that writes one file at the end "
-                     "(predictions, fuse, tune, report) starts that file over", how)
+        if args.command in ("train", "demo"):  # they resume the stopped folds themselves
+            logger.error("%s; every training's last epoch is kept: rerun the same 'vinbig %s' to resume the stopped "
+                         "folds", how, args.command)
+        else:
+            logger.error("%s; what finished is kept (converted images, a training's last epoch): rerun the same "
+                         "command to go on from there (training: with --resume); a command that writes one file at "
+                         "the end (predictions, fuse, tune, report) starts that file over", how)
         return 128 + signum
 
 

@@ -1,6 +1,7 @@
 """`vinbig demo`: the whole job on a fresh synthetic dataset, stage by stage, through the command line.
 
-Each step is the `vinbig` subcommand a user would run (the same code, in this process), with the demo
+Each step is the `vinbig` subcommand a user would run (the same code, in this process; the trainings are the jobs
+of `vinbig train`, each a process of its own, several at once: a GPU each, or the CPU cores), with the demo
 config (`configs/demo.yaml`: small sizes that train on a laptop CPU in minutes; on a GPU machine the same
 steps use the GPU). A rerun keeps what is done: the dataset when its train.csv exists, the converted
 images and the trained folds (resumed if interrupted). At the end it prints the out-of-fold mAP table next to that

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from vinbig.artifacts import Work, check_writable, folds_command
+from vinbig.artifacts import Work, check_fold, check_writable, folds_command
 from vinbig.config import save_config
 from vinbig.errors import UserError
 from vinbig.grid import Grid, Job, default_jobs, log_dir, progress, run_local, run_ray
@@ -25,23 +25,20 @@ REDRAW_S = 1.0
 
 def plan(cfg: dict, work: Work, stages: list[str], runs: list[str] | None, folds: list[int] | None) -> list[Job]:
     """The jobs (detector ones first) of `stages` x runs x folds: `runs` narrows each stage that has a run of that
-    name (a stage none of whose runs is named keeps all of them, as make's RUNS); `folds` those of folds.n_folds."""
+    name (a stage none of whose runs is named keeps all of them, as make's RUNS); `folds` those of WORK/folds.csv
+    (default: every one of them)."""
     by_stage = {s: run_names(cfg, s) for s in stages}
     unknown = [r for r in runs or [] if not any(r in names for names in by_stage.values())]
     if unknown:
         have = "; ".join(f"{s} runs: {', '.join(names)}" for s, names in by_stage.items())
         raise UserError(f"--run {unknown[0]} is not a run of the config ({have}); declare it under "
                         f"runs.{stages[0] if len(stages) == 1 else 'detector or runs.classifier'}")
-    n = cfg["folds"]["n_folds"]
-    bad = [k for k in folds or [] if not 0 <= k < n]
-    if bad:
-        raise UserError(f"--fold {bad[0]} is not a fold of the config: folds.n_folds is {n}, so its folds are "
-                        f"0..{n - 1}")
+    known = check_fold(work, folds or [])  # the folds of folds.csv, which each job trains on
     jobs = []
     for stage in stages:
         names = [r for r in by_stage[stage] if r in (runs or [])] or by_stage[stage]
         for run in names:
-            jobs += [Job(stage, run, k) for k in (list(dict.fromkeys(folds)) if folds else range(n))]
+            jobs += [Job(stage, run, k) for k in (list(dict.fromkeys(folds)) if folds else known)]
     return jobs
 
 
@@ -183,7 +180,7 @@ def register(add) -> None:
                    help="only this run (repeatable); a stage none of whose runs is named trains all of them "
                         "(default: every run of the config)")
     p.add_argument("--fold", action="append", dest="folds", type=int, metavar="K",
-                   help="only this fold (repeatable; default: every fold of folds.n_folds)")
+                   help="only this fold (repeatable; default: every fold of WORK/folds.csv)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: processes on this machine; ray: tasks of a Ray cluster")
     p.add_argument("--jobs", type=_positive, metavar="N",

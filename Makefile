@@ -139,7 +139,7 @@ train-classifier: $(CLASSIFIERS) ## train the 'No finding' classifier of each ru
 train: train-detector train-classifier ## convert the train images if needed, train the detectors and classifiers (JOBS=N ENGINE=local|ray: N at once)
 else
 # the grid: one `vinbig train` trains every fold not trained yet (it skips those with a .trained stamp and writes
-# the stamps), RUNS narrowing the runs as above, FOLDS the folds when given (else every fold of folds.n_folds)
+# the stamps), RUNS narrowing the runs as above, FOLDS the folds when given (else every fold of folds.csv)
 grid_folds = $(if $(filter command line environment,$(origin FOLDS)),$(foreach k,$(FOLDS),--fold $(k)))
 GRID = $(strip $(VINBIG) train --work $(WORK) --engine $(or $(ENGINE),local) $(if $(JOBS),--jobs $(JOBS)) \
 	$(foreach r,$(RUNS),--run $(r)) $(grid_folds)) $(ARGS)

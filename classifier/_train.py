@@ -129,9 +129,9 @@ def env_threads():
     they were afterwards (a training in ``vinbig demo`` leaves the next step the threads it found)."""
     from vinbig.devices import job_threads
 
-    threads = torch.get_num_threads()
-    if job_threads():
-        torch.set_num_threads(job_threads())
+    threads, wanted = torch.get_num_threads(), job_threads()
+    if wanted:
+        torch.set_num_threads(wanted)
     try:
         yield
     finally:

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from vinbig.artifacts import DEFAULT_RUN, Work, check_fold, config_path, read_csv, train_command, write_csv
-from vinbig.devices import visible_gpus
+from vinbig.devices import cpu_cores, visible_gpus
 from vinbig.errors import ConfigError, UserError
 from vinbig.log import progress
 from vinbig.tracking import Tracker, Tracking
@@ -71,12 +71,7 @@ class Dist:
         return self.rank == 0
 
 
-def cpu_count() -> int:
-    """The CPUs this process may run on (its affinity: a container's share), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+cpu_count = cpu_cores  # the CPUs this process may run on (the tests set it)
 
 
 def loader_workers(workers: int, world: int) -> int:

@@ -44,6 +44,16 @@ class Device:
 THREADS_ENV = "VINBIG_THREADS"  # a job's torch CPU threads: `vinbig train` sets it when jobs share the CPU
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's share), else the machine's."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def job_threads() -> int | None:
     """The CPU threads ``VINBIG_THREADS`` gives this process's training (a positive integer), else None (each stage
     keeps its own default)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
 from vinbig.artifacts import Work
-from vinbig.devices import THREADS_ENV
+from vinbig.devices import THREADS_ENV, cpu_cores
 from vinbig.errors import UserError
 
 RETRIES = 2  # a job killed by a signal starts again from its last.pt at most this many times
@@ -236,14 +236,6 @@ def gpu_ids() -> list[str]:
     return ids
 
 
-def cpu_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def default_jobs() -> int:
     """Jobs at once by default: one per visible GPU, else 1."""
     return max(1, len(gpu_ids()))
@@ -310,9 +302,7 @@ class Grid:
 
     def ended(self, job: Job, code: int, retry: bool = True) -> bool:
         """Record the end of `job`'s attempt; True when it is to run again (killed by a signal, retries left)."""
-        if job.started is not None:
-            job.seconds += time.monotonic() - job.started
-        job.started, job.code = None, code
+        job.seconds, job.started, job.code = job.elapsed(), None, code
         took = f"{job.seconds:.0f} s"
         if code == 0:
             write_stamp(self.work, job)
@@ -336,9 +326,7 @@ class Grid:
 
     def stopped(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
-            if job.started is not None:
-                job.seconds += time.monotonic() - job.started
-            job.started, job.state = None, "stopped"
+            job.seconds, job.started, job.state = job.elapsed(), None, "stopped"
 
     def summary(self) -> int:
         """Print a line per job and the exit code: 1 when a job failed, else 0."""

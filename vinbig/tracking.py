@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from vinbig.artifacts import Work, atomic_path
-from vinbig.errors import ConfigError
+from vinbig.errors import ConfigError, cause
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class Tracker:
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(f"tracking.backend {b}: {_why(e)}; {self._fix()}") from None
+            raise ConfigError(f"tracking.backend {b}: {cause(e)}; {self._fix()}") from None
 
     def epoch(self, done: int, epochs: int, metrics: Mapping[str, Any], fitness: Any = None) -> None:
         """Epoch `done` (1-based: epochs completed) of `epochs` ended with `metrics` and the validation `fitness`."""
@@ -265,7 +265,7 @@ class Tracker:
         if backend not in self._warned:
             self._warned.add(backend)
             logger.warning("tracking.backend %s failed for %s (%s); the training goes on without it", backend,
-                           self.name, _why(e))
+                           self.name, cause(e))
 
     def _fix(self) -> str:
         if self.tracking.backend == "mlflow":
@@ -411,11 +411,4 @@ def log_oof_map(work: Work | str | os.PathLike, tracking: Tracking, command: str
     except ConfigError:
         raise
     except Exception as e:
-        logger.warning("tracking.backend mlflow: the OOF mAP of vinbig %s was not logged (%s)", command, _why(e))
-
-
-def _why(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+        logger.warning("tracking.backend mlflow: the OOF mAP of vinbig %s was not logged (%s)", command, cause(e))

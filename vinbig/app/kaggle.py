@@ -32,8 +32,8 @@ import shutil
 from pathlib import Path
 
 from vinbig import log
-from vinbig.artifacts import (DEFAULT_RUN, Work, atomic_path, config_path, fold_ids, has_weights, read_folds,
-                              train_command)
+from vinbig.artifacts import (DEFAULT_RUN, Work, atomic_path, config_path, exported, fold_ids, has_weights,
+                              read_folds, train_command)
 from vinbig.config import save_config
 from vinbig.errors import UserError
 from vinbig.manifest import MANIFEST, Manifest
@@ -119,7 +119,7 @@ def export_files(work, cfg: dict, classifier: bool = True, folds: list[int] | No
 
 def _sources(best: Path) -> list[Path]:
     """best.pt, or (a work folder made from an export) the safetensors and yaml files that stand for it."""
-    return [best] if best.is_file() else [best.with_suffix(".safetensors"), best.with_suffix(".yaml")]
+    return [best] if best.is_file() else list(exported(best))
 
 
 def _warn_if_sizes_differ(work: Work, cfg: dict, folds: list[int]) -> None:
@@ -215,7 +215,7 @@ def _exported_names(rel: str) -> list[str]:
     """What the work folder's file `rel` becomes in an export: a best.pt its safetensors and yaml, others itself."""
     p = Path(rel)
     if p.name == "best.pt":
-        return [p.with_suffix(".safetensors").as_posix(), p.with_suffix(".yaml").as_posix()]
+        return [q.as_posix() for q in exported(p)]
     return [rel]
 
 

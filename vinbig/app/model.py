@@ -132,7 +132,7 @@ def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) ->
     """Check --model: folds.csv, every run's detector for every fold, the classifiers (all of a run's folds or none).
     A missing file is one UserError naming it and the command that makes it."""
     from vinbig.app.kaggle import model_paths, work_folds
-    from vinbig.artifacts import has_weights
+    from vinbig.artifacts import exported, has_weights
 
     root = Path(root)
     kind = model_kind(root)
@@ -149,10 +149,10 @@ def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) ->
     def present(stage: str, path: Path) -> Path | None:
         """What stands for the fold's best.pt `path`: in an export its safetensors file (an export holds no pickle),
         in a work folder best.pt or that; None when missing."""
-        tensors = path.with_suffix(".safetensors")
+        tensors, arch = exported(path)
         if kind == "work":
             return path if has_weights(path) else None
-        if tensors.is_file() and path.with_suffix(".yaml").is_file():
+        if tensors.is_file() and arch.is_file():
             return tensors
         if path.is_file():
             raise UserError(f"--model {root}: {path} is the pickled checkpoint of an export made before vinbig "
@@ -165,7 +165,7 @@ def open_model(root: Path, cfg: dict, args: argparse.Namespace | None = None) ->
         """The file of the fold's best.pt `path` that is not there: of an export, its safetensors or yaml file."""
         if kind == "work":
             return path
-        return next((p for p in (path.with_suffix(".safetensors"), path.with_suffix(".yaml")) if not p.is_file()), path)
+        return next((p for p in exported(path) if not p.is_file()), path)
 
     for (run, k), path in model_paths(work, "detector", list(model.detectors), folds).items():
         if present("detector", path) is None:

@@ -232,10 +232,6 @@ def quiet(name: str) -> Iterator[None]:
         log.setLevel(before)
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 def detector_scores(work: Work, runs: list[str]) -> tuple[dict[str, float | None], float | None, dict]:
     """The OOF mAP@0.4 of each of `runs` alone whose rows WORK/preds/detector_oof.parquet holds, that of the
     ensemble (None without the file), and the fusion values used."""
@@ -247,9 +243,9 @@ def detector_scores(work: Work, runs: list[str]) -> tuple[dict[str, float | None
     logger.info("OOF mAP@0.4 with the fusion values of %s", source)
     with quiet("fusion"):
         inputs = oof_inputs(work, f)  # read once for the ensemble and each run alone
-        alone = {r: _finite(score_oof(work, f, runs=[r], inputs=inputs).result.mean_ap)
+        alone = {r: _number(score_oof(work, f, runs=[r], inputs=inputs).result.mean_ap)
                  for r in runs if r in set(inputs.src.runs)}
-        ensemble = _finite(score_oof(work, f, inputs=inputs).result.mean_ap)
+        ensemble = _number(score_oof(work, f, inputs=inputs).result.mean_ap)
     return alone, ensemble, f
 
 

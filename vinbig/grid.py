@@ -30,14 +30,15 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from vinbig.artifacts import Work
 from vinbig.devices import THREADS_ENV, cpu_cores
+from vinbig.parallel import STOP_SIGNALS
 from vinbig.errors import UserError
 
 RETRIES = 2  # a job killed by a signal starts again from its last.pt at most this many times
 STOP_GRACE_S = 5.0  # after SIGTERM, a job has this long to end before SIGKILL
 TAIL_LINES = 20  # the end of a failed job's log that is shown
 POLL_S = 0.2
-# exit codes of a `vinbig` process stopped by a signal it turned into an interrupt (128 + SIGHUP, SIGINT, SIGTERM)
-STOPPED_CODES = (129, 130, 143)
+# exit codes of a `vinbig` process stopped by a signal it turned into an interrupt (128 + SIGINT, SIGTERM, SIGHUP)
+STOPPED_CODES = tuple(128 + int(s) for s in STOP_SIGNALS)
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU of the NVIDIA driver (a container: its own)
 
 
@@ -51,7 +52,6 @@ class Job:
     fold: int
     state: str = "waiting"
     attempts: int = 0
-    code: int | None = None  # the last attempt's exit code (negative: killed by that signal)
     where: str = ""  # GPU, CPU threads or Ray node of the running attempt
     started: float | None = None  # time.monotonic() when the running attempt started
     seconds: float = 0.0  # wall time of the ended attempts
@@ -102,20 +102,20 @@ def progress(work, job: Job) -> dict | None:
     return read_progress(Work.of(work).fold_dir(job.stage, job.fold, job.run))
 
 
-def command(work, job: Job, config: Path, python: str | None = None) -> list[str]:
+def command(work, job: Job, config: Path) -> list[str]:
     """The job's command line: the single training command, with --resume when the fold holds a last.pt."""
     work = Work.of(work)
-    argv = [python or sys.executable, "-m", "vinbig", f"train-{job.stage}", "--work", str(work.root), "--run",
+    argv = [sys.executable, "-m", "vinbig", f"train-{job.stage}", "--work", str(work.root), "--run",
             job.run, "--fold", str(job.fold)]
     if work.checkpoint(job.stage, job.fold, "last", job.run).is_file():
         argv.append("--resume")
     return argv + ["--config", str(config)]
 
 
-def job_env(gpu: str | None = None, threads: int | None = None, base: dict | None = None) -> dict:
+def job_env(gpu: str | None = None, threads: int | None = None) -> dict:
     """The environment of a job: `gpu` as CUDA_VISIBLE_DEVICES ("" hides every GPU), `threads` as VINBIG_THREADS
     (None leaves both as they are), output unbuffered so that the log follows the training."""
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if threads is not None:
@@ -144,9 +144,9 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def start(work, job: Job, config: Path, env: dict, python: str | None = None) -> subprocess.Popen:
+def start(work, job: Job, config: Path, env: dict) -> subprocess.Popen:
     """Start one attempt of `job` (its own process group, its output appended to its log)."""
-    argv = command(work, job, config, python)
+    argv = command(work, job, config)
     path = log_path(work, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as log:
@@ -159,7 +159,7 @@ def start(work, job: Job, config: Path, env: dict, python: str | None = None) ->
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, preexec_fn=_die_with_parent())
     job.attempts += 1
-    job.state, job.code, job.started = "running", None, time.monotonic()
+    job.state, job.started = "running", time.monotonic()
     return proc
 
 
@@ -300,16 +300,16 @@ class Grid:
         again = f"attempt {job.attempts}, " if job.attempts > 1 else ""
         self.table.event(job, f"running ({again}{where}; log {log_path(self.work, job)})")
 
-    def ended(self, job: Job, code: int, retry: bool = True) -> bool:
+    def ended(self, job: Job, code: int) -> bool:
         """Record the end of `job`'s attempt; True when it is to run again (killed by a signal, retries left)."""
-        job.seconds, job.started, job.code = job.elapsed(), None, code
+        job.seconds, job.started = job.elapsed(), None
         took = f"{job.seconds:.0f} s"
         if code == 0:
             write_stamp(self.work, job)
             job.state = "done"
             self.table.event(job, f"done in {took}")
             return False
-        if killed_by_signal(code) and retry and job.attempts <= RETRIES:
+        if killed_by_signal(code) and job.attempts <= RETRIES:
             job.state = "retrying"
             self.table.event(job, f"{how(code)} after {took}: retrying from its last.pt (retry {job.attempts} of "
                                   f"{RETRIES})")
@@ -345,12 +345,12 @@ class Grid:
         return code
 
 
-def run_local(grid: Grid, jobs: int, gpus: Sequence[str] | None = None, cores: int | None = None) -> int:
-    """Run the grid's jobs on this machine, `jobs` at once (each on its own GPU of `gpus`, else sharing the `cores`);
+def run_local(grid: Grid, jobs: int) -> int:
+    """Run the grid's jobs on this machine, `jobs` at once (each on its own GPU, else sharing the CPU cores);
     the exit code (:meth:`Grid.summary`). Ctrl-C or SIGTERM stops every job (KeyboardInterrupt goes on up)."""
     pending = collections.deque(grid.todo())
     at_once = max(1, min(jobs, len(pending) or 1))
-    free = slots(at_once, gpu_ids() if gpus is None else gpus, cores or cpu_cores())
+    free = slots(at_once, gpu_ids(), cpu_cores())
     running: dict[int, tuple[Job, subprocess.Popen, Slot]] = {}
     grid.table.refresh(force=True)
     try:

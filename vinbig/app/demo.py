@@ -86,11 +86,11 @@ def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verb
     """Run every stage into `out`/data and `out`/work with the config `cfg`, resolved from the file `config` and the
     ``--set`` `overrides`, which each stage is given; return the summary (see `summary`). `progress(stage, commands,
     seconds)` is called after each stage."""
+    from detector import resolve_model
     from vinbig.runs import run_config, run_names
 
-    for run in run_names(cfg, "detector"):  # a model vinbig does not train is refused before any stage
-        from detector import resolve_model
-
+    detector_runs = run_names(cfg, "detector")
+    for run in detector_runs:  # a model vinbig does not train is refused before any stage
         resolve_model(run_config(cfg, "detector", run)["model"])
     d = Demo(out, config, list(overrides), verbosity, progress)
     w = str(d.work)
@@ -103,7 +103,6 @@ def run_demo(out: Path, cfg: dict, config: Path, overrides: list[str] = (), verb
                                 for s in ("train", "test")])
     d.stage("folds", ["folds", "--train-csv", str(d.data / "train.csv"), "--out", w])
     folds = list(range(cfg["folds"]["n_folds"]))
-    detector_runs = run_names(cfg, "detector")
     d.train("detector", detector_runs, folds)
     d.train("classifier", run_names(cfg, "classifier"), folds)
     # the detector predicts each image and its mirror image (as make's default TTA=hflip); the classifier

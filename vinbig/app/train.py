@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Sequence, TextIO
 
 from vinbig.artifacts import Work, check_fold, check_writable, folds_command
 from vinbig.config import save_config
@@ -44,16 +44,15 @@ def plan(cfg: dict, work: Work, stages: list[str], runs: list[str] | None, folds
 
 class Table:
     """Every job's state on stderr: on a terminal (`live`) a table redrawn in place about once a second, with each
-    state change printed above it; otherwise one line per state change. `read(job)`: the job's progress.json
-    (contract of the trainings: epoch, epochs, fitness ...; None while there is none)."""
+    state change printed above it; otherwise one line per state change. Epoch and fitness come from each job's
+    progress.json, read again while the job runs and once after it ended."""
 
     HEAD = f"{'job':<34} {'state':<9} {'epoch':>7} {'fitness':>8}  {'time':>8}  where"
 
-    def __init__(self, jobs: Sequence[Job], work, live: bool, stream: TextIO | None = None,
-                 read: Callable[[Job], dict | None] | None = None):
+    def __init__(self, jobs: Sequence[Job], work, live: bool, stream: TextIO | None = None):
         self.jobs, self.work, self.live = list(jobs), work, live
         self.stream = stream or sys.stderr
-        self.read = read or (lambda job: progress(work, job))
+        self._ended: dict[str, dict | None] = {}  # a job that ended: its last progress
         self._drawn, self._last = 0, 0.0
 
     def event(self, job: Job, text: str, lines: Sequence[str] = ()) -> None:
@@ -90,7 +89,14 @@ class Table:
             self._drawn = 0
 
     def row(self, job: Job) -> str:
-        p = self.read(job) if job.state in ("running", "retrying", "done", "failed", "stopped") else None
+        p = None
+        if job.state in ("running", "retrying"):
+            self._ended.pop(job.name, None)
+            p = progress(self.work, job)
+        elif job.state in ("done", "failed", "stopped"):
+            if job.name not in self._ended:
+                self._ended[job.name] = progress(self.work, job)
+            p = self._ended[job.name]
         epoch = fitness = "-"
         if p and isinstance(p.get("epoch"), int) and isinstance(p.get("epochs"), int):
             epoch = f"{p['epoch']}/{p['epochs']}"
